@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` and `make test`. Both build .venv on a fresh clone.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: on these machines this takes the CPU wheel on disk (a range would pull CUDA builds)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev,notebooks]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/interp demo --out results/demo
+
+test: $(STAMP)
+	$(BIN)/ruff check interp tests benchmarks
+	$(BIN)/python -m pytest -q -x --durations=15 tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_capture.py
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

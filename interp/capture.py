@@ -1,0 +1,264 @@
+"""Selective, hook-based activation capture, in memory or streamed to disk in safetensors shards.
+
+``capture(model, prompts, hooks)`` caches only the hooks asked for, at the positions asked for, moves each batch
+off the device as soon as it is read, and with ``to_dir`` writes one shard per batch so RAM stays bounded
+whatever the number of prompts; :meth:`Capture.open` reopens such a directory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .errors import ParameterError, PromptError, check_positive_int
+from .hooks import check_hook_names, hook_layer
+from .model import as_model
+from .prompts import EncodedSet, as_prompt_set, batches, encode
+from .variants import forward
+
+POSITION_MODES = ("last", "all")
+
+
+class Capture:
+    """Cached activations: ``cap["blocks.3.hook_resid_post"]`` is a tensor [n_prompts, (positions,) ...].
+
+    With ``positions="all"`` or a field name, the position axis is left-aligned (index p is the prompt's p-th
+    token, or the span's p-th token) and zero-padded to the longest; ``lengths`` gives each prompt's count and
+    :meth:`get` returns one prompt's unpadded slice.
+    """
+
+    def __init__(
+        self,
+        data: dict[str, torch.Tensor] | None,
+        *,
+        names: list[str],
+        prompt_ids: list[str],
+        positions: str,
+        lengths: list[int] | None,
+        directory: Path | None = None,
+        model_name: str = "",
+    ):
+        self._data = data
+        self.names = names
+        self.prompt_ids = prompt_ids
+        self.positions = positions
+        self.lengths = lengths
+        self.directory = directory
+        self.model_name = model_name
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.names:
+            from .errors import unknown_hook_error
+
+            raise unknown_hook_error(name, self.names)
+        if self._data is not None:
+            return self._data[name]
+        return self._load(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def keys(self) -> list[str]:
+        return list(self.names)
+
+    def get(self, name: str, index: int) -> torch.Tensor:
+        value = self[name][index]
+        if self.lengths is not None:
+            value = value[: self.lengths[index]]
+        return value
+
+    def head_outputs(self, model: Any, layer: int) -> torch.Tensor:
+        """Per-head outputs z_h W_O[h] at ``layer`` [n, (pos,) n_heads, d_model], computed from the cached hook_z
+        (never cached themselves)."""
+        return head_outputs(model, self[f"blocks.{layer}.attn.hook_z"], layer)
+
+    def __repr__(self) -> str:
+        where = f", on disk at {self.directory}" if self.directory else ""
+        return f"Capture({len(self)} prompts, {len(self.names)} hooks, positions={self.positions!r}{where})"
+
+    # --- disk ---------------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, directory: str | Path) -> Capture:
+        directory = Path(directory)
+        index_path = directory / "index.json"
+        if not index_path.exists():
+            raise FileNotFoundError(f"{str(directory)!r} holds no capture (index.json is missing).")
+        index = json.loads(index_path.read_text())
+        return cls(
+            None,
+            names=index["names"],
+            prompt_ids=index["prompt_ids"],
+            positions=index["positions"],
+            lengths=index["lengths"],
+            directory=directory,
+            model_name=index.get("model", ""),
+        )
+
+    def _load(self, name: str) -> torch.Tensor:
+        index = json.loads((self.directory / "index.json").read_text())
+        parts, rows = [], []
+        for shard in index["shards"]:
+            tensors = load_file(str(self.directory / shard["file"]))
+            parts.append(tensors[name])
+            rows.extend(shard["rows"])
+        return _assemble(parts, rows, len(self.prompt_ids), self.lengths)
+
+
+def head_outputs(model: Any, z: torch.Tensor, layer: int) -> torch.Tensor:
+    """z [..., n_heads, d_head] -> each head's output z_h W_O[h] [..., n_heads, d_model] (no bias)."""
+    w_o = as_model(model).bridge.blocks[layer].attn.W_O  # [n_heads, d_head, d_model]
+    return torch.einsum("...hd,hdm->...hm", z.to(w_o.dtype).to(w_o.device), w_o).to(z.device)
+
+
+def _resolve_names(model: Any, hooks: Sequence[str] | str | Callable[[str], bool]) -> list[str]:
+    m = as_model(model)
+    if callable(hooks):
+        names = [n for n in m.hook_names if hooks(n)]
+        if not names:
+            raise ParameterError("The hook filter matches no hook of this model.")
+        return names
+    if isinstance(hooks, str):
+        hooks = [hooks]
+    names = list(hooks)
+    if not names:
+        raise ParameterError("No hooks asked for: name at least one hook (or give a filter function).")
+    return check_hook_names(m, names)
+
+
+def _to_batch_positions(value: torch.Tensor, bsz: int, width: int) -> torch.Tensor:
+    """Hooks that flatten tokens ([B*T, ...], e.g. MoE routing) back to [B, T, ...]."""
+    if value.shape[0] == bsz * width and (value.dim() < 2 or value.shape[0] != bsz or value.shape[1] != width):
+        return value.reshape(bsz, width, *value.shape[1:])
+    return value
+
+
+def capture(
+    model: Any,
+    prompts: Any,
+    hooks: Sequence[str] | str | Callable[[str], bool],
+    *,
+    positions: str = "last",
+    batch_size: int = 16,
+    dtype: torch.dtype | None = None,
+    to_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Capture:
+    """Cache the named hooks (or those a filter accepts) for every prompt.
+
+    ``positions``: "last" (the last real token), "all" (every token) or a field name (that field's token span,
+    e.g. "subject"). Cost: one forward per batch (stopped early after the deepest hook asked for when only one
+    hook sits at that depth); memory: only the asked-for values, moved to CPU per batch, or streamed to disk.
+    """
+    m = as_model(model)
+    names = _resolve_names(m, hooks)
+    check_positive_int("batch_size", batch_size)
+    ps = as_prompt_set(prompts)
+    span_field = None
+    if positions not in POSITION_MODES:
+        if positions not in ps.fields:
+            raise PromptError(
+                f"positions={positions!r} is neither 'last', 'all' nor a field of the prompts ({', '.join(ps.fields)})."
+            )
+        span_field = positions
+    encoded: EncodedSet = encode(m, ps, spans=[span_field] if span_field else [])
+    directory = Path(to_dir) if to_dir is not None else None
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for old in directory.glob("shard_*.safetensors"):
+            old.unlink()
+
+    layers = [hook_layer(n) for n in names]
+    deepest = max(layers)
+    stop_after = names[layers.index(deepest)] if layers.count(deepest) == 1 and deepest < 10**9 else None
+
+    lengths: list[int] | None = None if positions == "last" else [0] * len(ps)
+    collected: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    rows: list[int] = []
+    shards: list[dict[str, Any]] = []
+    n_batches = (len(ps) + batch_size - 1) // batch_size
+    for k, batch in enumerate(tqdm(batches(m, encoded, batch_size), total=n_batches, desc="capture",
+                                   disable=not progress)):
+        bsz, width = batch.size, batch.width
+        spans = batch.spans.get(span_field) if span_field else None
+
+        def select(name: str, value: torch.Tensor, bsz=bsz, width=width, spans=spans) -> torch.Tensor:
+            value = _to_batch_positions(value, bsz, width)
+            if positions == "last":
+                out = value[:, -1]
+            elif positions == "all":
+                out = value
+            else:
+                longest = max(e - s for s, e in spans)
+                out = value.new_zeros((bsz, longest, *value.shape[2:]))
+                for r, (s, e) in enumerate(spans):
+                    out[r, : e - s] = value[r, s:e]
+            out = out.detach().to("cpu", non_blocking=False)
+            return out.to(dtype) if dtype is not None else out
+
+        _, store = forward(m, batch, (), read=names, read_fn=select, logits=None, stop_after=stop_after)
+        batch_lengths = None
+        if positions == "all":
+            batch_lengths = batch.lengths.tolist()
+            for n in names:  # left-align: drop each row's padding
+                v = store[n]
+                store[n] = torch.stack(
+                    [_left_align(v[r], width - ln, v.shape[1]) for r, ln in enumerate(batch_lengths)]
+                )
+        elif span_field:
+            batch_lengths = [e - s for s, e in spans]
+        if batch_lengths is not None:
+            for r, ln in zip(batch.indices, batch_lengths):
+                lengths[r] = ln  # type: ignore[index]
+        if directory is not None:
+            file = f"shard_{k:06d}.safetensors"
+            save_file({n: store[n].contiguous() for n in names}, str(directory / file))
+            shards.append({"file": file, "rows": list(batch.indices)})
+        else:
+            for n in names:
+                collected[n].append(store[n])
+            rows.extend(batch.indices)
+
+    index = {
+        "names": names,
+        "prompt_ids": ps.ids,
+        "positions": positions,
+        "lengths": lengths,
+        "model": m.name,
+        "shards": shards,
+    }
+    if directory is not None:
+        (directory / "index.json").write_text(json.dumps(index))
+        return Capture.open(directory)
+    data = {n: _assemble(collected[n], rows, len(ps), lengths) for n in names}
+    return Capture(data, names=names, prompt_ids=ps.ids, positions=positions, lengths=lengths, model_name=m.name)
+
+
+def _left_align(row: torch.Tensor, pad: int, width: int) -> torch.Tensor:
+    out = torch.zeros_like(row)
+    out[: width - pad] = row[pad:]
+    return out
+
+
+def _assemble(parts: list[torch.Tensor], rows: list[int], n: int, lengths: list[int] | None) -> torch.Tensor:
+    """Concatenate batch parts (padding the position axis to the longest) and put rows back in prompt order."""
+    if lengths is not None:
+        longest = max(lengths) if lengths else 0
+        padded = []
+        for p in parts:
+            if p.shape[1] < longest:
+                p = torch.cat([p, p.new_zeros((p.shape[0], longest - p.shape[1], *p.shape[2:]))], dim=1)
+            padded.append(p[:, :longest])
+        parts = padded
+    stacked = torch.cat(parts, dim=0)
+    out = torch.empty_like(stacked)
+    out[torch.tensor(rows, dtype=torch.long)] = stacked
+    return out[:n]

@@ -1,0 +1,179 @@
+"""Intervention factories: head ablation, activation patching, embedding noise, attention masking.
+
+Each returns an :class:`~interp.hooks.Intervention`; they compose with ``+`` and run through
+:func:`interp.hooks.hooked` or the variants engine (:func:`interp.variants.run_variants`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .errors import ParameterError, check_choice, check_positive_float
+from .hooks import Edit, Intervention
+from .model import as_model
+
+HEAD_ABLATIONS = ("query", "output", "zero", "mean", "key")
+
+
+def check_heads(model: Any, heads: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Validate (layer, head) pairs against the model; an empty list is an error."""
+    info = as_model(model).info
+    heads = [tuple(h) for h in heads]
+    if not heads:
+        raise ParameterError("The head list is empty; name at least one (layer, head).")
+    for h in heads:
+        if len(h) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in h):
+            raise ParameterError(f"A head must be a (layer, head) pair of integers; got {h!r}.")
+        layer, head = h
+        if not 0 <= layer < info.n_layers:
+            raise ParameterError(f"Head {h}: layer {layer} is out of range (the model has {info.n_layers} layers).")
+        if not 0 <= head < info.n_heads:
+            raise ParameterError(f"Head {h}: head {head} is out of range (the model has {info.n_heads} heads).")
+    return heads  # type: ignore[return-value]
+
+
+def ablate_heads(
+    model: Any,
+    heads: Sequence[tuple[int, int]],
+    *,
+    kind: str = "query",
+    eps: float = 1e-5,
+    means: dict[tuple[int, int], torch.Tensor] | None = None,
+) -> Intervention:
+    """Ablate attention heads at every position.
+
+    kinds: ``query`` scales the head's query by ``eps`` (attention becomes uniform over the causal prefix:
+    Zhou et al.'s "undifferentiated attention"; per query head, so right under grouped-query attention);
+    ``output`` scales the head's output z by ``eps``; ``zero`` sets z to 0; ``mean`` replaces z by ``means[(l,
+    h)]`` (a dataset mean, shape [d_head]) or, when no means are given, by the mean of z over the layer's heads
+    at that position (the authors' code); ``key`` scales the key of the head's KV group by ``eps`` (under
+    grouped-query attention this hits every query head of the group).
+    """
+    check_choice("kind", kind, HEAD_ABLATIONS)
+    eps = check_positive_float("eps", eps) if kind in ("query", "output", "key") else eps
+    heads = check_heads(model, heads)
+    info = as_model(model).info
+    edits = []
+    for layer, head in heads:
+        if kind == "query":
+            edits.append(Edit(_query_hook(model, layer, "q"), _scale_head(head, eps)))
+        elif kind == "output":
+            edits.append(Edit(f"blocks.{layer}.attn.hook_z", _scale_head(head, eps)))
+        elif kind == "zero":
+            edits.append(Edit(f"blocks.{layer}.attn.hook_z", _scale_head(head, 0.0)))
+        elif kind == "key":
+            group = head // (info.n_heads // info.n_kv_heads)
+            edits.append(Edit(_query_hook(model, layer, "k"), _scale_head(group, eps)))
+        else:
+            value = None if means is None else means.get((layer, head))
+            if means is not None and value is None:
+                raise ParameterError(f"means has no entry for head ({layer}, {head}).")
+            edits.append(Edit(f"blocks.{layer}.attn.hook_z", _mean_head(head, value)))
+    label = f"{kind}-ablate " + ", ".join(f"L{layer}H{h}" for layer, h in heads)
+    return Intervention(tuple(edits), label, {"heads": heads, "kind": kind, "eps": eps})
+
+
+def _query_hook(model: Any, layer: int, which: str) -> str:
+    """The query (or key) as the attention scores see it: after q/k-norm and rotary where the model has them.
+
+    hook_q fires before q_norm (Qwen3, OLMoE): a scaled query would be normalised back (and OLMoE's q_norm spans
+    all heads, so it would also move the other heads). Rotary embeddings are linear, so scaling after them is the
+    same as before them."""
+    rotated = f"blocks.{layer}.attn.hook_rot_{which}"
+    return rotated if rotated in as_model(model).bridge.hook_dict else f"blocks.{layer}.attn.hook_{which}"
+
+
+def _scale_head(head: int, factor: float):
+    def apply(t: torch.Tensor, rows: slice) -> None:
+        t[rows, :, head] *= factor
+
+    return apply
+
+
+def _mean_head(head: int, value: torch.Tensor | None):
+    def apply(t: torch.Tensor, rows: slice) -> None:
+        if value is None:
+            t[rows, :, head] = t[rows].mean(dim=2)
+        else:
+            t[rows, :, head] = value.to(t.dtype).to(t.device)
+
+    return apply
+
+
+def patch(
+    name: str, value: torch.Tensor, columns: torch.Tensor | int | None = None, *, label: str = ""
+) -> Intervention:
+    """Replace hook ``name``'s value by ``value`` at the given columns.
+
+    ``columns``: None patches every position (``value`` [B, T, ...]); an int patches that column in every row
+    (``value`` [B, ...]); a LongTensor [B, P] patches those columns of each row (``value`` [B, P, ...]).
+    Row b of the intervened rows receives ``value[b]``.
+    """
+    def apply(t: torch.Tensor, rows: slice) -> None:
+        target = t[rows]
+        v = value.to(device=t.device, dtype=t.dtype)
+        if columns is None:
+            target[...] = v
+        elif isinstance(columns, int):
+            target[:, columns] = v
+        else:
+            idx = columns.to(t.device)
+            r = torch.arange(target.shape[0], device=t.device)[:, None].expand_as(idx)
+            target[r, idx] = v
+
+    return Intervention((Edit(name, apply),), label or f"patch {name}", {"hook": name})
+
+
+def add_embedding_noise(
+    spans: Sequence[tuple[int, int]], noise: torch.Tensor, *, hook: str = "hook_embed"
+) -> Intervention:
+    """Add ``noise`` to the token embeddings over each row's span (ROME's corruption).
+
+    ``spans[b]`` = (start, end) columns of row b; ``noise`` is [B, n, d_model] with n = end - start for every
+    row (or [n, d_model], shared by all rows).
+    """
+    lengths = {e - s for s, e in spans}
+    if len(lengths) != 1:
+        raise ParameterError("Every row's noised span must have the same number of tokens.")
+    n = lengths.pop()
+    if noise.shape[-2] != n:
+        raise ParameterError(f"The noise covers {noise.shape[-2]} tokens but the span has {n}.")
+
+    def apply(t: torch.Tensor, rows: slice) -> None:
+        target = t[rows]
+        nz = noise.to(device=t.device, dtype=t.dtype)
+        for b, (s, e) in enumerate(spans):
+            target[b, s:e] += nz[b] if nz.dim() == 3 else nz
+
+    return Intervention((Edit(hook, apply),), "embedding noise", {"spans": list(spans)})
+
+
+def gaussian_noise(rows: int, n_tokens: int, d_model: int, *, scale: float, seed: int = 0) -> torch.Tensor:
+    """Seeded N(0, scale^2) noise [rows, n_tokens, d_model] (float32, CPU) for :func:`add_embedding_noise`."""
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randn(rows, n_tokens, d_model, generator=gen) * float(scale)
+
+
+def mask_attention(model: Any, key_mask: torch.Tensor, *, from_layer: int = 0) -> Intervention:
+    """Forbid attention to key columns (``key_mask`` [B, T] bool, True = forbidden) in every layer >= from_layer.
+
+    Adds -inf to those columns of the attention scores before the softmax, in every head and query row. A
+    query row whose every allowed key would be forbidden is left as it was (never a fully masked row: NaN).
+    """
+    info = as_model(model).info
+    if not 0 <= from_layer <= info.n_layers:
+        raise ParameterError(f"from_layer={from_layer} is out of range [0, {info.n_layers}].")
+    forbidden = key_mask.bool()
+
+    def apply(t: torch.Tensor, rows: slice) -> None:
+        scores = t[rows]  # [B, H, Q, K]
+        f = forbidden.to(t.device)[:, None, None, :]
+        allowed = scores > torch.finfo(scores.dtype).min / 2
+        still = (allowed & ~f).any(dim=-1, keepdim=True)
+        scores.masked_fill_(f & still, float("-inf"))
+
+    edits = tuple(Edit(f"blocks.{layer}.attn.hook_attn_scores", apply) for layer in range(from_layer, info.n_layers))
+    return Intervention(edits, f"mask attention from L{from_layer}", {"from_layer": from_layer})

@@ -1,0 +1,3 @@
+"""Attribution methods, one module per family; importing this package registers them all."""
+
+from . import predictions  # noqa: F401

@@ -1,0 +1,289 @@
+"""Loading a model: a TransformerBridge over a Hugging Face model, plus the facts methods need (ModelInfo).
+
+``load_model`` boots offline from a local Hugging Face directory, or from a hub name where a network exists.
+Every method accepts the returned :class:`Model` or a plain ``TransformerBridge``; :func:`as_model` turns either
+into a ``Model``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import DeviceError, ModelLoadError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The shape facts of a model, as researchers name them."""
+
+    architecture: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int | None
+    norm: str  # "rmsnorm" | "layernorm"
+    vocab_size: int
+    prepends_bos: bool
+    is_moe: bool = False
+    n_experts: int | None = None
+    top_k: int | None = None
+    n_shared_experts: int = 0
+    renormalizes_top_k: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Model:
+    """A booted TransformerBridge with its tokenizer and :class:`ModelInfo`.
+
+    Attribute access falls through to the bridge, so ``model.blocks[0].attn.W_O`` works as on the bridge.
+    """
+
+    def __init__(self, bridge: Any, *, name: str | None = None):
+        self.bridge = bridge
+        self.name = name or str(getattr(bridge.cfg, "model_name", "model"))
+        self.info = _read_info(bridge)
+
+    # --- conveniences -------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Any:
+        return self.bridge.tokenizer
+
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        return self.bridge.original_model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.bridge.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.bridge.parameters()).dtype
+
+    @property
+    def hook_names(self) -> list[str]:
+        return sorted(self.bridge.hook_dict.keys())
+
+    def __getattr__(self, item: str) -> Any:
+        if item in ("bridge", "info", "name"):
+            raise AttributeError(item)
+        return getattr(self.bridge, item)
+
+    def __repr__(self) -> str:
+        i = self.info
+        moe = f", experts={i.n_experts} top{i.top_k}" if i.is_moe else ""
+        return (
+            f"Model({self.name!r}: {i.architecture}, {i.n_layers} layers, {i.n_heads} heads "
+            f"({i.n_kv_heads} kv), d_model={i.d_model}{moe})"
+        )
+
+
+def as_model(model: Any) -> Model:
+    """Accept a :class:`Model` or a plain TransformerBridge and return a Model."""
+    if isinstance(model, Model):
+        return model
+    if hasattr(model, "hook_dict") and hasattr(model, "original_model") and hasattr(model, "cfg"):
+        cached = getattr(model, "_interp_model", None)
+        if cached is None:
+            cached = Model(model)
+            try:
+                object.__setattr__(model, "_interp_model", cached)
+            except Exception:  # a frozen object: just do not cache
+                pass
+        return cached
+    raise TypeError(
+        f"Expected an interp.Model or a TransformerBridge, got {type(model).__name__}. "
+        "Load one with interp.load_model(name_or_dir)."
+    )
+
+
+# --- loading ----------------------------------------------------------------------------------------------
+def load_model(
+    name_or_dir: str | os.PathLike,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> Model:
+    """Boot a TransformerBridge from a local Hugging Face directory (offline) or a hub name.
+
+    Every check (directory, tokenizer files, architecture, device, dtype, hub reachability) runs before any
+    weight is read. Cost: reading the weights once.
+    """
+    torch_device = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype)
+    source = str(name_or_dir)
+    path = Path(source).expanduser()
+    looks_local = path.exists() or source.startswith((".", "/", "~")) or os.sep in source and path.parent.exists()
+    if looks_local:
+        boot_name = str(_check_local_dir(path))
+    else:
+        _check_hub_reachable(source)
+        boot_name = source
+
+    from transformer_lens.model_bridge import TransformerBridge
+
+    try:
+        bridge = TransformerBridge.boot_transformers(boot_name, device=torch_device, dtype=torch_dtype)
+    except (OSError, ValueError) as exc:  # transformers' own messages are long; keep the first line
+        raise ModelLoadError(f"Could not load {source!r}: {str(exc).splitlines()[0]}") from exc
+    bridge.eval()
+    for p in bridge.parameters():
+        p.requires_grad_(False)
+    return Model(bridge, name=source)
+
+
+def _resolve_device(device: str | torch.device | None) -> str:
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DeviceError(f"device={device!r} is not a device torch knows (try 'cpu' or 'cuda').") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device={device!r} was asked for, but CUDA is not available here; pass device='cpu'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceError(f"device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device={device!r} was asked for, but MPS is not available here; pass device='cpu'.")
+    return str(dev)
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES:
+        return _DTYPES[dtype.removeprefix("torch.")]
+    raise DeviceError(f"dtype={dtype!r} is not one of {', '.join(sorted(_DTYPES))} or a torch.dtype.")
+
+
+def _check_local_dir(path: Path) -> Path:
+    path = path.resolve()  # a relative name that matches a registry alias would be rewritten by the bridge
+    if not path.exists():
+        raise ModelLoadError(f"Model directory {str(path)!r} does not exist.")
+    if not path.is_dir():
+        raise ModelLoadError(f"{str(path)!r} is a file; pass the directory that holds config.json and the weights.")
+    config = path / "config.json"
+    if not config.exists():
+        raise ModelLoadError(f"{str(path)!r} has no config.json: it is not a Hugging Face model directory.")
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{str(path)!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): save the tokenizer next to "
+            "the model (tokenizer.save_pretrained(dir))."
+        )
+    _check_architecture(json.loads(config.read_text()), str(path))
+    return path
+
+
+def _check_architecture(config: dict, where: str) -> None:
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+
+    archs = config.get("architectures") or []
+    if not archs:
+        raise ModelLoadError(f"{where}: config.json names no architecture ('architectures' is missing).")
+    if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
+        raise ModelLoadError(
+            f"{where}: architecture {', '.join(archs)} is not supported by TransformerLens's TransformerBridge. "
+            "Supported decoder families include GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, "
+            "Qwen2ForCausalLM, Gemma2ForCausalLM, MixtralForCausalLM, OlmoeForCausalLM, Qwen2MoeForCausalLM, "
+            "Qwen3MoeForCausalLM."
+        )
+
+
+def _check_hub_reachable(name: str) -> None:
+    """Fail fast, with advice, when a hub name cannot be fetched (and is not in the local HF cache)."""
+    if _in_hf_cache(name):
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0].split(":")[0]
+    reachable = False
+    if not offline:
+        try:
+            with socket.create_connection((host, 443), timeout=3):
+                reachable = True
+        except OSError:
+            reachable = False
+    if not reachable:
+        why = "offline mode is set (HF_HUB_OFFLINE)" if offline else f"the hub ({host}) is unreachable"
+        raise ModelLoadError(
+            f"{name!r} is not a local directory and {why}. Download the model elsewhere and pass its "
+            "directory instead, e.g. interp.load_model('/models/my-model') (a folder with config.json, "
+            "weights and tokenizer files)."
+        )
+
+
+def _in_hf_cache(name: str) -> bool:
+    if name.count("/") != 1:
+        return False
+    hub_cache = Path(os.environ.get("HF_HUB_CACHE", Path(os.environ.get("HF_HOME", "~/.cache/huggingface")) / "hub"))
+    return (hub_cache.expanduser() / f"models--{name.replace('/', '--')}").exists()
+
+
+# --- facts ------------------------------------------------------------------------------------------------
+def _read_info(bridge: Any) -> ModelInfo:
+    cfg = bridge.cfg
+    hf_cfg = bridge.original_model.config
+    text_cfg = getattr(hf_cfg, "text_config", None) or hf_cfg
+    arch = (getattr(hf_cfg, "architectures", None) or [type(bridge.original_model).__name__])[0]
+    n_heads = int(cfg.n_heads)
+    n_kv = getattr(cfg, "n_key_value_heads", None) or getattr(text_cfg, "num_key_value_heads", None) or n_heads
+    norm_type = str(getattr(cfg, "normalization_type", "") or "").upper()
+    norm = "layernorm" if norm_type.startswith("LN") and "RMS" not in norm_type else "rmsnorm"
+    n_experts = getattr(text_cfg, "num_local_experts", None) or getattr(text_cfg, "num_experts", None)
+    top_k = getattr(text_cfg, "num_experts_per_tok", None)
+    is_moe = bool(n_experts) and bool(top_k)
+    shared = 0
+    renorm = None
+    if is_moe:
+        model_type = getattr(text_cfg, "model_type", "")
+        if getattr(text_cfg, "shared_expert_intermediate_size", 0):
+            shared = 1
+        elif getattr(text_cfg, "n_shared_experts", 0):
+            shared = int(text_cfg.n_shared_experts)
+        if model_type == "mixtral":
+            renorm = True
+        else:
+            renorm = bool(getattr(text_cfg, "norm_topk_prob", False))
+    return ModelInfo(
+        architecture=arch,
+        n_layers=int(cfg.n_layers),
+        n_heads=n_heads,
+        n_kv_heads=int(n_kv),
+        d_model=int(cfg.d_model),
+        d_head=int(cfg.d_head),
+        d_mlp=int(cfg.d_mlp) if getattr(cfg, "d_mlp", None) else None,
+        norm=norm,
+        vocab_size=int(cfg.d_vocab),
+        prepends_bos=bool(getattr(cfg, "default_prepend_bos", True)),
+        is_moe=is_moe,
+        n_experts=int(n_experts) if is_moe else None,
+        top_k=int(top_k) if is_moe else None,
+        n_shared_experts=shared,
+        renormalizes_top_k=renorm,
+    )

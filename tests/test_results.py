@@ -1,0 +1,71 @@
+"""Result tables: exact round trips through CSV, Parquet and JSON; views; the registry."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import interp
+from interp.registry import get_method, list_methods, require_method
+
+
+def sample_result() -> interp.Result:
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({
+        "prompt_id": ["a", "a", "b", "b"],
+        "layer": np.array([0, 1, 0, 1], dtype=np.int64),
+        "head": np.array([3, 2, 1, 0], dtype=np.int64),
+        "token": [" Paris", "x,\"y\"\n", "", " é"],
+        "score": rng.normal(size=4) * 1e-3 + np.array([1 / 3, math.pi, -0.0, 1e-300]),
+        "prob": np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32),
+        "chosen": [True, False, True, False],
+    })
+    return interp.Result(table, interp.make_meta("ships", params={"eps": 1e-5, "heads": [(0, 1)]}, extra_note="x"))
+
+
+@pytest.mark.parametrize("ext", ["csv", "parquet", "json"])
+def test_round_trip_is_exact(tmp_path, ext):
+    res = sample_result()
+    path = getattr(res, f"to_{ext}")(tmp_path / f"r.{ext}")
+    back = interp.Result.read(path)
+    pd.testing.assert_frame_equal(back.table, res.table, check_exact=True)
+    assert back.meta == res.meta
+    assert back.meta["parameters"]["heads"] == [[0, 1]]
+
+
+def test_meta_records_what_was_run(tiny_model_dirs):
+    m = interp.load_model(tiny_model_dirs["llama"])
+    ps = interp.PromptSet(["The capital of France is"])
+    res = interp.predictions(m, ps, top_k=2)
+    for key in ("model", "method", "parameters", "dataset_fingerprint", "package_version", "time"):
+        assert key in res.meta
+    assert res.meta["parameters"] == {"top_k": 2}
+    assert res.meta["dataset_fingerprint"] == ps.fingerprint() != interp.PromptSet(["other"]).fingerprint()
+
+
+def test_top_and_pivot():
+    res = sample_result()
+    assert res.top(1)["score"].iloc[0] == res.table["score"].max()
+    grid = res.pivot("layer", "head", "score")
+    assert grid.loc[1, 3 - 1] == res.table.query("layer == 1 and head == 2")["score"].iloc[0]
+
+
+def test_figure_is_plotly():
+    fig = sample_result().figure()
+    assert fig.to_dict()["data"][0]["type"] == "bar"
+
+
+def test_registry_lists_and_accepts_a_users_method():
+    assert get_method("predictions").cost.startswith("1 forward")
+
+    @interp.register_method("my_count_method", paper="none", cost="0 forwards", replace=True)
+    def my_count_method(model, prompts, *, factor: int = 2) -> interp.Result:
+        """Counts prompts times a factor."""
+        return interp.Result(pd.DataFrame({"score": [len(prompts) * factor]}), interp.make_meta("my_count_method"))
+
+    entry = require_method("my_count_method")
+    assert entry.parameters == {"factor": 2} and entry.summary == "Counts prompts times a factor."
+    assert "my_count_method" in [e.name for e in list_methods()]
+    with pytest.raises(interp.ParameterError, match="already registered"):
+        interp.register_method("my_count_method", paper="", cost="")(lambda m, p: None)
