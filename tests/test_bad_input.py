@@ -1,5 +1,7 @@
 """The bad-input catalogue: every input a user can get wrong, the clear error it gets (type and message),
-raised before any compute, with nothing written half-way. Every issue adds its cases here."""
+raised before any compute, with nothing written half-way. The core's cases are below; each method family adds
+its own in tests/bad_inputs/<family>.py (a CASES list: (case id, fn(model, tmp_path, model_dirs), error type,
+message pattern)), where ``model`` is the tiny llama fixture (GQA, 3 layers, 4 heads)."""
 
 import json
 import math
@@ -115,6 +117,23 @@ CASES = [
     ("top_k above vocabulary", lambda m, t, d: interp.predictions(m, GOOD, top_k=10**7), ParameterError,
      "exceeds the vocabulary"),
 ]
+
+
+def _family_cases() -> list:
+    """Each method family keeps its cases in tests/bad_inputs/<family>.py as a CASES list of the same shape."""
+    import importlib
+    import pkgutil
+
+    from . import bad_inputs
+
+    cases = []
+    for info in sorted(pkgutil.iter_modules(bad_inputs.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{bad_inputs.__name__}.{info.name}")
+        cases.extend((f"{info.name}: {c[0]}", *c[1:]) for c in module.CASES)
+    return cases
+
+
+CASES = CASES + _family_cases()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

@@ -1,0 +1,1 @@
+"""Bad-input cases of each method family, collected by tests/test_bad_input.py."""
