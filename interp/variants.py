@@ -145,12 +145,16 @@ def run_variants(
     max_rows: int | None = None,
     reuse_clean: bool = True,
     progress: bool = False,
+    base: Intervention | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Run every variant on the batch; returns (clean, [per-variant]) results of ``reduce``.
+    """Run every variant on the batch; returns (base, [per-variant]) results of ``reduce``.
 
     ``reduce(last_logits, store)`` maps a forward's outputs to a tensor with one leading row per batch row;
-    each result has the batch's B rows. Cost: one clean forward of B rows, plus K x B rows of forwards in
-    chunks of at most ``max_rows`` rows, each starting at its first intervened block when ``reuse_clean``.
+    each result has the batch's B rows. ``base``: an intervention applied to every row, the reference run
+    included (e.g. ROME's embedding noise, with variants restoring clean states); without it the reference is
+    the clean run. Cost: one reference forward of B rows, plus K x B rows of forwards in chunks of at most
+    ``max_rows`` rows, each starting at its first intervened block (from the reference run's residual) when
+    ``reuse_clean``.
     """
     m = as_model(model)
     n_layers = m.info.n_layers
@@ -167,7 +171,8 @@ def run_variants(
             starts[id(chunk)] = min(first, n_layers - 1) if first > 0 else 0
     needed = sorted({s for s in starts.values() if s > 0})
     resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in needed]
-    lg, store = forward(m, batch, (), read=list(read) + resid_names, read_fn=read_fn)
+    base_ivs = [base] if base is not None else []
+    lg, store = forward(m, batch, base_ivs, read=list(read) + resid_names, read_fn=read_fn)
     clean_resid = {layer: store.pop(f"blocks.{layer}.hook_resid_pre") for layer in needed}
     clean = reduce(lg, store)
 
@@ -177,6 +182,10 @@ def run_variants(
         ivs = [variants[k].on_rows(slice(j * bsz, (j + 1) * bsz)) for j, k in enumerate(chunk)]
         start = starts.get(id(chunk), 0)
         resid = clean_resid[start].repeat(len(chunk), 1, 1) if start > 0 else None
+        if base is not None:  # its edits below the start are already in the reference residual
+            kept = tuple(e for e in base.edits if e.layer >= start)
+            if kept:
+                ivs = [Intervention(kept, base.label).on_rows(slice(0, rep.size)), *ivs]
         lg, store = forward(m, rep, ivs, read=read, read_fn=read_fn, start_layer=start, start_resid=resid)
         out = reduce(lg, store)
         for j, k in enumerate(chunk):

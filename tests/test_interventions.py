@@ -75,6 +75,28 @@ def test_variants_engine_equals_the_loop(models, arch):
         assert (fast[k] - clean).abs().max() > 0  # every ablation changes something
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "mixtral"])
+def test_variants_on_top_of_a_base_intervention(models, arch):
+    m = models[arch]
+    b = batch_of(m)
+    noise = interp.add_embedding_noise([(b.width - 3, b.width - 1)] * b.size,
+                                       interp.gaussian_noise(b.size, 2, m.info.d_model, scale=2.0, seed=3))
+    late_edit = interp.ablate_heads(m, [(2, 0)], kind="zero")
+    base = noise + late_edit  # edits below and above the variants' start
+    _, clean = forward(m, b, read=[f"blocks.{layer}.hook_resid_post" for layer in range(3)], logits=None)
+    variants = [interp.patch(f"blocks.{layer}.hook_resid_post", clean[f"blocks.{layer}.hook_resid_post"])
+                for layer in range(3)]
+
+    def reduce(lg, _):
+        return lg.float().log_softmax(-1)
+
+    ref_base, fast = run_variants(m, b, variants, reduce, base=base, max_rows=b.size)
+    torch.testing.assert_close(ref_base, reduce(forward(m, b, [base])[0], None), atol=1e-5, rtol=0)
+    for k, iv in enumerate(variants):
+        ref, _ = forward(m, b, [base, iv])
+        torch.testing.assert_close(fast[k], reduce(ref, None), atol=1e-5, rtol=0)
+
+
 def test_starting_from_the_clean_residual_skips_lower_blocks(models):
     m = models["llama"]
     b = batch_of(m)
