@@ -13,8 +13,6 @@ from typing import Any
 
 from .errors import InterpError
 
-DEFAULT_ORGANISM = "data/organisms/dense"
-
 
 def _parse_value(text: str) -> Any:
     try:
@@ -47,10 +45,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         if key not in entry.parameters:
             raise InterpError(f"{args.method} has no parameter {key!r}; it takes {', '.join(entry.parameters)}.")
         params[key] = _parse_value(value)
-    model = load_model(args.model, device=args.device)
     prompts = PromptSet(args.prompts)
-    result = entry.function(model, prompts, **params)
     out = Path(args.out)
+    if args.ray:
+        from .distributed import run_on_ray
+
+        result = run_on_ray(entry.name, args.model, prompts, address=args.ray, workers=args.workers,
+                            shard_size=args.shard_size or 64, out_dir=out / "shards",
+                            load_kwargs={"device": args.device or "cpu"}, **params)
+    elif args.shard_size:
+        from .runs import run_resumable
+
+        model = load_model(args.model, device=args.device)
+        result = run_resumable(entry.name, model, prompts, out / "shards", shard_size=args.shard_size, **params)
+    else:
+        result = entry.function(load_model(args.model, device=args.device), prompts, **params)
     paths = result.save(out, args.method)
     fig_path = save_html(result.figure(), out / f"{args.method}.html")
     for p in [*paths.values(), fig_path]:
@@ -61,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    index = run_demo(Path(args.out), model_dir=args.model, quick=args.quick)
+    index = run_demo(Path(args.out), data_dir=Path(args.data) if args.data else None, quick=args.quick)
     print(f"Demo report: {index}")
     return 0
 
@@ -86,10 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="a method parameter (JSON value)")
     run.add_argument("--out", required=True)
     run.add_argument("--device", default=None)
+    run.add_argument("--shard-size", type=int, default=None,
+                     help="write results in shards of this many prompts under OUT/shards; a rerun resumes")
+    run.add_argument("--ray", default=None, metavar="ADDRESS|local",
+                     help="shard the prompts over a Ray cluster (pip install 'interp[ray]')")
+    run.add_argument("--workers", type=int, default=2, help="Ray workers (each loads the model once)")
     run.set_defaults(func=cmd_run)
     demo = sub.add_parser("demo", help="run the methods on the shipped organisms and write an HTML report")
     demo.add_argument("--out", default="results/demo")
-    demo.add_argument("--model", default=DEFAULT_ORGANISM)
+    demo.add_argument("--data", default=None, help="the data directory (organisms and corpus); default: data/")
     demo.add_argument("--quick", action="store_true", help="a small, fast configuration")
     demo.set_defaults(func=cmd_demo)
     org = sub.add_parser("organisms", help="model organisms")

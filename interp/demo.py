@@ -1,50 +1,109 @@
-"""The demo report: runs the registered methods on a shipped organism and writes results/demo/index.html
-(figures inlined, offline) with the tables as CSV and Parquet. It grows with every method family."""
+"""The demo report: runs every method family on the shipped organisms and writes ``results/demo/``.
+
+``index.html`` has one section per method (a two-line explanation of what the reader sees, the interactive
+figures, links to the tables); the tables are written as CSV and Parquet next to it. plotly.js is inlined once,
+so the page works offline from a file:// URL. Each family contributes a section builder to ``SECTIONS``.
+"""
 
 from __future__ import annotations
 
 import html
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
-from .model import load_model
-from .prompts import PromptSet
+from tqdm.auto import tqdm
 
-DEMO_PROMPTS = [
-    {"id": "greeting", "prompt": "User: Hello, how are you?\nAssistant:"},
-    {"id": "qa", "prompt": "Q: What is two plus two?\nA:"},
-]
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def _sections(model, prompts, out: Path) -> list[tuple[str, str, str]]:
+@dataclass
+class DemoContext:
+    """What a section builder gets: the organisms (loaded once, on first use), the corpus, the speed setting."""
+
+    data_dir: Path
+    quick: bool
+
+    @cached_property
+    def dense(self) -> Any:
+        from .model import load_model
+
+        return load_model(self.data_dir / "organisms" / "dense", device="cpu")
+
+    @cached_property
+    def moe(self) -> Any:
+        from .model import load_model
+
+        return load_model(self.data_dir / "organisms" / "moe", device="cpu")
+
+    def prompts(self, family: str, *, n: int | None = None, **equals: Any) -> Any:
+        """Held-out records of a corpus family (e.g. "factual", "safety", "composite"), optionally filtered."""
+        from .prompts import PromptSet
+
+        path = self.data_dir / f"{family}.jsonl"
+        ps = PromptSet(path).filter(split="heldout", **equals)
+        return ps[:n] if n is not None and n < len(ps) else ps
+
+
+@dataclass
+class DemoSection:
+    title: str
+    explanation: str
+    figures: list[Any] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)  # table name -> Result
+
+
+def _predictions_section(ctx: DemoContext) -> DemoSection:
     from .methods.predictions import predictions
 
-    result = predictions(model, prompts, top_k=5)
-    paths = result.save(out / "tables", "predictions")
-    fig = result.figure()
-    body = fig.to_html(include_plotlyjs=False, full_html=False)
-    links = " ".join(f'<a href="tables/{p.name}">{p.suffix[1:]}</a>' for p in paths.values())
-    table = result.table.head(20).to_html(index=False)
-    text = ("The model's top next tokens at the last prompt position, with their probabilities. "
-            "The simplest check that the model loads and predicts sensibly.")
-    return [("Next-token predictions", text, body + f"<p>Tables: {links}</p>" + table)]
+    prompts = ctx.prompts("factual", n=4)
+    result = predictions(ctx.dense, prompts, top_k=5)
+    return DemoSection(
+        "Next-token predictions",
+        "The dense organism's top next tokens at the last prompt position for held-out facts, with probabilities. "
+        "The simplest check that the model loads and recalls what it was trained on.",
+        [result.figure()],
+        {"predictions": result},
+    )
 
 
-def run_demo(out: Path, *, model_dir: str = "data/organisms/dense", quick: bool = False) -> Path:
-    """Write the demo report into ``out`` (overwriting the previous one) and return index.html's path."""
+SECTIONS: list[Callable[[DemoContext], DemoSection]] = [_predictions_section]
+
+
+def run_demo(out: Path, *, data_dir: Path | None = None, quick: bool = False) -> Path:
+    """Write the demo report into ``out`` (replacing a previous one) and return index.html's path."""
     import plotly.offline
 
-    out.mkdir(parents=True, exist_ok=True)
-    model = load_model(model_dir, device="cpu")
-    prompts = PromptSet(DEMO_PROMPTS)
-    sections = _sections(model, prompts, out)
-    plotly_js = plotly.offline.get_plotlyjs()
-    parts = [f"<h2>{html.escape(t)}</h2><p>{html.escape(x)}</p>{body}" for t, x, body in sections]
+    data_dir = Path(data_dir) if data_dir is not None else ROOT / "data"
+    ctx = DemoContext(data_dir=data_dir, quick=quick)
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "tables").mkdir(parents=True)
+    parts = []
+    for builder in tqdm(SECTIONS, desc="demo sections"):
+        section = builder(ctx)
+        links = []
+        for name, result in section.results.items():
+            paths = result.save(out / "tables", name)
+            links.append(f"{html.escape(name)}: " + " ".join(
+                f'<a href="tables/{p.name}">{p.suffix[1:]}</a>' for k, p in paths.items() if k != "json"))
+        figs = "".join(f"<div class='figure'>{fig.to_html(include_plotlyjs=False, full_html=False)}</div>"
+                       for fig in section.figures)
+        parts.append(
+            f"<section><h2>{html.escape(section.title)}</h2><p>{html.escape(section.explanation)}</p>{figs}"
+            f"<p class='tables'>Tables: {' | '.join(links)}</p></section>"
+        )
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>interp demo</title>"
-        f"<script type='text/javascript'>{plotly_js}</script></head><body>"
-        f"<h1>interp demo: {html.escape(model.name)}</h1><p>{html.escape(repr(model))}</p>"
-        + "".join(parts)
-        + "</body></html>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}section{margin-bottom:2em}</style>"
+        f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>"
+        "<h1>interp demo report</h1><p>Every method of the toolkit on the shipped model organisms "
+        "(small trained models with known behaviours: findings on them check the tools, not claims about large "
+        f"models).{' Quick configuration.' if quick else ''}</p>" + "".join(parts) + "</body></html>"
     )
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")

@@ -127,13 +127,26 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    n_devices: int | None = None,
+    max_memory: dict[Any, Any] | None = None,
 ) -> Model:
     """Boot a TransformerBridge from a local Hugging Face directory (offline) or a hub name.
 
-    Every check (directory, tokenizer files, architecture, device, dtype, hub reachability) runs before any
-    weight is read. Cost: reading the weights once.
+    A model larger than one GPU is split across several with ``device_map="auto"`` (Hugging Face accelerate;
+    optionally ``max_memory={0: "70GiB", 1: "70GiB"}``) or ``n_devices=k`` (the bridge's own layer split); leave
+    ``device`` unset then. Every check (directory, tokenizer files, architecture, device, dtype, hub
+    reachability) runs before any weight is read. Cost: reading the weights once.
     """
-    torch_device = _resolve_device(device)
+    if (device_map is not None or n_devices is not None) and device is not None:
+        raise DeviceError("Give either device= or device_map= / n_devices=, not both: a device map places every layer.")
+    if n_devices is not None and (not isinstance(n_devices, int) or n_devices < 1):
+        raise DeviceError(f"n_devices must be a positive integer; got {n_devices!r}.")
+    if n_devices is not None and n_devices > 1 and n_devices > torch.cuda.device_count():
+        raise DeviceError(f"n_devices={n_devices} but this machine has {torch.cuda.device_count()} CUDA device(s).")
+    split = {k: v for k, v in (("device_map", device_map), ("n_devices", n_devices), ("max_memory", max_memory))
+             if v is not None}
+    torch_device = None if split else _resolve_device(device)
     torch_dtype = _resolve_dtype(dtype)
     source = str(name_or_dir)
     path = Path(source).expanduser()
@@ -147,7 +160,7 @@ def load_model(
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
-        bridge = TransformerBridge.boot_transformers(boot_name, device=torch_device, dtype=torch_dtype)
+        bridge = TransformerBridge.boot_transformers(boot_name, device=torch_device, dtype=torch_dtype, **split)
     except (OSError, ValueError) as exc:  # transformers' own messages are long; keep the first line
         raise ModelLoadError(f"Could not load {source!r}: {str(exc).splitlines()[0]}") from exc
     bridge.eval()

@@ -1,0 +1,143 @@
+"""Sharding a prompt set over a Ray cluster (the optional extra ``interp[ray]``).
+
+The prompt set is split into the same fixed shards as :func:`interp.runs.run_resumable`; each shard runs as a
+task on a worker actor that loads the model once. Results come back as Results and merge, in shard order, into
+one Result equal to the single-process run. A worker that dies mid-shard is replaced and its shard retried:
+every shard is counted exactly once. With ``out_dir`` the finished shards are also written there, so an
+interrupted distributed run resumes like a local one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .errors import InterpError, check_positive_int
+from .prompts import as_prompt_set
+from .results import Result
+from .runs import _resolve, check_manifest, merge_shards, run_manifest, shard_path, shard_ranges, write_shard
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:  # pragma: no cover - the extra is installed in CI
+        raise InterpError("Ray is not installed: pip install 'interp[ray]'.") from exc
+    return ray
+
+
+class _ShardWorker:
+    """Holds one loaded model; runs a method on shards of prompts."""
+
+    def __init__(self, model_source: str, load_kwargs: dict[str, Any]):
+        import os
+
+        from .model import load_model
+
+        self.model = load_model(model_source, **load_kwargs)
+        self._pid = os.getpid()
+
+    def pid(self) -> int:
+        return self._pid
+
+    def run(self, fn: Callable[..., Result], records: list[dict], params: dict[str, Any]) -> Result:
+        return fn(self.model, records, **params)
+
+
+def run_on_ray(
+    method: str | Callable[..., Result],
+    model_source: str | Path,
+    prompts: Any,
+    *,
+    address: str = "local",
+    workers: int = 2,
+    shard_size: int = 64,
+    max_retries: int = 3,
+    out_dir: str | Path | None = None,
+    load_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+    **params: Any,
+) -> Result:
+    """Run a per-prompt method over the prompts on ``workers`` Ray actors (``address="local"`` starts a local
+    cluster on this machine; otherwise the address of a running cluster, e.g. "ray://head:10001" or "auto").
+
+    Cost: the method's own cost per prompt, spread over the workers, plus one model load per worker.
+    """
+    ray = _ray()
+    name, fn = _resolve(method)
+    ps = as_prompt_set(prompts)
+    check_positive_int("workers", workers)
+    check_positive_int("shard_size", shard_size)
+    source = str(Path(model_source).resolve()) if Path(model_source).exists() else str(model_source)
+    load_kwargs = dict(load_kwargs or {"device": "cpu"})
+    ranges = shard_ranges(len(ps), shard_size)
+    results: dict[int, Result] = {}
+    out = Path(out_dir) if out_dir is not None else None
+    manifest = None
+    if out is not None:
+        from .model import load_model
+
+        manifest = run_manifest(name, load_model(source, **load_kwargs), ps, params, shard_size)
+        check_manifest(out, manifest)
+        for k in range(len(ranges)):
+            if shard_path(out, k).exists():
+                results[k] = Result.read(shard_path(out, k))
+
+    started_here = False
+    if not ray.is_initialized():
+        if address == "local":
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+        started_here = True
+    remote_worker = ray.remote(num_cpus=1, max_restarts=0)(_ShardWorker)
+    retries: dict[int, int] = {}
+    try:
+        actors = [remote_worker.remote(source, load_kwargs) for _ in range(workers)]
+        queue = [k for k in range(len(ranges)) if k not in results]
+        running: dict[Any, tuple[int, int]] = {}  # object ref -> (shard, actor slot)
+        bar = tqdm(total=len(queue), desc=f"{name} on ray", disable=not progress)
+        free = list(range(workers))
+        while queue or running:
+            while queue and free:
+                slot, k = free.pop(), queue.pop(0)
+                s, e = ranges[k]
+                ref = actors[slot].run.remote(fn, ps.records[s:e], params)
+                running[ref] = (k, slot)
+            done, _ = ray.wait(list(running), num_returns=1)
+            ref = done[0]
+            k, slot = running.pop(ref)
+            try:
+                res = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+                retries[k] = retries.get(k, 0) + 1
+                if retries[k] > max_retries:
+                    raise InterpError(f"Shard {k} failed {retries[k]} times on Ray workers; giving up.") from exc
+                actors[slot] = remote_worker.remote(source, load_kwargs)  # a fresh worker in the dead one's place
+                queue.insert(0, k)
+                free.append(slot)
+                continue
+            results[k] = res
+            if out is not None:
+                write_shard(res, out, k)
+            free.append(slot)
+            bar.update(1)
+        bar.close()
+    finally:
+        if started_here:
+            ray.shutdown()
+
+    if out is not None:
+        merged = merge_shards(out, manifest, len(ranges))
+    else:
+        import pandas as pd
+
+        merged = Result(pd.concat([results[k].table for k in range(len(ranges))], ignore_index=True),
+                        dict(results[0].meta))
+        merged.meta.update({"dataset_fingerprint": ps.fingerprint(), "n_prompts": len(ps), "shards": len(ranges),
+                            "shard_size": shard_size})
+    merged.meta.update({"ray_workers": workers, "ray_retried_shards": sorted(retries)})
+    return merged
