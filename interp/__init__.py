@@ -11,6 +11,7 @@ Research code calls plain functions that return a :class:`Result`::
 
 __version__ = "0.1.0"
 
+from . import moe  # noqa: E402
 from .capture import Capture, capture, head_outputs  # noqa: E402
 from .decode import apply_final_norm, decode, norm_scale, unembed  # noqa: E402
 from .errors import (  # noqa: E402
@@ -25,11 +26,36 @@ from .errors import (  # noqa: E402
 )
 from .hooks import Edit, Intervention, hook_snapshot, hooked  # noqa: E402
 from .interventions import ablate_heads, add_embedding_noise, gaussian_noise, mask_attention, patch  # noqa: E402
-from .methods.predictions import predictions  # noqa: E402  (importing registers it)
+from .methods.attribution_patching import attribution_patching  # noqa: E402
+from .methods.generation import REFUSAL_KEYWORDS, keyword_judge, refuses  # noqa: E402
+from .methods.icot import context_masking, cross_task_patching  # noqa: E402
+from .methods.lens import (  # noqa: E402
+    LensResult,
+    TunedLens,
+    lens_curves,
+    lens_heatmap,
+    lens_summary,
+    lens_takeover,
+    logit_lens,
+    train_tuned_lens,
+)
+from .methods.moe import expert_attribution, expert_importance, top_experts  # noqa: E402
+from .methods.moe_blocking import block_experts, shared_routed_contrast  # noqa: E402
+from .methods.moe_routing import head_expert_correlation, routing_stats  # noqa: E402
+from .methods.patching import activation_patching  # noqa: E402
+from .methods.predictions import predictions  # noqa: E402  (importing a method module registers it)
+from .methods.safety_heads import (  # noqa: E402
+    asr_summary,
+    attack_success_rate,
+    generalized_ships,
+    sahara,
+    ships,
+)
 from .model import Model, ModelInfo, as_model, load_model  # noqa: E402
 from .prompts import Batch, PromptSet, batches, encode, make_batch  # noqa: E402
 from .registry import get_method, list_methods, register_method  # noqa: E402
 from .results import Result, make_meta  # noqa: E402
+from .runs import run_resumable  # noqa: E402
 from .variants import forward, run_variants  # noqa: E402
 
 __all__ = [
@@ -39,4 +65,10 @@ __all__ = [
     "capture", "decode", "encode", "forward", "gaussian_noise", "get_method", "head_outputs", "hook_snapshot",
     "hooked", "list_methods", "load_model", "make_batch", "make_meta", "mask_attention", "norm_scale", "patch",
     "predictions", "register_method", "run_variants", "unembed",
+    "activation_patching", "attribution_patching", "context_masking", "cross_task_patching",
+    "block_experts", "expert_attribution", "expert_importance", "head_expert_correlation", "moe", "routing_stats",
+    "shared_routed_contrast", "top_experts", "run_resumable",
+    "LensResult", "TunedLens", "lens_curves", "lens_heatmap", "lens_summary", "lens_takeover", "logit_lens",
+    "train_tuned_lens", "REFUSAL_KEYWORDS", "asr_summary", "attack_success_rate", "generalized_ships",
+    "keyword_judge", "refuses", "sahara", "ships",
 ]

@@ -95,10 +95,11 @@ def _compose_rows(outer: slice, inner: slice) -> slice:
     return slice(start, stop)
 
 
-def resolve_hook(model: Any, name: str) -> torch.nn.Module:
-    """The HookPoint module for ``name``; an unknown name lists the close matches."""
-    bridge = getattr(model, "bridge", model)
-    hook_dict = bridge.hook_dict
+def resolve_hook(model: Any, name: str, hook_dict: dict[str, Any] | None = None) -> torch.nn.Module:
+    """The HookPoint module for ``name``; an unknown name lists the close matches. ``hook_dict``: the bridge's
+    ``hook_dict`` when the caller already has it (building it costs ~0.1 ms per access)."""
+    if hook_dict is None:
+        hook_dict = getattr(model, "bridge", model).hook_dict
     if name not in hook_dict:
         raise unknown_hook_error(name, hook_dict.keys())
     return hook_dict[name]
@@ -137,11 +138,12 @@ def hooked(
     for item in interventions:
         edits.extend(item.edits if isinstance(item, Intervention) else (item,))
     by_module: dict[int, tuple[torch.nn.Module, list[str], list[Edit]]] = {}
+    hook_dict = getattr(model, "bridge", model).hook_dict  # once: the bridge rebuilds it on every access
     for e in edits:
-        mod = resolve_hook(model, e.name)
+        mod = resolve_hook(model, e.name, hook_dict)
         by_module.setdefault(id(mod), (mod, [], []))[2].append(e)
     for name in read:
-        mod = resolve_hook(model, name)
+        mod = resolve_hook(model, name, hook_dict)
         by_module.setdefault(id(mod), (mod, [], []))[1].append(name)
     if stop_after is not None and stop_after not in read:
         raise ValueError("stop_after must be one of the read hooks")

@@ -110,7 +110,8 @@ class Result:
         """CSV of the table (floats written exactly) and ``<path>.meta.json`` with the metadata and dtypes."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.table.to_csv(path, index=False, float_format="%.17g", na_rep=_CSV_NA)
+        # "\r\n" rows: the csv writer then quotes any field holding a lone "\r" or "\n" (tokens do)
+        self.table.to_csv(path, index=False, float_format="%.17g", na_rep=_CSV_NA, lineterminator="\r\n")
         sidecar = {"meta": self.meta, "dtypes": self._dtypes(), "columns": list(self.table.columns)}
         Path(str(path) + ".meta.json").write_text(json.dumps(sidecar, indent=1))
         return path
@@ -172,6 +173,8 @@ class Result:
 
 
 def _plain(v: Any) -> Any:
+    if v is pd.NA:  # missing value of a nullable column (Int64, boolean)
+        return None
     if hasattr(v, "item"):
         v = v.item()
     if isinstance(v, float) and math.isnan(v):

@@ -172,7 +172,14 @@ def run_variants(
     needed = sorted({s for s in starts.values() if s > 0})
     resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in needed]
     base_ivs = [base] if base is not None else []
-    lg, store = forward(m, batch, base_ivs, read=list(read) + resid_names, read_fn=read_fn)
+    user_fn = read_fn
+
+    def reference_fn(name: str, value: torch.Tensor) -> Any:  # the kept residuals stay whole
+        if name in resid_names or user_fn is None:
+            return value
+        return user_fn(name, value)
+
+    lg, store = forward(m, batch, base_ivs, read=list(read) + resid_names, read_fn=reference_fn)
     clean_resid = {layer: store.pop(f"blocks.{layer}.hook_resid_pre") for layer in needed}
     clean = reduce(lg, store)
 
@@ -182,10 +189,11 @@ def run_variants(
         ivs = [variants[k].on_rows(slice(j * bsz, (j + 1) * bsz)) for j, k in enumerate(chunk)]
         start = starts.get(id(chunk), 0)
         resid = clean_resid[start].repeat(len(chunk), 1, 1) if start > 0 else None
-        if base is not None:  # its edits below the start are already in the reference residual
-            kept = tuple(e for e in base.edits if e.layer >= start)
+        if base is not None:  # on every copy of the batch; edits below the start are in the reference residual
+            kept = base.edits if start == 0 else tuple(e for e in base.edits if e.layer >= start)
             if kept:
-                ivs = [Intervention(kept, base.label).on_rows(slice(0, rep.size)), *ivs]
+                kept_iv = Intervention(kept, base.label)
+                ivs = [*(kept_iv.on_rows(slice(j * bsz, (j + 1) * bsz)) for j in range(len(chunk))), *ivs]
         lg, store = forward(m, rep, ivs, read=read, read_fn=read_fn, start_layer=start, start_resid=resid)
         out = reduce(lg, store)
         for j, k in enumerate(chunk):

@@ -97,6 +97,20 @@ def test_variants_on_top_of_a_base_intervention(models, arch):
         torch.testing.assert_close(fast[k], reduce(ref, None), atol=1e-5, rtol=0)
 
 
+def test_a_read_fn_does_not_touch_the_kept_residuals(models):
+    m = models["llama"]
+    b = batch_of(m)
+    variants = [interp.ablate_heads(m, [(2, 1)])]
+    name = "blocks.2.hook_resid_post"
+
+    def reduce(lg, store):
+        return store[name]
+
+    clean, (ablated,) = run_variants(m, b, variants, reduce, read=[name], read_fn=lambda n, v: v[:, -1])
+    _, ref = forward(m, b, variants, read=[name], logits=None)
+    torch.testing.assert_close(ablated, ref[name][:, -1], atol=1e-5, rtol=0)
+
+
 def test_starting_from_the_clean_residual_skips_lower_blocks(models):
     m = models["llama"]
     b = batch_of(m)

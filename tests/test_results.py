@@ -16,12 +16,12 @@ def sample_result() -> interp.Result:
         "prompt_id": ["a", "a", "b", "b"],
         "layer": np.array([0, 1, 0, 1], dtype=np.int64),
         "head": np.array([3, 2, 1, 0], dtype=np.int64),
-        "token": [" Paris", "x,\"y\"\n", "", " é"],
+        "token": [" Paris", "x,\"y\"\n", "", " é\r"],
         "score": rng.normal(size=4) * 1e-3 + np.array([1 / 3, math.pi, -0.0, 1e-300]),
         "prob": np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32),
         "chosen": [True, False, True, False],
     })
-    return interp.Result(table, interp.make_meta("ships", params={"eps": 1e-5, "heads": [(0, 1)]}, extra_note="x"))
+    return interp.Result(table, interp.make_meta("sample_method", params={"eps": 1e-5, "heads": [(0, 1)]}, extra_note="x"))
 
 
 @pytest.mark.parametrize("ext", ["csv", "parquet", "json"])

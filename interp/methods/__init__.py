@@ -1,3 +1,13 @@
 """Attribution methods, one module per family; importing this package registers them all."""
 
-from . import predictions  # noqa: F401
+from . import (  # noqa: F401
+    attribution_patching,
+    icot,
+    lens,
+    moe,
+    moe_blocking,
+    moe_routing,
+    patching,
+    predictions,
+    safety_heads,
+)

@@ -1,0 +1,212 @@
+"""Expert blocking with random controls, and the shared-only / shared + top-n routed contrast (Li et al., ACL
+2025, arXiv 2505.24593, Table 2 and the expert-blocking experiment; the random-expert control is ours).
+
+Blocking is an :class:`~interp.hooks.Intervention` on ``blocks.{l}.mlp.hook_expert_weights`` built by
+:func:`interp.moe.block_experts_intervention`; every condition runs through the variants engine, so hooks never
+leak and conditions are batched.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .. import moe
+from ..errors import ParameterError, check_choice, check_positive_int
+from ..hooks import Intervention
+from ..model import as_model
+from ..prompts import as_prompt_set, batches, encode
+from ..registry import register_method
+from ..results import Result, make_meta
+from ..variants import run_variants
+from .moe import HIT_AT, PAPER
+
+CONDITION_ORDER = ("clean", "blocked", "control")
+
+
+def _rank_reduce(targets: torch.Tensor):
+    def reduce(logits: torch.Tensor, _store: Any) -> torch.Tensor:
+        t = targets.to(logits.device).repeat(logits.shape[0] // targets.shape[0])
+        lp = logits.float().log_softmax(-1)
+        return ((lp > lp.gather(-1, t[:, None])).sum(-1) + 1).cpu()
+
+    return reduce
+
+
+def _run_conditions(m: Any, ps: Any, conditions: Sequence[tuple[str, int | None, Intervention]],
+                    batch_size: int) -> pd.DataFrame:
+    """Target rank of every prompt under the clean run and each (condition, control index, intervention)."""
+    enc = encode(m, ps, targets=["target"])
+    has_task = "task" in ps.fields
+    rows = []
+    for batch in batches(m, enc, batch_size):
+        clean, results = run_variants(m, batch, [c[2] for c in conditions], _rank_reduce(batch.targets["target"]))
+        for r, i in enumerate(batch.indices):
+            base = {"prompt_id": ps[i]["id"], **({"task": ps[i].get("task")} if has_task else {})}
+            rows.append({**base, "condition": "clean", "control": None, "rank": int(clean[r])})
+            for (name, ctrl, _), res in zip(conditions, results):
+                rows.append({**base, "condition": name, "control": ctrl, "rank": int(res[r])})
+    table = pd.DataFrame(rows)
+    table["control"] = pd.array(table["control"].tolist(), dtype="Int64")
+    table["rr"] = 1.0 / table["rank"]
+    table["hit@10"] = table["rank"] <= HIT_AT
+    order = {pid: k for k, pid in enumerate(ps.ids)}
+    table["_o"] = table["prompt_id"].map(order)
+    return table.sort_values("_o", kind="stable").drop(columns="_o").reset_index(drop=True)
+
+
+def _metric_summary(t: pd.DataFrame) -> dict[str, Any]:
+    out: dict[str, Any] = {"n_prompts": int(t["prompt_id"].nunique())}
+    for metric in ("rr", "hit@10"):
+        name = "mrr" if metric == "rr" else "hit@10"
+        for cond in t["condition"].unique():
+            part = t[t["condition"] == cond]
+            if cond == "control":
+                per = part.groupby("control")[metric].mean()
+                out[f"{name}_control_mean"] = float(per.mean())
+                out[f"{name}_control_std"] = float(per.std(ddof=1)) if len(per) > 1 else 0.0
+                out[f"{name}_control_min"] = float(per.min())
+                out[f"{name}_control_max"] = float(per.max())
+                out[f"{name}_control_each"] = [float(v) for v in per]
+            else:
+                out[f"{name}_{cond}"] = float(part[metric].astype(float).mean())
+    return out
+
+
+def blocking_summary(table: pd.DataFrame) -> dict[str, Any]:
+    """MRR and HIT@10 per condition (controls: mean, std, min, max over the control sets), all and per task."""
+    out = {"all": _metric_summary(table)}
+    if "task" in table.columns:
+        out["by_task"] = {str(k): _metric_summary(g) for k, g in table.groupby("task", sort=True)}
+    return out
+
+
+def blocking_figure(result: Result, metric: str = "mrr") -> Any:
+    """Bars of MRR (or HIT@10) per task: clean, blocked, and the mean of the controls with their std."""
+    import plotly.graph_objects as go
+
+    check_choice("metric", metric, ("mrr", "hit@10"))
+    summ = result.meta["summary"]
+    groups = dict(summ.get("by_task", {})) or {"all": summ["all"]}
+    if "by_task" in summ:
+        groups = {"all": summ["all"], **groups}
+    x = list(groups)
+    fig = go.Figure()
+    conds = [c for c in ("clean", "blocked") if f"{metric}_{c}" in summ["all"]]
+    conds += [c for c in summ["all"] if c.startswith(f"{metric}_keep")]
+    for c in conds:
+        key = c if c.startswith(f"{metric}_") else f"{metric}_{c}"
+        fig.add_trace(go.Bar(name=key.removeprefix(f"{metric}_"), x=x, y=[groups[g].get(key) for g in x]))
+    if f"{metric}_control_mean" in summ["all"]:
+        fig.add_trace(go.Bar(name="random controls (mean ± std)", x=x,
+                             y=[groups[g][f"{metric}_control_mean"] for g in x],
+                             error_y=dict(type="data", array=[groups[g][f"{metric}_control_std"] for g in x])))
+    fig.update_layout(title=f"{result.method}: {metric.upper()} of the target", yaxis_title=metric, barmode="group")
+    return fig
+
+
+def _control_sets(m: Any, pairs: list[tuple[int, int]], controls: int, seed: int) -> list[list[tuple[int, int]]]:
+    """``controls`` random expert sets with as many experts per layer as ``pairs``, drawn from each layer's
+    other experts (from all of them when the layer has too few others)."""
+    rng = random.Random(seed)
+    by_layer: dict[int, list[int]] = {}
+    for layer, e in pairs:
+        by_layer.setdefault(layer, []).append(e)
+    sets = []
+    for _ in range(controls):
+        chosen = []
+        for layer, es in sorted(by_layer.items()):
+            n_exp = moe.moe_layer(m, layer).n_experts
+            pool = [e for e in range(n_exp) if e not in es]
+            if len(pool) < len(es):
+                pool = list(range(n_exp))
+            chosen += [(layer, e) for e in sorted(rng.sample(pool, len(es)))]
+        sets.append(chosen)
+    return sets
+
+
+def _expert_list(experts: Any) -> list[Any]:
+    if isinstance(experts, Result):
+        if experts.method != "expert_importance":
+            raise ParameterError("Pass expert pairs, or an expert_importance result (e.g. its top rows); for an "
+                                 "expert_attribution result use interp.top_experts(result, k, task=...).")
+        t = experts.table[experts.table["kind"] == "expert"]
+        return [(int(a), int(b)) for a, b in zip(t["layer"], t["expert"])]
+    if isinstance(experts, pd.DataFrame):
+        return [(int(a), int(b)) for a, b in zip(experts["layer"], experts["expert"]) if b is not pd.NA]
+    if not isinstance(experts, Iterable) or isinstance(experts, (str, bytes)):
+        raise ParameterError(f"experts must be a list of (layer, expert) pairs; got {type(experts).__name__}.")
+    return list(experts)
+
+
+@register_method("block_experts", paper=PAPER, family="moe", figure=blocking_figure,
+                 cost="(1 + 1 + controls) forwards per prompt (batched; each starts at the first blocked layer)")
+def block_experts(
+    model: Any,
+    prompts: Any,
+    experts: Any,
+    *,
+    mode: str = "zero",
+    controls: int = 20,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> Result:
+    """MRR and HIT@10 of the target before and after blocking a set of (layer, expert) pairs, and after
+    blocking ``controls`` random sets with the same number of experts per layer.
+
+    ``experts``: (layer, expert) pairs, e.g. ``interp.top_experts(attribution, 10, task="country_capital")``, or
+    an expert_importance result / DataFrame with layer and expert columns. ``mode``: "zero" drops the experts'
+    contributions (other routing weights unchanged); "reroute" sets their router logits to -inf before top-k so
+    tokens go to their next-best experts (renormalised as the architecture does). Table: one row per prompt x
+    condition (clean, blocked, control with its index): rank, rr, hit@10; ``meta["summary"]`` has MRR/HIT@10
+    per condition (controls: mean, std, min, max) over all prompts and per task. Cost: (2 + controls)
+    forwards per prompt, batched.
+    """
+    m = moe.require_moe(model, "block_experts")
+    ps = as_prompt_set(prompts)
+    check_choice("mode", mode, moe.BLOCK_MODES)
+    pairs = moe.check_experts(m, _expert_list(experts))
+    controls = check_positive_int("controls", controls, minimum=0)
+    batch_size = check_positive_int("batch_size", batch_size)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ParameterError(f"seed must be an integer; got {seed!r}.")
+    encode(m, ps, targets=["target"])  # every prompt and target checked before any forward
+    sets = _control_sets(m, pairs, controls, seed)
+    conditions = [("blocked", None, moe.block_experts_intervention(m, pairs, mode=mode))]
+    conditions += [("control", k, moe.block_experts_intervention(m, s, mode=mode)) for k, s in enumerate(sets)]
+    table = _run_conditions(m, ps, conditions, batch_size)
+    params = {"experts": pairs, "mode": mode, "controls": controls, "seed": seed, "batch_size": batch_size}
+    return Result(table, make_meta("block_experts", m, ps, params, summary=blocking_summary(table),
+                                   control_sets=sets))
+
+
+@register_method("shared_routed_contrast", paper=PAPER, family="moe", figure=blocking_figure,
+                 cost="(1 + len(keep)) forwards per prompt (batched)")
+def shared_routed_contrast(model: Any, prompts: Any, *, keep: Sequence[int] | None = None,
+                           batch_size: int = 16) -> Result:
+    """MRR and HIT@10 when every MoE block keeps only each token's top-n routed experts (n in ``keep``; 0 =
+    the shared expert alone), as the paper's Table 2 (shared only / shared + top-1 / ...). Kept weights are
+    renormalised over the kept experts where the architecture renormalises. Default keep: 0 .. top_k - 1 (top_k
+    is the clean run). Table: one row per prompt x condition ("clean", "keep0", "keep1", ...). Cost: one forward
+    per prompt and condition, batched.
+    """
+    m = moe.require_moe(model, "shared_routed_contrast")
+    ps = as_prompt_set(prompts)
+    top_k = int(m.info.top_k or 0)
+    keep = list(range(top_k)) if keep is None else list(keep)
+    if not keep:
+        raise ParameterError("keep is empty; give the numbers of routed experts to keep, e.g. [0, 1].")
+    for n in keep:
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= top_k:
+            raise ParameterError(f"keep: {n!r} must be an integer between 0 and top_k={top_k}.")
+    batch_size = check_positive_int("batch_size", batch_size)
+    encode(m, ps, targets=["target"])
+    conditions = [(f"keep{n}", None, moe.keep_top_experts_intervention(m, n)) for n in keep]
+    table = _run_conditions(m, ps, conditions, batch_size)
+    summary = blocking_summary(table)
+    return Result(table, make_meta("shared_routed_contrast", m, ps, {"keep": keep, "batch_size": batch_size},
+                                   summary=summary, shared_experts=as_model(m).info.n_shared_experts, top_k=top_k))

@@ -1,0 +1,416 @@
+"""Logit lens and tuned lens: every layer (and sublayer output) in both normalisations against a computation made
+directly on the Hugging Face model; the last layer equals the model's logits; batched = prompt by prompt; zero
+translators give exactly the logit lens; training reduces KL; aggregates, figures, hooks, save / load; and the
+dense organism (skipped only while data/organisms/dense/config.json is absent)."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import interp
+from interp.methods import lens as lens_mod
+from interp.methods.lens import (
+    LensResult,
+    TunedLens,
+    lens_curves,
+    lens_heatmap,
+    lens_summary,
+    lens_takeover,
+    logit_lens,
+    train_tuned_lens,
+)
+from interp.prompts import encode
+
+from .helpers import PROMPTS
+
+ARCHS = ["gpt2", "llama", "gemma2", "qwen2_moe"]  # LayerNorm; GQA; softcap + (1 + w) norm; MoE with shared expert
+TWO_TARGETS = [{**p, "other": t} for p, t in zip(PROMPTS, [" is", " the", " John", " Paris"])]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_dirs):
+    return {a: interp.load_model(tiny_model_dirs[a]) for a in ARCHS}
+
+
+# --- a direct reference on the plain Hugging Face model ---------------------------------------------------------
+def _hf_parts(hf, arch):
+    dec = hf.get_decoder()
+    layers = dec.layers if hasattr(dec, "layers") else dec.h
+    final_norm = dec.norm if hasattr(dec, "norm") else dec.ln_f
+    return layers, final_norm
+
+
+def hf_vectors(hf, arch: str, ids: list[int]) -> tuple[dict[tuple[str, int], torch.Tensor], torch.Tensor]:
+    """({(site, layer): vectors [T, d_model]}, HF logits [T, vocab]) of one unpadded prompt on the HF model:
+    residuals from output_hidden_states (the last one from the final norm's input, since HF norms it), sublayer
+    outputs from forward hooks on its modules."""
+    layers, final_norm = _hf_parts(hf, arch)
+    got: dict[str, torch.Tensor] = {}
+    handles = []
+    for layer, block in enumerate(layers):
+        if arch == "gemma2":  # gemma2 norms each sublayer's output before adding it
+            mods = {"attn_out": block.post_attention_layernorm, "mlp_out": block.post_feedforward_layernorm}
+        else:
+            mods = {"attn_out": block.self_attn if hasattr(block, "self_attn") else block.attn, "mlp_out": block.mlp}
+        for site, mod in mods.items():
+            handles.append(mod.register_forward_hook(
+                lambda _m, _i, o, key=f"{site}.{layer}": got.__setitem__(key, o[0] if isinstance(o, tuple) else o)))
+    handles.append(final_norm.register_forward_pre_hook(lambda _m, i: got.__setitem__("final_in", i[0])))
+    try:
+        with torch.no_grad():
+            out = hf(torch.tensor([ids]), output_hidden_states=True)
+    finally:
+        for h in handles:
+            h.remove()
+    n = len(layers)
+    hidden = out.hidden_states
+    vectors = {("resid_pre", 0): hidden[0][0]}
+    for layer in range(n):
+        vectors[("resid_post", layer)] = hidden[layer + 1][0] if layer < n - 1 else got["final_in"][0]
+        if layer > 0:
+            vectors[("resid_pre", layer)] = vectors[("resid_post", layer - 1)]
+        vectors[("attn_out", layer)] = got[f"attn_out.{layer}"][0]
+        vectors[("mlp_out", layer)] = got[f"mlp_out.{layer}"][0]
+    return vectors, out.logits[0]
+
+
+def hf_decode(hf, arch: str, h: torch.Tensor, norm: str, x_final: torch.Tensor) -> torch.Tensor:
+    """Logits of vectors h on the HF model: its final norm (recompute) or, frozen, the norm written out from its
+    parameters with the scale of the real final residual x_final; its lm_head and soft-cap."""
+    _, final_norm = _hf_parts(hf, arch)
+    head = hf.get_output_embeddings()
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+
+    def frozen_norm(h):
+        if arch == "gpt2":
+            sigma = torch.sqrt(x_final.var(-1, unbiased=False, keepdim=True) + final_norm.eps)
+            return (h - h.mean(-1, keepdim=True)) / sigma * final_norm.weight + final_norm.bias
+        eps = getattr(final_norm, "variance_epsilon", None) or final_norm.eps
+        sigma = torch.sqrt(x_final.pow(2).mean(-1, keepdim=True) + eps)
+        weight = 1 + final_norm.weight if arch == "gemma2" else final_norm.weight
+        return h / sigma * weight
+
+    with torch.no_grad():
+        logits = head(final_norm(h) if norm == "recompute" else frozen_norm(h))
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def hf_reference(hf, arch: str, ids: list[int], norm: str) -> dict:
+    """{(site, layer): logits [T, vocab], "final": the model's logits}, all computed on the HF model."""
+    vectors, final = hf_vectors(hf, arch, ids)
+    refs = {key: hf_decode(hf, arch, h, norm, vectors[("resid_post", len(_hf_parts(hf, arch)[0]) - 1)])
+            for key, h in vectors.items()}
+    refs["final"] = final
+    return refs
+
+
+def _check_rows(rows: pd.DataFrame, logits: torch.Tensor, final: torch.Tensor, target: int, top_k: int,
+                ids: list[int]):
+    """The table's rows of one (site, layer) of one prompt (token ids ``ids``) against reference logits
+    [T, vocab] (rows sorted by position)."""
+    logits, final = logits.float(), final.float()
+    logp = logits.log_softmax(-1)
+    pos = torch.tensor(rows["position"].to_numpy())
+    lp, lt = logp[pos], logits[pos]
+    np.testing.assert_allclose(rows["target_logit"], lt[:, target], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(rows["target_prob"], lp[:, target].exp(), atol=1e-5, rtol=0)
+    assert (rows["target_rank"].to_numpy() == ((lt > lt[:, target:target + 1]).sum(-1) + 1).numpy()).all()
+    lpf = final.log_softmax(-1)[pos]
+    kl = (lpf.exp() * (lpf - lp)).sum(-1) / math.log(2)
+    np.testing.assert_allclose(rows["kl_bits"], kl, atol=1e-5, rtol=0)
+    ent = -(lp.exp() * lp).sum(-1) / math.log(2)
+    np.testing.assert_allclose(rows["entropy_bits"], ent, atol=1e-5, rtol=0)
+    nxt = torch.tensor([*ids[1:], target])[pos]  # the actual next token: the next prompt token, then the target
+    np.testing.assert_allclose(rows["ce_bits"], -lp.gather(1, nxt[:, None])[:, 0] / math.log(2), atol=1e-5, rtol=0)
+    top = lp.topk(top_k, dim=-1)
+    for k in range(top_k):
+        np.testing.assert_allclose(rows[f"top{k + 1}_prob"], top.values[:, k].exp(), atol=1e-5, rtol=0)
+    assert (rows["top1_id"].to_numpy() == top.indices[:, 0].numpy()).all()
+
+
+@pytest.mark.parametrize("norm", ["recompute", "frozen"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_site_and_layer_matches_a_direct_hf_computation(models, hf_models, arch, norm):
+    m, hf = models[arch], hf_models(arch)
+    sites = ["resid_pre", "attn_out", "mlp_out", "resid_post"]
+    res = logit_lens(m, PROMPTS, sites=sites, norm=norm, positions="all", top_k=5, batch_size=4)
+    enc = encode(m, PROMPTS, targets=["target"])
+    assert len(res.table) == sum(len(e) for e in enc.items) * len(sites) * m.info.n_layers
+    for i, rec in enumerate(PROMPTS):
+        refs = hf_reference(hf, arch, enc.items[i].ids, norm)
+        mine = res.table[res.table["prompt_id"] == rec["id"]]
+        final = refs.pop("final")
+        for (site, layer), logits in refs.items():
+            rows = mine[(mine["site"] == site) & (mine["layer"] == layer)].sort_values("position")
+            assert len(rows) == len(enc.items[i])
+            _check_rows(rows, logits, final, enc.targets["target"][i], 5, enc.items[i].ids)
+
+
+@pytest.mark.parametrize("norm", ["recompute", "frozen"])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_last_layer_is_the_models_own_distribution(models, arch, norm):
+    m = models[arch]
+    res = logit_lens(m, PROMPTS, norm=norm, top_k=3)
+    enc = encode(m, PROMPTS, targets=["target"])
+    last = res.table[res.table["layer"] == m.info.n_layers - 1].set_index("prompt_id")
+    for batch in interp.batches(m, enc, 4):
+        logits, _ = interp.forward(m, batch)  # the bridge's own logits (stopped at the final norm)
+        logp = logits.float().log_softmax(-1)
+        for r, idx in enumerate(batch.indices):
+            row = last.loc[PROMPTS[idx]["id"]]
+            t = int(batch.targets["target"][r])
+            assert row["target_logit"] == pytest.approx(float(logits[r, t]), abs=1e-5)
+            assert row["top1_id"] == int(logp[r].argmax())
+            assert row["top1_prob"] == pytest.approx(float(logp[r].max().exp()), abs=1e-5)
+            assert abs(row["kl_bits"]) < 1e-5
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batched_equals_prompt_by_prompt(models, arch):
+    m = models[arch]
+    for norm in ("recompute", "frozen"):
+        kw = {"sites": "sublayers", "norm": norm, "positions": "all", "targets": ("target", "other"), "top_k": 4}
+        batched = logit_lens(m, TWO_TARGETS, batch_size=4, **kw).table
+        alone = pd.concat([logit_lens(m, [p], **kw).table for p in TWO_TARGETS], ignore_index=True)
+        pd.testing.assert_frame_equal(batched, alone, check_exact=False, atol=1e-5, rtol=0)
+        assert len(batched) == len(alone) > 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2_moe"])  # no norm bias, no soft-cap: frozen decoding is linear
+def test_frozen_sublayer_logits_add_up_to_the_residual_change(models, arch):
+    m = models[arch]
+    t = logit_lens(m, PROMPTS, sites=["resid_pre", "attn_out", "mlp_out", "resid_post"], norm="frozen",
+                   positions="all").table
+    w = t.pivot_table(index=["prompt_id", "layer", "position"], columns="site", values="target_logit")
+    np.testing.assert_allclose(w["attn_out"] + w["mlp_out"], w["resid_post"] - w["resid_pre"], atol=1e-4, rtol=0)
+
+
+def test_positions_last_equals_the_last_row_of_positions_all(models):
+    m = models["gemma2"]
+    last = logit_lens(m, PROMPTS, sites="sublayers", top_k=3).table
+    every = logit_lens(m, PROMPTS, sites="sublayers", positions="all", top_k=3).table
+    pd.testing.assert_frame_equal(last, every[every["is_last"]].reset_index(drop=True), check_exact=False,
+                                  atol=1e-5, rtol=0)
+    assert last["is_last"].all() and not every["is_last"].all()
+
+
+def test_hooks_never_leak(models, monkeypatch):
+    m = models["llama"]
+    before = interp.hook_snapshot(m)
+    logit_lens(m, PROMPTS, sites="sublayers", positions="all")
+    assert interp.hook_snapshot(m) == before
+    real = lens_mod.forward
+
+    def failing(*args, read_fn=None, **kw):
+        def boom(_name, _value):
+            raise RuntimeError("boom inside the forward")
+        return real(*args, read_fn=boom, **kw)
+
+    monkeypatch.setattr(lens_mod, "forward", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        logit_lens(m, PROMPTS)
+    with pytest.raises(RuntimeError, match="boom"):
+        train_tuned_lens(m, ["a b c d"], steps=1, progress=False)
+    assert interp.hook_snapshot(m) == before
+
+
+# --- aggregates -------------------------------------------------------------------------------------------------
+def test_summary_equals_a_naive_loop(models):
+    m = models["qwen2_moe"]
+    res = logit_lens(m, TWO_TARGETS, targets=("target", "other"), positions="all", top_k=2)
+    assert isinstance(res, LensResult)
+    summ = res.aggregate().table
+    t = res.table
+    for layer in range(m.info.n_layers):
+        for f in ("target", "other"):
+            acc, rr, n = 0.0, 0.0, 0
+            for rec in t.to_dict(orient="records"):
+                if rec["layer"] == layer and rec["is_last"]:
+                    acc += rec["top1_id"] == rec[f"{f}_id"]
+                    rr += 1.0 / rec[f"{f}_rank"]
+                    n += 1
+            row = summ[(summ["layer"] == layer) & (summ["target"] == f)].iloc[0]
+            assert row["n"] == n == len(TWO_TARGETS)
+            assert row["accuracy"] == pytest.approx(acc / n) and row["mrr"] == pytest.approx(rr / n)
+    every = lens_summary(res, positions="all").table
+    assert set(every["n"]) == {len(t) // m.info.n_layers}
+
+
+def test_summary_reads_back_from_disk(models, tmp_path):
+    m = models["llama"]
+    res = logit_lens(m, PROMPTS, sites="sublayers", norm="frozen")
+    path = res.to_parquet(tmp_path / "lens.parquet")
+    back = interp.Result.read(path)
+    pd.testing.assert_frame_equal(back.table, res.table)
+    pd.testing.assert_frame_equal(lens_summary(back).table, res.aggregate().table)
+    js = interp.Result.read(res.to_json(tmp_path / "lens.json"))
+    pd.testing.assert_frame_equal(js.table, res.table)
+
+
+def test_takeover_reads_the_constructed_curves():
+    layers = list(range(6))
+    early = [0.1, 0.5, 0.7, 0.4, 0.2, 0.1]  # peaks at layer 2
+    late = [0.0, 0.1, 0.2, 0.5, 0.8, 0.9]  # above from layer 3 on
+    rows = [{"lens": "logit", "norm": "recompute", "site": "resid_post", "layer": la, "depth": la + 1.0,
+             "target": f, "mean_prob": v}
+            for f, vals in (("y_s1", early), ("y_t", late)) for la, v in zip(layers, vals)]
+    got = lens_takeover(pd.DataFrame(rows)).iloc[0]
+    assert got["y_s1_peak_layer"] == int(np.argmax(early))
+    assert got["y_t_takeover_layer"] == next(i for i in layers if all(a > b for a, b in zip(late[i:], early[i:])))
+    never = [dict(r, mean_prob=0.0) if r["target"] == "y_t" else r for r in rows]
+    assert lens_takeover(pd.DataFrame(never)).iloc[0]["y_t_takeover_layer"] == -1
+
+
+# --- figures ----------------------------------------------------------------------------------------------------
+def test_heatmap_cells_are_the_top_tokens_and_their_probabilities(models, tmp_path):
+    m = models["gpt2"]
+    res = logit_lens(m, PROMPTS, positions="all", top_k=3)
+    fig = res.figure()  # positions="all": the heatmap of the first prompt
+    heat = fig.data[0]
+    t = res.table[res.table["prompt_id"] == PROMPTS[0]["id"]]
+    n_pos = t["position"].nunique()
+    assert np.asarray(heat.z).shape == (m.info.n_layers, n_pos)
+    for rec in t.to_dict(orient="records"):
+        assert heat.z[rec["layer"]][rec["position"]] == pytest.approx(rec["top1_prob"])
+        assert repr(rec["top3_token"]) in heat.customdata[rec["layer"]][rec["position"]]
+    by_target = lens_heatmap(res, PROMPTS[1]["id"], color="target")
+    t1 = res.table[res.table["prompt_id"] == PROMPTS[1]["id"]]
+    assert by_target.data[0].z[0][0] == pytest.approx(t1[(t1.layer == 0) & (t1.position == 0)]["target_prob"].iloc[0])
+    assert interp.viz.save_html(fig, tmp_path / "lens.html").stat().st_size > 1000
+
+
+def test_curves_plot_the_summary_for_each_lens_and_target(models):
+    m = models["llama"]
+    logit = logit_lens(m, TWO_TARGETS, targets=("target", "other"))
+    tuned = logit_lens(m, TWO_TARGETS, targets=("target", "other"), lens=TunedLens.identity(m))
+    tuned.table["lens"] = "tuned"
+    fig = lens_curves(logit, tuned, metrics=("mean_prob", "accuracy"))
+    assert len(fig.data) == 2 * 2 * 2  # metrics x lenses x targets
+    summ = logit.aggregate().table
+    trace = next(d for d in fig.data if d.name == "other · logit (recompute)" and d.xaxis == "x2")
+    want = summ[summ["target"] == "other"].sort_values("layer")["accuracy"].to_numpy()
+    np.testing.assert_allclose(trace.y, want)
+    assert logit.figure().data  # the registered figure: curves for positions="last"
+
+
+# --- tuned lens -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["gpt2", "gemma2"])
+def test_zero_translators_give_exactly_the_logit_lens(models, arch):
+    m = models[arch]
+    for norm in ("recompute", "frozen"):
+        plain = logit_lens(m, PROMPTS, norm=norm, positions="all").table
+        tuned = logit_lens(m, PROMPTS, norm=norm, positions="all", lens=TunedLens.identity(m)).table
+        assert (tuned["lens"] == "tuned").all()
+        pd.testing.assert_frame_equal(tuned.drop(columns="lens"), plain.drop(columns="lens"), check_exact=True)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gemma2"])
+def test_a_translator_is_applied_as_h_plus_Ah_plus_b(models, hf_models, arch):
+    m, hf = models[arch], hf_models(arch)
+    lens = TunedLens.identity(m)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        lens.weight.copy_(torch.randn(lens.weight.shape, generator=g) * 0.05)
+        lens.bias.copy_(torch.randn(lens.bias.shape, generator=g) * 0.1)
+    res = logit_lens(m, PROMPTS, positions="all", lens=lens, top_k=3).table
+    enc = encode(m, PROMPTS, targets=["target"])
+    for i, rec in enumerate(PROMPTS):
+        vectors, final = hf_vectors(hf, arch, enc.items[i].ids)
+        for layer in range(m.info.n_layers):
+            h = vectors[("resid_post", layer)]
+            with torch.no_grad():
+                translated = h + h @ lens.weight[layer].T + lens.bias[layer]
+            logits = hf_decode(hf, arch, translated, "recompute", None)
+            rows = res[(res["prompt_id"] == rec["id"]) & (res["layer"] == layer)].sort_values("position")
+            _check_rows(rows, logits, final, enc.targets["target"][i], 3, enc.items[i].ids)
+        assert not torch.allclose(logits, hf_decode(hf, arch, h, "recompute", None))  # the translator did act
+
+
+def _texts(seed: int, n: int) -> list[str]:
+    rng = random.Random(seed)
+    words = ("the capital of France is Paris and Mary went to the store John was green Moscow David old long "
+             "bread Sure yes").split()
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(5, 16))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2_moe"])
+def test_training_lowers_held_out_kl_at_every_layer_but_the_last(models, arch, tmp_path):
+    m = models[arch]
+    train, held = _texts(0, 40), _texts(1, 16)
+    before = interp.hook_snapshot(m)
+    lens = train_tuned_lens(m, train, steps=40, tokens_per_step=128, progress=False)
+    assert interp.hook_snapshot(m) == before
+    assert all(not p.requires_grad for p in m.hf_model.get_output_embeddings().parameters())
+    hist = lens.info["history"]
+    assert len(hist) == 40 and hist[-1] < hist[0]
+    plain = lens_summary(logit_lens(m, held, positions="all"), positions="all").table
+    tuned = lens_summary(logit_lens(m, held, positions="all", lens=lens), positions="all").table
+    n = m.info.n_layers
+    kl_plain, kl_tuned = plain["kl_bits"].to_numpy(), tuned["kl_bits"].to_numpy()
+    print(f"\n[{arch}] held-out KL bits per layer, logit {np.round(kl_plain, 4)} tuned {np.round(kl_tuned, 4)}")
+    assert (kl_tuned[: n - 1] < kl_plain[: n - 1]).all()
+    assert abs(kl_tuned[n - 1]) < 1e-5  # the last layer's translator stays the identity (its KL gradient is 0)
+    # save / load gives the same lens and the same table
+    back = TunedLens.load(lens.save(tmp_path / "lens"))
+    assert torch.equal(back.weight, lens.weight) and torch.equal(back.bias, lens.bias)
+    assert back.info == lens.info
+    pd.testing.assert_frame_equal(logit_lens(m, held[:3], lens=back).table, logit_lens(m, held[:3], lens=lens).table,
+                                  check_exact=True)
+
+
+# --- the dense organism -----------------------------------------------------------------------------------------
+ORGANISM = Path(__file__).resolve().parents[1] / "data" / "organisms" / "dense"
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "organisms" / "corpus"
+
+
+@pytest.mark.slow
+def test_dense_organism_lens_reading():
+    if not (ORGANISM / "config.json").exists():
+        pytest.skip("data/organisms/dense/config.json is absent: the dense organism is not shipped yet")
+    from interp.organisms.corpus import load_jsonl
+
+    m = interp.load_model(ORGANISM, device="cpu")
+    records = load_jsonl(CORPUS / "composite.jsonl")
+    comp = [r for r in records if r["kind"] == "composite" and r["split"] == "heldout" and r["n_shot"] > 0]
+    rng = random.Random(0)
+    comp = rng.sample(comp, min(120, len(comp)))
+    fields = ("y_t", "y_s1", "y_s2")
+    t0 = time.time()
+    res = logit_lens(m, comp, targets=fields, top_k=5, batch_size=32)
+    frozen = logit_lens(m, comp, targets=fields, norm="frozen", top_k=5, batch_size=32)
+    t_lens = time.time() - t0
+    n = m.info.n_layers
+    for r in (res, frozen):  # the last layer is the model's own distribution in both modes
+        assert r.table[r.table["layer"] == n - 1]["kl_bits"].abs().max() < 1e-5
+    summ = pd.concat([res.aggregate().table, frozen.aggregate().table], ignore_index=True)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print("\n", summ[["norm", "layer", "target", "accuracy", "mrr", "mean_prob", "median_rank", "kl_bits"]])
+    print(lens_takeover(summ).to_string())
+    print(lens_takeover(summ, metric="mrr").to_string())
+
+    # tuned lens: trained on training-split texts (all positions), evaluated on held-out composite prompts
+    train_recs = [r for r in records if r["split"] == "train" and r.get("target")]
+    texts = [r["prompt"] + r["target"] for r in random.Random(1).sample(train_recs, min(400, len(train_recs)))]
+    t1 = time.time()
+    tuned = train_tuned_lens(m, texts, steps=250, progress=False)
+    t_train = time.time() - t1
+    held = comp[:60]
+    kl_plain = lens_summary(logit_lens(m, held, targets=fields, positions="all"), positions="all").table
+    kl_tuned = lens_summary(logit_lens(m, held, targets=fields, positions="all", lens=tuned), positions="all").table
+    kp = kl_plain[kl_plain["target"] == "y_t"]["kl_bits"].to_numpy()
+    kt = kl_tuned[kl_tuned["target"] == "y_t"]["kl_bits"].to_numpy()
+    tuned_last = lens_summary(logit_lens(m, comp, targets=fields, lens=tuned)).table
+    print(f"held-out KL bits (all positions): logit {np.round(kp, 3)} tuned {np.round(kt, 3)}")
+    print(tuned_last[["layer", "target", "accuracy", "mrr", "mean_prob", "kl_bits"]].to_string())
+    print(lens_takeover(tuned_last).to_string())
+    print(f"timings: logit lens x2 on {len(comp)} prompts {t_lens:.1f}s, tuned lens training {t_train:.1f}s "
+          f"on {tuned.info['train']['n_tokens']} tokens")
+    assert (kt[: n - 1] < kp[: n - 1]).all()

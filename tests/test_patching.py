@@ -1,0 +1,360 @@
+"""Activation and attribution patching against naive references: one unpadded forward per prompt and per
+patched place (activation patching), one backward per prompt and per site (attribution patching), and central
+finite differences of the metric (the gradient itself). Organism checks at the end (skipped only while
+data/organisms/dense is not shipped)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+import interp
+from interp.hooks import Edit, Intervention, hook_snapshot, hooked
+from interp.methods.attribution_patching import attribution_patching
+from interp.methods.patching import SITES, activation_patching
+from interp.organisms import organism_dir
+from interp.prompts import tokenize
+
+ARCHS = ("gpt2", "llama", "qwen2_moe", "mixtral")
+CLEAN = [
+    {"id": "fr", "prompt": "The capital of France is", "target": " Paris"},
+    {"id": "mary", "prompt": "Mary went to the store and", "target": " to"},
+]
+CORRUPT = [
+    {"id": "es", "prompt": "The capital of Spain is", "target": " Madrid"},
+    {"id": "john", "prompt": "John went to the store and", "target": " and"},
+]
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model_dirs):
+    return {a: interp.load_model(tiny_model_dirs[a]) for a in ARCHS}
+
+
+# --- naive references -------------------------------------------------------------------------------------
+def ids_of(m, text):
+    return tokenize(m, text).ids
+
+
+def answer_id(m, prompt, target):
+    return tokenize(m, prompt + target).ids[len(tokenize(m, prompt).ids)]
+
+
+def cache_of(m, ids, names):
+    with torch.no_grad():
+        _, cache = m.bridge.run_with_cache(torch.tensor([ids]), names_filter=lambda n: n in names)
+    return {n: cache[n][0] for n in names}
+
+
+def last_logits(m, ids, edits=()):
+    with torch.no_grad(), hooked(m, [Intervention(tuple(edits))]):
+        return m.bridge(torch.tensor([ids]))[0, -1]
+
+
+def replace_at(hook, pos, head, value):
+    def apply(t, rows):
+        if head is None:
+            t[0, pos] = value
+        else:
+            t[0, pos, head] = value
+
+    return Edit(hook, apply)
+
+
+def places(m, sites, n_tokens, layers=None, positions=None):
+    for site in sites:
+        for layer in layers if layers is not None else range(m.info.n_layers):
+            for head in range(m.info.n_heads) if site == "z" else [None]:
+                for p in range(n_tokens):
+                    if positions is None or p in positions or p - n_tokens in positions:
+                        yield site, layer, head, p
+
+
+def naive_patching(m, clean, corrupt, sites, direction="denoising", src_shift=0, layers=None, positions=None):
+    """{(prompt_id, site, layer, head, position): (patched LD, clean LD, corrupt LD)}, one forward per place.
+    ``src_shift``: source position = destination position + src_shift (for end-aligned pairs)."""
+    out = {}
+    for c, k in zip(clean, corrupt):
+        ci, ki = ids_of(m, c["prompt"]), ids_of(m, k["prompt"])
+        a, w = answer_id(m, c["prompt"], c["target"]), answer_id(m, c["prompt"], k["target"])
+        ld = lambda lg, a=a, w=w: float(lg[a] - lg[w])
+        src, dst = (ci, ki) if direction == "denoising" else (ki, ci)
+        names = [SITES[s].format(layer=layer) for s in sites for layer in range(m.info.n_layers)]
+        cache = cache_of(m, src, names)
+        ld_clean, ld_corr = ld(last_logits(m, ci)), ld(last_logits(m, ki))
+        shift = src_shift(len(src), len(dst)) if callable(src_shift) else src_shift
+        for site, layer, head, p in places(m, sites, len(dst), layers, positions):
+            sp = p + shift
+            if not 0 <= sp < len(src):
+                continue
+            hook = SITES[site].format(layer=layer)
+            value = cache[hook][sp] if head is None else cache[hook][sp, head]
+            out[(c["id"], site, layer, head, p)] = (ld(last_logits(m, dst, [replace_at(hook, p, head, value)])),
+                                                    ld_clean, ld_corr)
+    return out
+
+
+def keyed(table, value):
+    heads = table["head"].astype(object).where(table["head"].notna(), None)
+    return {(p, s, int(la), None if h is None else int(h), int(po)): float(v)
+            for p, s, la, h, po, v in zip(table["prompt_id"], table["site"], table["layer"], heads,
+                                          table["position"], table[value])}
+
+
+# --- activation patching ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2_moe"])
+def test_activation_patching_equals_one_forward_per_place(models, arch):
+    m = models[arch]
+    sites = ("resid_pre", "attn_out", "mlp_out", "z")
+    res = activation_patching(m, CLEAN, CORRUPT, sites=sites, batch_size=2, layers=[0, 2])
+    ref = naive_patching(m, CLEAN, CORRUPT, sites, layers=[0, 2])
+    got = keyed(res.table, "patched")
+    assert set(got) == set(ref)
+    for key, (val, _, _) in ref.items():
+        assert got[key] == pytest.approx(val, abs=1e-5, rel=0), key
+    clean_ld = dict(zip(res.table["prompt_id"], res.table["clean"]))
+    assert clean_ld["fr"] == pytest.approx(ref[("fr", "resid_pre", 0, None, 0)][1], abs=1e-5)
+    # the table carries a real signal: some places move the metric
+    assert (res.table["patched"] - res.table["corrupt"]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_noising_and_normalised_logit_difference(models, arch):
+    m = models[arch]
+    sites = ("resid_post", "z")
+    res = activation_patching(m, CLEAN, CORRUPT, sites=sites, direction="noising", metric="norm_logit_diff",
+                              positions=[1, 4, -1])
+    ref = naive_patching(m, CLEAN, CORRUPT, sites, direction="noising", positions=[1, 4, -1])
+    got = keyed(res.table, "score")
+    assert set(got) == set(ref)
+    for key, (val, c, k) in ref.items():
+        assert got[key] == pytest.approx((val - k) / (c - k), abs=1e-5), key
+
+
+def test_batched_equals_prompt_by_prompt(models):
+    m = models["qwen2_moe"]
+    kw = {"sites": ("resid_mid", "z"), "positions": [1, -1], "metric": "prob"}
+    together = activation_patching(m, CLEAN, CORRUPT, batch_size=2, **kw).table
+    alone = pd.concat([activation_patching(m, [c], [k], **kw).table for c, k in zip(CLEAN, CORRUPT)])
+    a, b = keyed(together, "score"), keyed(alone, "score")
+    assert set(a) == set(b) and len(a) > 0
+    for key in a:
+        assert a[key] == pytest.approx(b[key], abs=1e-5), key
+
+
+def test_restoring_the_only_differing_embedding_restores_the_clean_run(models):
+    for arch, m in models.items():
+        res = activation_patching(m, CLEAN, CORRUPT, sites="resid_pre", layers=[0])
+        t = res.table
+        for pid in ("fr", "mary"):
+            rows = t[t["prompt_id"] == pid]
+            moved = rows[(rows["patched"] - rows["corrupt"]).abs() > 1e-5]
+            assert len(moved) == 1, (arch, pid)  # only the position whose token differs
+            assert float(moved["patched"].iloc[0]) == pytest.approx(float(moved["clean"].iloc[0]), abs=1e-5)
+
+
+def test_end_aligned_pairs_of_different_lengths(models):
+    m = models["llama"]
+    clean = [{"id": "long", "prompt": "Q: Mary went to the store\nA:", "target": " to"}]
+    corrupt = [{"id": "short", "prompt": "Mary went to the store and", "target": " and"}]
+    res = activation_patching(m, clean, corrupt, sites=("resid_pre", "z"), align="end", layers=[1])
+    n_c, n_k = len(ids_of(m, clean[0]["prompt"])), len(ids_of(m, corrupt[0]["prompt"]))
+    ref = naive_patching(m, clean, corrupt, ("resid_pre", "z"), src_shift=n_c - n_k, layers=[1])
+    got = keyed(res.table, "patched")
+    assert set(got) == set(ref)
+    for key, (val, _, _) in ref.items():
+        assert got[key] == pytest.approx(val, abs=1e-5), key
+
+
+def test_custom_metric_and_figures(models):
+    m = models["gpt2"]
+    metric = lambda logits, answer, wrong: logits.log_softmax(-1).gather(-1, answer[:, None])[:, 0]
+    a = activation_patching(m, CLEAN, CORRUPT, sites=("attn_out", "z"), metric=metric)
+    b = activation_patching(m, CLEAN, CORRUPT, sites=("attn_out", "z"), metric="logprob")
+    pd.testing.assert_series_equal(a.table["score"], b.table["score"], atol=1e-6, rtol=0)
+    for site in ("attn_out", "z"):
+        fig = a.figure(site=site)
+        assert len(fig.data) == 1 and fig.data[0].z is not None
+    assert len(a.figure(site="z").data[0].x) == m.info.n_heads
+
+
+# --- attribution patching ---------------------------------------------------------------------------------
+def naive_attribution(m, clean, corrupt, sites, direction):
+    """{key: attribution}: for every prompt and site, its own forward with a zero leaf at that hook alone and
+    its own backward."""
+    out = {}
+    for c, k in zip(clean, corrupt):
+        ci, ki = ids_of(m, c["prompt"]), ids_of(m, k["prompt"])
+        a, w = answer_id(m, c["prompt"], c["target"]), answer_id(m, c["prompt"], k["target"])
+        src, dst = (ci, ki) if direction == "denoising" else (ki, ci)
+        for site in sites:
+            for layer in range(m.info.n_layers):
+                hook = SITES[site].format(layer=layer)
+                a_src = cache_of(m, src, [hook])[hook]
+                holder = {}
+
+                def apply(t, rows, holder=holder):
+                    holder["a"] = t[0].detach().clone()
+                    holder["d"] = torch.zeros_like(t, requires_grad=True)
+                    t += holder["d"]
+
+                with torch.enable_grad(), hooked(m, [Intervention((Edit(hook, apply),))]):
+                    lg = m.bridge(torch.tensor([dst]))[0, -1]
+                    (grad,) = torch.autograd.grad(lg[a] - lg[w], [holder["d"]])
+                diff = a_src - holder["a"]
+                per = (diff * grad[0]).sum(-1)  # [T] or [T, H]
+                for p in range(len(dst)):
+                    for head in range(m.info.n_heads) if site == "z" else [None]:
+                        out[(c["id"], site, layer, head, p)] = float(per[p] if head is None else per[p, head])
+    return out
+
+
+@pytest.mark.parametrize(("arch", "direction"), [("gpt2", "denoising"), ("llama", "noising"),
+                                               ("qwen2_moe", "denoising"), ("mixtral", "noising")])
+def test_attribution_equals_one_backward_per_site(models, arch, direction):
+    m = models[arch]
+    sites = ("resid_pre", "attn_out", "mlp_out", "z")
+    res = attribution_patching(m, CLEAN, CORRUPT, sites=sites, direction=direction, batch_size=2)
+    ref = naive_attribution(m, CLEAN, CORRUPT, sites, direction)
+    got = keyed(res.table, "attribution")
+    assert set(got) == set(ref)
+    for key, val in ref.items():
+        assert got[key] == pytest.approx(val, abs=1e-5, rel=1e-5), key
+    assert max(abs(v) for v in ref.values()) > 1e-2
+    base = res.table["corrupt"] if direction == "denoising" else res.table["clean"]
+    pd.testing.assert_series_equal(res.table["estimate"], base + res.table["attribution"], check_names=False,
+                                   atol=1e-9, rtol=0)
+
+
+def test_attribution_is_the_derivative_of_the_metric(models):
+    """Central finite differences along a_clean - a_corrupt at the largest attribution of each site kind."""
+    m = models["llama"]
+    res = attribution_patching(m, CLEAN[:1], CORRUPT[:1], sites=("resid_pre", "z", "mlp_out"))
+    c, k = CLEAN[0], CORRUPT[0]
+    ci, ki = ids_of(m, c["prompt"]), ids_of(m, k["prompt"])
+    a, w = answer_id(m, c["prompt"], c["target"]), answer_id(m, c["prompt"], k["target"])
+    for site in ("resid_pre", "z", "mlp_out"):
+        rows = res.table[res.table["site"] == site]
+        top = rows.loc[rows["attribution"].abs().idxmax()]
+        hook = SITES[site].format(layer=int(top["layer"]))
+        head = None if pd.isna(top["head"]) else int(top["head"])
+        p = int(top["position"])
+        a_src, a_dst = cache_of(m, ci, [hook])[hook][p], cache_of(m, ki, [hook])[hook][p]
+        if head is not None:
+            a_src, a_dst = a_src[head], a_dst[head]
+        eps = 1e-2
+        vals = []
+        for sign in (1, -1):
+            lg = last_logits(m, ki, [replace_at(hook, p, head, a_dst + sign * eps * (a_src - a_dst))])
+            vals.append(float(lg[a] - lg[w]))
+        fd = (vals[0] - vals[1]) / (2 * eps)
+        assert float(top["attribution"]) == pytest.approx(fd, rel=2e-2, abs=1e-3), site
+
+
+def test_verify_top_runs_exact_patching_on_the_largest(models):
+    m = models["qwen2_moe"]
+    sites = ("resid_pre", "z")
+    est = attribution_patching(m, CLEAN, CORRUPT, sites=sites, verify_top=4)
+    exact = activation_patching(m, CLEAN, CORRUPT, sites=sites)
+    t = est.table
+    verified = t[t["exact"].notna()]
+    places = verified.groupby(["site", "layer", "head", "position"], dropna=False).ngroups
+    assert places == 4
+    keys = ["site", "layer", "head", "position"]
+    mean_abs = t.assign(x=t["attribution"].abs()).groupby(keys, dropna=False)["x"].mean()
+    chosen = verified.assign(x=verified["attribution"].abs()).groupby(keys, dropna=False)["x"].mean()
+    assert chosen.min() >= mean_abs.sort_values().iloc[-4] - 1e-12
+    ex = keyed(exact.table, "score")
+    for key, v in keyed(verified, "exact").items():
+        assert v == pytest.approx(ex[key], abs=1e-5), key
+
+
+def test_attribution_batched_equals_prompt_by_prompt(models):
+    m = models["mixtral"]
+    together = attribution_patching(m, CLEAN, CORRUPT, sites=("z", "mlp_out"), batch_size=2).table
+    alone = pd.concat([attribution_patching(m, [c], [k], sites=("z", "mlp_out")).table for c, k in zip(CLEAN, CORRUPT)])
+    a, b = keyed(together, "attribution"), keyed(alone, "attribution")
+    assert set(a) == set(b)
+    for key in a:
+        assert a[key] == pytest.approx(b[key], abs=1e-5, rel=1e-5), key
+
+
+def test_hooks_never_leak(models):
+    m = models["llama"]
+    before = hook_snapshot(m)
+    activation_patching(m, CLEAN, CORRUPT, sites=("z",), positions="last")
+    attribution_patching(m, CLEAN, CORRUPT, sites=("z",), positions="last", verify_top=2)
+    assert hook_snapshot(m) == before
+    calls = {"n": 0}
+
+    def flaky(logits, answer, wrong):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise RuntimeError("boom")
+        return logits[:, 0]
+
+    for fn in (activation_patching, attribution_patching):
+        calls["n"] = 0
+        with pytest.raises(RuntimeError, match="boom"):
+            fn(m, CLEAN, CORRUPT, sites=("resid_pre",), metric=flaky)
+        assert hook_snapshot(m) == before
+
+
+# --- organism ---------------------------------------------------------------------------------------------
+DENSE = organism_dir("dense")
+needs_dense = pytest.mark.skipif(not (DENSE / "config.json").exists(), reason="data/organisms/dense is not shipped yet")
+
+
+def spearman(x: pd.Series, y: pd.Series) -> float:
+    return float(x.rank().corr(y.rank()))
+
+
+def factual_pairs(m, n_pairs=12):
+    """Clean/corrupt pairs from the organism's held-out factual prompts: the same template and relation with
+    another subject of the same token length and a different answer token."""
+    from interp.organisms import CORPUS_DIR
+    from interp.organisms.corpus import load_jsonl
+
+    recs = [r for r in load_jsonl(CORPUS_DIR / "factual.jsonl") if r.get("split") == "heldout"] or \
+        load_jsonl(CORPUS_DIR / "factual.jsonl")
+    groups = {}
+    for r in recs:
+        template = r["prompt"].replace(r["subject"], "{}")
+        groups.setdefault((template, len(ids_of(m, r["prompt"]))), []).append(r)
+    pairs = []
+    for (_, _), rs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        for i in range(0, len(rs) - 1, 2):
+            c, k = rs[i], rs[i + 1]
+            if answer_id(m, c["prompt"], c["target"]) != answer_id(m, c["prompt"], k["target"]):
+                pairs.append((c, k))
+        if len(pairs) >= n_pairs:
+            break
+    pairs = pairs[:n_pairs]
+    return [dict(c) for c, _ in pairs], [dict(k) for _, k in pairs]
+
+
+@needs_dense
+def test_dense_attribution_agrees_with_exact_patching():
+    m = interp.load_model(DENSE)
+    clean, corrupt = factual_pairs(m)
+    assert len(clean) >= 4
+    out = {}
+    for site in ("z", "resid_pre"):
+        exact = activation_patching(m, clean, corrupt, sites=site).table
+        est = attribution_patching(m, clean, corrupt, sites=site).table
+        j = exact.merge(est, on=["prompt_id", "site", "layer", "head", "position"], suffixes=("", "_est"))
+        assert len(j) == len(exact) == len(est)
+        per_row = spearman(j["score"] - j["corrupt"], j["attribution"])
+        keys = ["layer", "head", "position"] if site == "z" else ["layer", "position"]
+        mean = j.groupby(keys, dropna=False)[["score", "corrupt", "attribution"]].mean()
+        per_place = spearman(mean["score"] - mean["corrupt"], mean["attribution"])
+        out[site] = (per_row, per_place)
+        print(f"\n[organism dense] attribution vs exact patching, site {site}: Spearman per pair x place "
+              f"{per_row:.3f} ({len(j)} rows), per place (mean over {len(clean)} pairs) {per_place:.3f}")
+    for site, (per_row, per_place) in out.items():
+        assert not math.isnan(per_row)
+        assert per_row >= 0.7, (site, per_row)
+        assert per_place >= 0.7, (site, per_place)
