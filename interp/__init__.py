@@ -44,6 +44,7 @@ from .methods.moe_blocking import block_experts, shared_routed_contrast  # noqa:
 from .methods.moe_routing import head_expert_correlation, routing_stats  # noqa: E402
 from .methods.patching import activation_patching  # noqa: E402
 from .methods.predictions import predictions  # noqa: E402  (importing a method module registers it)
+from .methods.relation_evidence import relation_evidence  # noqa: E402
 from .methods.safety_heads import (  # noqa: E402
     asr_summary,
     attack_success_rate,
@@ -51,6 +52,7 @@ from .methods.safety_heads import (  # noqa: E402
     sahara,
     ships,
 )
+from .methods.tracing import causal_trace, trace_summary, trace_totals  # noqa: E402
 from .model import Model, ModelInfo, as_model, load_model  # noqa: E402
 from .prompts import Batch, PromptSet, batches, encode, make_batch  # noqa: E402
 from .registry import get_method, list_methods, register_method  # noqa: E402
@@ -70,5 +72,6 @@ __all__ = [
     "shared_routed_contrast", "top_experts", "run_resumable",
     "LensResult", "TunedLens", "lens_curves", "lens_heatmap", "lens_summary", "lens_takeover", "logit_lens",
     "train_tuned_lens", "REFUSAL_KEYWORDS", "asr_summary", "attack_success_rate", "generalized_ships",
-    "keyword_judge", "refuses", "sahara", "ships",
+    "keyword_judge", "refuses", "sahara", "ships", "causal_trace", "relation_evidence", "trace_summary",
+    "trace_totals",
 ]

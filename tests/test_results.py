@@ -21,7 +21,8 @@ def sample_result() -> interp.Result:
         "prob": np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32),
         "chosen": [True, False, True, False],
     })
-    return interp.Result(table, interp.make_meta("sample_method", params={"eps": 1e-5, "heads": [(0, 1)]}, extra_note="x"))
+    meta = interp.make_meta("sample_method", params={"eps": 1e-5, "heads": [(0, 1)]}, extra_note="x")
+    return interp.Result(table, meta)
 
 
 @pytest.mark.parametrize("ext", ["csv", "parquet", "json"])

@@ -9,5 +9,7 @@ from . import (  # noqa: F401
     moe_routing,
     patching,
     predictions,
+    relation_evidence,
     safety_heads,
+    tracing,
 )
