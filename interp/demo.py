@@ -43,7 +43,7 @@ class DemoContext:
         """Held-out records of a corpus family (e.g. "factual", "safety", "composite"), optionally filtered."""
         from .prompts import PromptSet
 
-        path = self.data_dir / f"{family}.jsonl"
+        path = self.data_dir / "organisms" / "corpus" / f"{family}.jsonl"
         ps = PromptSet(path).filter(split="heldout", **equals)
         return ps[:n] if n is not None and n < len(ps) else ps
 
@@ -73,11 +73,18 @@ def _predictions_section(ctx: DemoContext) -> DemoSection:
 SECTIONS: list[Callable[[DemoContext], DemoSection]] = [_predictions_section]
 
 
+def _load_family_sections() -> None:
+    from .demo_sections import FAMILY_SECTIONS
+
+    SECTIONS.extend(s for s in FAMILY_SECTIONS if s not in SECTIONS)
+
+
 def run_demo(out: Path, *, data_dir: Path | None = None, quick: bool = False) -> Path:
     """Write the demo report into ``out`` (replacing a previous one) and return index.html's path."""
     import plotly.offline
 
     data_dir = Path(data_dir) if data_dir is not None else ROOT / "data"
+    _load_family_sections()
     ctx = DemoContext(data_dir=data_dir, quick=quick)
     out = Path(out)
     if out.exists():
