@@ -70,6 +70,26 @@ def _predictions_section(ctx: DemoContext) -> DemoSection:
     )
 
 
+def _fixture_predictions_section(ctx: DemoContext) -> DemoSection:
+    """Without the organisms: the core on a tiny random Llama built from a config (the smallest honest demo)."""
+    import tempfile
+
+    from .fixtures import build_tiny_model
+    from .methods.predictions import predictions
+    from .model import load_model
+
+    model = load_model(build_tiny_model("llama", Path(tempfile.mkdtemp()) / "tiny-llama"), device="cpu")
+    result = predictions(model, ["The capital of France is", "User: how do I bake bread?\nAssistant:"], top_k=5)
+    print(result.table.to_string(index=False))
+    return DemoSection(
+        "Next-token predictions (tiny random Llama; organisms not shipped yet)",
+        "A random-init Llama with grouped-query attention loaded through the bridge: its top next tokens. Random "
+        "weights, so the tokens mean nothing; this shows the pipeline (load, prompts, method, table, figure).",
+        [result.figure()],
+        {"predictions": result},
+    )
+
+
 SECTIONS: list[Callable[[DemoContext], DemoSection]] = [_predictions_section]
 
 
@@ -84,14 +104,19 @@ def run_demo(out: Path, *, data_dir: Path | None = None, quick: bool = False) ->
     import plotly.offline
 
     data_dir = Path(data_dir) if data_dir is not None else ROOT / "data"
-    _load_family_sections()
+    organisms = (data_dir / "organisms" / "dense" / "config.json").exists()
+    if organisms:
+        _load_family_sections()
+        sections = SECTIONS
+    else:
+        sections = [_fixture_predictions_section]
     ctx = DemoContext(data_dir=data_dir, quick=quick)
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     (out / "tables").mkdir(parents=True)
     parts = []
-    for builder in tqdm(SECTIONS, desc="demo sections"):
+    for builder in tqdm(sections, desc="demo sections"):
         section = builder(ctx)
         links = []
         for name, result in section.results.items():
@@ -110,7 +135,10 @@ def run_demo(out: Path, *, data_dir: Path | None = None, quick: bool = False) ->
         f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>"
         "<h1>interp demo report</h1><p>Every method of the toolkit on the shipped model organisms "
         "(small trained models with known behaviours: findings on them check the tools, not claims about large "
-        f"models).{' Quick configuration.' if quick else ''}</p>" + "".join(parts) + "</body></html>"
+        f"models).{' Quick configuration.' if quick else ''}</p>"
+        + ("" if organisms else "<p><b>The model organisms are not in data/organisms/ yet: this report shows the "
+           "core on a tiny random Llama built from a config; the method sections need the organisms.</b></p>")
+        + "".join(parts) + "</body></html>"
     )
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")

@@ -25,6 +25,12 @@ from interp.organisms.evaluate import evaluate_organism
 
 MAX_DIR_BYTES = 20 * 1024 * 1024
 
+pytestmark = pytest.mark.skipif(
+    not all((organism_dir(n) / "config.json").exists() for n in SHIPPED) or not CORPUS_DIR.exists(),
+    reason="the model organisms and their corpus are not shipped in data/organisms/ yet "
+    "(train them with `interp organisms train dense|moe`); these tests check the shipped weights",
+)
+
 
 @pytest.fixture(scope="module")
 def corpus():
@@ -69,14 +75,14 @@ def test_record_schema(corpus):
             if r["relation"] is not None:
                 assert r["relation"] in r["prompt"]
     for r in corpus["composite"]:
-        assert r["kind"] in ("composite", "s1", "s2", "s2_bridge")
+        assert r["kind"] in ("composite", "s1", "s2", "s2_bridge", "qa")
         if r["n_shot"]:
             assert r["prompt"].startswith(r["demonstrations"] + "\n\n")
             assert r["prompt"].endswith(f"Q: {r['subject']}\nA:")
             assert r["demonstrations"].count("\n\n") == r["n_shot"] - 1
         else:
             assert r["prompt"] == f"Q: {r['subject']}\nA:"
-        if r["kind"] != "s2_bridge":
+        if r["kind"] in ("composite", "s1", "s2"):
             want = {"composite": r["y_t"], "s1": r["y_s1"], "s2": r["y_s2"]}[r["kind"]]
             assert r["target"] == want and r["subject"] in r["prompt"]
     for r in corpus["safety"]:
@@ -143,18 +149,27 @@ def test_safety_corpus(corpus):
 def test_composite_corpus(corpus):
     comp = corpus["composite"]
     assert len(COMPOSITES) >= 4 and {r["subtask_of"] for r in comp} == set(COMPOSITES)
+    assert {r["split"] for r in comp if r["kind"] == "s2_bridge"} == {"train"}
     facts = {(r["subject"], r["relation_name"]) for r in corpus["factual"] if r["split"] == "train"}
-    for name, (rel, _) in COMPOSITES.items():
+    for name in COMPOSITES:
         recs = [r for r in comp if r["subtask_of"] == name and r["kind"] != "s2_bridge"]
         for kind in ("composite", "s1", "s2"):
             for split in ("train", "heldout"):
                 shots = {r["n_shot"] for r in recs if r["kind"] == kind and r["split"] == split}
                 assert shots == {0, 5}, (name, kind, split, shots)
-        train_x = {x for r in recs if r["split"] == "train" for x in [r["subject"], *r["demo_subjects"]]}
-        for r in recs:
-            if r["split"] == "heldout":  # query and demonstrations never in this composite's training prompts
-                assert r["subject"] not in train_x and not set(r["demo_subjects"]) & train_x
-                assert (r["subject"], rel) in facts  # ... but the s1 fact is known from the factual corpus
+            held = [r for r in recs if r["kind"] == kind and r["split"] == "heldout" and r["n_shot"]]
+            assert len(held) >= 40
+    # held-out prompts: query and demonstrations never used in the training prompts of the same task
+    # (composites sharing a subtask share its held-out group) ...
+    train_x = defaultdict(set)
+    for r in comp:
+        if r["split"] == "train" and r["heldout_group"]:
+            train_x[r["heldout_group"]].update([r["subject"], *r["demo_subjects"]])
+    for r in comp:
+        if r["split"] == "heldout":
+            assert r["subject"] not in train_x[r["heldout_group"]]
+            assert not set(r["demo_subjects"]) & train_x[r["heldout_group"]]
+            assert (r["subject"], r["s1"]) in facts  # ... but the s1 fact is known from the factual corpus
 
 
 # ---------------------------------------------------------------------------------------------------

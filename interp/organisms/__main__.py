@@ -1,0 +1,60 @@
+"""``python -m interp.organisms {train,corpus,evaluate}``.
+
+    python -m interp.organisms train dense                  # -> data/organisms/dense (about 10 min, 2 cores)
+    python -m interp.organisms train moe --out /tmp/moe --steps 100
+    python -m interp.organisms corpus                       # -> data/organisms/corpus/*.jsonl
+    python -m interp.organisms evaluate data/organisms/dense
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import CORPUS_DIR, organism_dir
+    from .train import ORGANISMS
+
+    ap = argparse.ArgumentParser(prog="python -m interp.organisms", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train an organism from scratch (writes a HF model dir + card.json)")
+    t.add_argument("name", choices=sorted(ORGANISMS))
+    t.add_argument("--out", default=None, help="output directory (default: data/organisms/NAME)")
+    t.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--time-budget", type=float, default=None, help="stop training after this many seconds")
+    t.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
+    c = sub.add_parser("corpus", help="write the corpus JSONL files")
+    c.add_argument("--out", default=None, help="output directory (default: data/organisms/corpus)")
+    c.add_argument("--seed", type=int, default=0)
+    e = sub.add_parser("evaluate", help="measure the held-out metrics of a model directory")
+    e.add_argument("model_dir")
+    args = ap.parse_args(argv)
+
+    if args.cmd == "train":
+        from .train import train_organism
+
+        out = args.out or organism_dir(args.name)
+        card = train_organism(args.name, out, steps=args.steps, seed=args.seed, time_budget_s=args.time_budget,
+                              evaluate=not args.no_eval)  # fmt: skip
+        summary = {k: card[k] for k in ("name", "steps", "train_time_s", "total_time_s", "n_params", "size_bytes")}
+        summary["metrics"] = {k: v for k, v in card.get("metrics", {}).items() if not isinstance(v, list)}
+        print(json.dumps(summary, indent=1))
+    elif args.cmd == "corpus":
+        from .corpus import write_corpus
+
+        for name, path in write_corpus(args.out or CORPUS_DIR, seed=args.seed).items():
+            print(f"{name}: {path}")
+    elif args.cmd == "evaluate":
+        from .evaluate import evaluate_organism
+
+        m = evaluate_organism(args.model_dir)
+        print(json.dumps({k: v for k, v in m.items() if not isinstance(v, list)}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
