@@ -163,6 +163,11 @@ def load_model(
         bridge = TransformerBridge.boot_transformers(boot_name, device=torch_device, dtype=torch_dtype, **split)
     except (OSError, ValueError) as exc:  # transformers' own messages are long; keep the first line
         raise ModelLoadError(f"Could not load {source!r}: {str(exc).splitlines()[0]}") from exc
+    if torch_dtype == torch.float64:  # grouped_mm, the default MoE experts kernel, has no float64 version
+        for module in bridge.original_model.modules():
+            cfg = getattr(module, "config", None)
+            if getattr(cfg, "_experts_implementation", None) not in (None, "eager"):
+                cfg._experts_implementation = "eager"
     bridge.eval()
     for p in bridge.parameters():
         p.requires_grad_(False)

@@ -86,6 +86,8 @@ def forward(
                 return value[:, -1]
             return _user(name, value) if _user is not None else value
 
+    if m.dtype == torch.float64 and bool((b.attention_mask == 0).any()):
+        interventions = [*interventions, _finite_pad_rows(m, start_layer)]
     for iv in interventions:
         if start_layer and iv.first_layer < start_layer:
             raise ValueError(f"Intervention {iv.label!r} acts below start_layer={start_layer}.")
@@ -117,6 +119,19 @@ def forward(
     if logits == "all":
         return out, store
     return None, store
+
+
+def _finite_pad_rows(model: Model, start_layer: int) -> Intervention:
+    """In float64 the attention rows of left-pad queries (every key masked) come out NaN, and 0 x NaN in
+    pattern @ V then reaches the real rows one layer up. Those rows belong to padding: set them to 0."""
+    from .hooks import Edit
+
+    def apply(t: torch.Tensor, rows: slice) -> None:
+        t[rows] = torch.nan_to_num(t[rows], nan=0.0)
+
+    edits = tuple(Edit(f"blocks.{layer}.attn.hook_pattern", apply)
+                  for layer in range(max(start_layer, 0), model.info.n_layers))
+    return Intervention(edits, "finite pad rows")
 
 
 def default_max_rows(model: Any, width: int) -> int:
