@@ -15,10 +15,22 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .errors import InterpError, check_positive_int
+from .errors import InterpError, ParameterError, check_positive_int
 from .prompts import as_prompt_set
 from .results import Result
-from .runs import _resolve, check_manifest, merge_shards, run_manifest, shard_path, shard_ranges, write_shard
+from .runs import (
+    _resolve,
+    check_manifest,
+    combine_parts,
+    merge_shards,
+    prepare_params,
+    run_manifest,
+    shard_params,
+    shard_path,
+    shard_plan,
+    shard_ranges,
+    write_shard,
+)
 
 
 def _ray() -> Any:
@@ -61,14 +73,18 @@ def run_on_ray(
     progress: bool = True,
     **params: Any,
 ) -> Result:
-    """Run a per-prompt method over the prompts on ``workers`` Ray actors (``address="local"`` starts a local
-    cluster on this machine; otherwise the address of a running cluster, e.g. "ray://head:10001" or "auto").
+    """Run a method over the prompts in shards (split and merged as :func:`interp.runs.run_resumable` does) on
+    ``workers`` Ray actors (``address="local"`` starts a local cluster on this machine; otherwise the address of a
+    running cluster, e.g. "ray://head:10001" or "auto").
 
     Cost: the method's own cost per prompt, spread over the workers, plus one model load per worker.
     """
     ray = _ray()
     name, fn = _resolve(method)
     ps = as_prompt_set(prompts)
+    if shard_plan(fn).checkpoint is not None:
+        raise ParameterError(f"{name} needs the whole prompt set at every stage, so it cannot be split over Ray "
+                             "workers; run it in one process (interp.run_resumable resumes it stage by stage).")
     check_positive_int("workers", workers)
     check_positive_int("shard_size", shard_size)
     source = str(Path(model_source).resolve()) if Path(model_source).exists() else str(model_source)
@@ -77,10 +93,14 @@ def run_on_ray(
     results: dict[int, Result] = {}
     out = Path(out_dir) if out_dir is not None else None
     manifest = None
-    if out is not None:
+    plan = shard_plan(fn)
+    if out is not None or plan.prepare is not None:
         from .model import load_model
 
-        manifest = run_manifest(name, load_model(source, **load_kwargs), ps, params, shard_size)
+        local = load_model(source, **load_kwargs)
+        params = prepare_params(fn, local, ps, params)
+    if out is not None:
+        manifest = run_manifest(name, local, ps, params, shard_size)
         check_manifest(out, manifest)
         for k in range(len(ranges)):
             if shard_path(out, k).exists():
@@ -105,7 +125,8 @@ def run_on_ray(
             while queue and free:
                 slot, k = free.pop(), queue.pop(0)
                 s, e = ranges[k]
-                ref = actors[slot].run.remote(fn, ps.records[s:e], params)
+                piece = shard_params(fn, params, s, e)
+                ref = actors[slot].run.remote(plan.shard_function or fn, ps.records[s:e], piece)
                 running[ref] = (k, slot)
             done, _ = ray.wait(list(running), num_returns=1)
             ref = done[0]
@@ -131,13 +152,10 @@ def run_on_ray(
             ray.shutdown()
 
     if out is not None:
-        merged = merge_shards(out, manifest, len(ranges))
+        merged = merge_shards(fn, out, manifest, len(ranges), params)
     else:
-        import pandas as pd
-
-        merged = Result(pd.concat([results[k].table for k in range(len(ranges))], ignore_index=True),
-                        dict(results[0].meta))
-        merged.meta.update({"dataset_fingerprint": ps.fingerprint(), "n_prompts": len(ps), "shards": len(ranges),
-                            "shard_size": shard_size})
+        merged = combine_parts(fn, [results[k] for k in range(len(ranges))],
+                               {"dataset_fingerprint": ps.fingerprint(), "n_prompts": len(ps), "shards": len(ranges),
+                                "shard_size": shard_size}, params)
     merged.meta.update({"ray_workers": workers, "ray_retried_shards": sorted(retries)})
     return merged

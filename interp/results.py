@@ -62,6 +62,12 @@ def make_meta(method: str, model: Any = None, prompts: Any = None, params: dict 
     return meta
 
 
+def concat_tables(parts: list[Result]) -> pd.DataFrame:
+    """The rows of several Results (shards of one run), in order; shards with no rows are skipped."""
+    tables = [p.table for p in parts if len(p.table)]
+    return pd.concat(tables, ignore_index=True) if tables else parts[0].table.iloc[0:0].copy()
+
+
 class Result:
     """A method's output: ``table`` (tidy DataFrame) and ``meta`` (dict)."""
 

@@ -1,4 +1,4 @@
-"""Dataset runs that resume: a per-prompt method over a prompt set, written shard by shard to a directory.
+"""Dataset runs that resume: a method over a prompt set, written shard by shard to a directory.
 
 ``run_resumable(method, model, prompts, out_dir)`` splits the prompts into fixed shards, runs the method on each
 and writes ``shard_00000.parquet`` ... as it goes (each written to a temporary name, then renamed, so a killed
@@ -6,9 +6,11 @@ run leaves only complete shards). Started again with the same arguments it skips
 merged table is the one an uninterrupted run gives. ``manifest.json`` records the method, its parameters, the
 model and the dataset: a run with any of them changed refuses to mix into the directory.
 
-Methods whose rows are per prompt (ships, logit_lens, causal_trace, expert_attribution, predictions, ...)
-shard exactly. Dataset-level statistics (sahara, generalized_ships, cross_task_patching, block_experts) depend
-on the whole set at once and are not sharded.
+How a method shards is its registry entry's :class:`~interp.registry.ShardPlan`: methods whose rows are per
+prompt concatenate (and recompute their dataset-level summaries from the merged table); methods that compute a
+statistic of the whole set (generalised Ships, head-expert correlation, routing load, ...) return per-prompt
+pieces from each shard and compute the statistic once from all of them; dataset-wide inputs (causal tracing's
+noise scale) are fixed once before the first shard and recorded in the manifest.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from tqdm.auto import tqdm
 from .errors import InterpError, check_positive_int
 from .model import as_model
 from .prompts import PromptSet, as_prompt_set
-from .registry import require_method
+from .registry import ShardPlan, require_method
 from .results import Result, _jsonable
 
 MANIFEST = "manifest.json"
@@ -54,14 +56,48 @@ def _resolve(method: str | Callable[..., Result]) -> tuple[str, Callable[..., Re
     return entry.name, entry.function
 
 
+def shard_plan(fn: Callable[..., Result]) -> ShardPlan:
+    entry = getattr(fn, "registry_entry", None)
+    return entry.shards if entry is not None and entry.shards is not None else ShardPlan()
+
+
+def prepare_params(fn: Callable[..., Result], model: Any, prompts: PromptSet, params: dict) -> dict:
+    """The parameters every shard runs with: the user's, plus what the plan fixes once over the whole set."""
+    plan = shard_plan(fn)
+    return dict(params) if plan.prepare is None else plan.prepare(as_model(model), prompts, dict(params))
+
+
+def combine_parts(fn: Callable[..., Result], parts: list[Result], dataset: dict, params: dict) -> Result:
+    """The whole set's Result from the shard Results (in shard order); ``dataset`` updates the metadata."""
+    meta = dict(parts[0].meta)
+    meta.update(dataset)
+    plan = shard_plan(fn)
+    if plan.merge is not None:
+        return plan.merge(parts, meta, params)
+    return Result(pd.concat([p.table for p in parts], ignore_index=True), meta)
+
+
 def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
+
+
+def _manifest_value(value: Any) -> Any:
+    """A prompt set given as a parameter is recorded by its fingerprint."""
+    if isinstance(value, PromptSet):
+        return {"prompt_set": value.fingerprint(), "n_prompts": len(value)}
+    return value
+
+
+def shard_params(fn: Callable[..., Result], params: dict, start: int, end: int) -> dict:
+    """The parameters of the shard of prompts [start, end): paired prompt sets are cut the same way."""
+    paired = shard_plan(fn).paired
+    return {k: (v[start:end] if k in paired else v) for k, v in params.items()}
 
 
 def run_manifest(name: str, model: Any, prompts: PromptSet, params: dict, shard_size: int) -> dict:
     return {
         "method": name,
-        "parameters": _jsonable(params),
+        "parameters": _jsonable({k: _manifest_value(v) for k, v in params.items()}),
         "model": as_model(model).name,
         "model_fingerprint": model_fingerprint(model),
         "dataset_fingerprint": prompts.fingerprint(),
@@ -98,13 +134,11 @@ def write_shard(result: Result, out: Path, k: int) -> None:
     os.replace(tmp, shard_path(out, k))  # atomic: a killed run never leaves half a shard
 
 
-def merge_shards(out: Path, manifest: dict, n_shards: int) -> Result:
+def merge_shards(fn: Callable[..., Result], out: Path, manifest: dict, n_shards: int, params: dict) -> Result:
     parts = [Result.read(shard_path(out, k)) for k in range(n_shards)]
-    table = pd.concat([p.table for p in parts], ignore_index=True)
-    meta = dict(parts[0].meta)
-    meta.update({"dataset_fingerprint": manifest["dataset_fingerprint"], "n_prompts": manifest["n_prompts"],
-                 "shards": n_shards, "shard_size": manifest["shard_size"]})
-    return Result(table, meta)
+    return combine_parts(fn, parts, {"dataset_fingerprint": manifest["dataset_fingerprint"],
+                                     "n_prompts": manifest["n_prompts"], "shards": n_shards,
+                                     "shard_size": manifest["shard_size"]}, params)
 
 
 def run_resumable(
@@ -120,19 +154,28 @@ def run_resumable(
     """Run ``method(model, shard, **params)`` shard by shard into ``out_dir``, skipping shards already done.
 
     Returns the merged Result (also written as ``result.parquet``). Cost: the method's own, once per prompt
-    over all runs together.
+    over all runs together. A method whose plan resumes by stage (Sahara, cross-task patching) runs once over the
+    whole set, its stages saved under ``out_dir/stages``.
     """
     name, fn = _resolve(method)
     ps = as_prompt_set(prompts)
     check_positive_int("shard_size", shard_size)
     out = Path(out_dir)
+    params = prepare_params(fn, model, ps, params)
     manifest = run_manifest(name, model, ps, params, shard_size)
     check_manifest(out, manifest)
+    plan = shard_plan(fn)
+    if plan.checkpoint is not None:  # a statistic of the whole set at every stage: resume by stage
+        result = fn(model, ps, **{**params, plan.checkpoint: str(out / "stages")})
+        result.meta.update({"resumed_by": "stage", "stages": str(out / "stages")})
+        result.to_parquet(out / "result.parquet")
+        return result
     ranges = shard_ranges(len(ps), shard_size)
+    run_shard = plan.shard_function or fn
     todo = [k for k in range(len(ranges)) if not shard_path(out, k).exists()]
     for k in tqdm(todo, desc=f"{name} shards", disable=not progress):
         s, e = ranges[k]
-        write_shard(fn(model, ps[s:e], **params), out, k)
-    merged = merge_shards(out, manifest, len(ranges))
+        write_shard(run_shard(model, ps[s:e], **shard_params(fn, params, s, e)), out, k)
+    merged = merge_shards(fn, out, manifest, len(ranges), params)
     merged.to_parquet(out / "result.parquet")
     return merged

@@ -122,14 +122,19 @@ def forward(
 
 
 def _finite_pad_rows(model: Model, start_layer: int) -> Intervention:
-    """In float64 the attention rows of left-pad queries (every key masked) come out NaN, and 0 x NaN in
-    pattern @ V then reaches the real rows one layer up. Those rows belong to padding: set them to 0."""
+    """In float64 the attention mask is float64's most negative number, and Hugging Face's attention softmax runs
+    in float32: the cast makes it -inf, and the pattern row of a left-pad query (every key masked) NaN; 0 x NaN in
+    pattern @ V (and in the softmax's backward) then reaches the real rows. Clamping the scores at float32's
+    most negative number leaves every real row exactly as it was (masked keys still get exactly 0) and gives pad
+    rows a finite, meaningless pattern."""
     from .hooks import Edit
 
-    def apply(t: torch.Tensor, rows: slice) -> None:
-        t[rows] = torch.nan_to_num(t[rows], nan=0.0)
+    floor = torch.finfo(torch.float32).min
 
-    edits = tuple(Edit(f"blocks.{layer}.attn.hook_pattern", apply)
+    def apply(t: torch.Tensor, rows: slice) -> None:
+        t[rows] = t[rows].clone().clamp(min=floor)
+
+    edits = tuple(Edit(f"blocks.{layer}.attn.hook_attn_scores", apply)
                   for layer in range(max(start_layer, 0), model.info.n_layers))
     return Intervention(edits, "finite pad rows")
 

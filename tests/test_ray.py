@@ -47,3 +47,15 @@ def test_two_workers_equal_one_process_even_when_a_worker_dies(local_ray, tiny_m
     assert survived.meta["ray_retried_shards"] == [2]
     pd.testing.assert_frame_equal(survived.table, single.table, check_exact=True)
     assert survived.table["prompt_id"].value_counts().eq(3).all()  # every prompt once (top_k rows each)
+
+
+def test_a_whole_set_statistic_merges_on_ray_as_in_one_process(local_ray, tiny_model_dirs, tmp_path):
+    """generalized_ships on Ray: the workers return per-prompt final states, the driver computes the SVDs once
+    (the method's ShardPlan), so the score equals the one-process sharded run's exactly."""
+    model_dir = tiny_model_dirs["llama"]
+    kw = {"heads": [(0, 1), (1, 0)], "r_main": 2}
+    single = run_resumable("generalized_ships", interp.load_model(model_dir), PROMPTS, tmp_path / "single",
+                           shard_size=4, progress=False, **kw)
+    distributed = run_on_ray("generalized_ships", model_dir, PROMPTS, workers=2, shard_size=4, progress=False, **kw)
+    pd.testing.assert_frame_equal(distributed.table, single.table, check_exact=True)
+    assert distributed.meta["score"] == single.meta["score"]

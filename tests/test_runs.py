@@ -75,6 +75,54 @@ def test_killed_run_resumes_to_the_uninterrupted_table(llama, tiny_model_dirs, t
     assert resumed.meta["dataset_fingerprint"] == interp.PromptSet(PROMPTS).fingerprint()
 
 
+STAGE_CHILD = """
+import sys, time, json
+import interp
+from interp.methods import safety_heads
+from interp.runs import run_resumable
+
+real = safety_heads._final_states
+def slow(*args, **kwargs):  # a pause per Sahara step, so the parent can kill the run between steps
+    out = real(*args, **kwargs)
+    time.sleep(1.0)
+    return out
+safety_heads._final_states = slow
+
+model = interp.load_model(sys.argv[1])
+prompts = json.loads(open(sys.argv[2]).read())
+run_resumable("sahara", model, prompts, sys.argv[3], progress=False, steps=3)
+"""
+
+
+def test_killed_stage_run_resumes_to_the_uninterrupted_result(llama, tiny_model_dirs, tmp_path):
+    """Sahara needs the whole set at every step, so it resumes by step: SIGKILL after its first step is saved,
+    rerun, and the table equals an uninterrupted run's (the saved step is not recomputed)."""
+    from interp.methods import safety_heads
+
+    prompts_file = tmp_path / "prompts.json"
+    prompts_file.write_text(json.dumps(PROMPTS[:8]))
+    script = tmp_path / "child.py"
+    script.write_text(STAGE_CHILD)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(tiny_model_dirs["llama"]), str(prompts_file), str(out)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "stages" / "step_001.parquet"
+    deadline = time.time() + 180
+    while time.time() < deadline and not first.exists():
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.exists() and not (out / "stages" / "step_003.parquet").exists(), "killed part-way"
+    stamp = first.stat().st_mtime_ns
+
+    resumed = run_resumable("sahara", llama, PROMPTS[:8], out, progress=False, steps=3)
+    assert first.stat().st_mtime_ns == stamp, "the finished step is not recomputed"
+    assert not list((out / "stages").glob(".*tmp*")), "no half-written stage is left"
+    whole = safety_heads.sahara(llama, PROMPTS[:8], steps=3)
+    pd.testing.assert_frame_equal(resumed.table, whole.table, check_exact=True)
+    assert resumed.meta["group"] == whole.meta["group"]
+
+
 def test_changed_argument_or_model_refuses_to_mix(llama, tiny_model_dirs, tmp_path):
     out = tmp_path / "run"
     run_resumable("predictions", llama, PROMPTS[:4], out, shard_size=2, progress=False, top_k=2)

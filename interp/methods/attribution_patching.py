@@ -16,11 +16,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ..errors import check_positive_int
+from ..errors import ParameterError, check_positive_int
 from ..hooks import Edit, Intervention
 from ..model import Model
 from ..prompts import Batch
-from ..registry import register_method
+from ..registry import ShardPlan, register_method
 from ..results import Result, make_meta
 from ..variants import forward
 from .patching import (
@@ -34,8 +34,10 @@ from .patching import (
     check_layers,
     finish_table,
     make_slots,
+    merge_pairs,
     pair_batches,
     patching_figure,
+    prepare_pairs,
     raw_metric,
     run_exact,
     score_of,
@@ -84,7 +86,17 @@ def slot_attribution(slot: Slot, src: torch.Tensor, dst: torch.Tensor, grad: tor
     return torch.where(slot.valid.to(out.device), out, torch.zeros_like(out))
 
 
-@register_method("attribution_patching", paper="Nanda 2023, 'Attribution patching'; Kramar et al. 2024 (AtP*)",
+def _prepare(m: Model, ps: Any, params: dict) -> dict:
+    if params.get("verify_top"):
+        raise ParameterError("verify_top picks the places with the largest mean attribution over the whole set, which "
+                             "no shard sees; run a sharded attribution_patching with verify_top=0, then "
+                             "activation_patching on the places you pick (or run it without shards).")
+    return prepare_pairs(m, ps, params)
+
+
+@register_method("attribution_patching",
+                 shards=ShardPlan(prepare=_prepare, paired=("corrupt",), merge=merge_pairs),
+                 paper="Nanda 2023, 'Attribution patching'; Kramar et al. 2024 (AtP*)",
                  cost="1 clean forward + 1 corrupt forward + 1 backward per batch (all sites at once); "
                  "verify_top=k adds exact patching of k places", family="patching", figure=patching_figure)
 def attribution_patching(

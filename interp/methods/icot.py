@@ -17,12 +17,13 @@ from typing import Any
 import pandas as pd
 import torch
 
+from ..checkpoints import StageCheckpoints
 from ..errors import ParameterError, PromptError, check_positive_int
 from ..hooks import Edit, Intervention
 from ..interventions import mask_attention
 from ..model import Model, as_model
 from ..prompts import PromptSet, as_prompt_set, batches, encode
-from ..registry import register_method
+from ..registry import ShardPlan, register_method
 from ..results import Result, make_meta
 from ..variants import forward, run_variants
 from .patching import TokenNames, check_layers
@@ -260,7 +261,8 @@ def cross_task_figure(result: Result) -> Any:
     return fig
 
 
-@register_method("cross_task_patching", paper=ICOT_PAPER, cost="1 forward per composite prompt (up to n_vectors) + "
+@register_method("cross_task_patching", shards=ShardPlan(checkpoint="checkpoint_dir"), paper=ICOT_PAPER,
+                 cost="1 forward per composite prompt (up to n_vectors) + "
                  "1 per N-shot and zero-shot subtask prompt + 1 zero-shot row per layer (batched)", family="patching",
                  figure=cross_task_figure)
 def cross_task_patching(
@@ -275,6 +277,7 @@ def cross_task_patching(
     demonstrations: str = "demonstrations",
     batch_size: int = 8,
     max_rows: int | None = None,
+    checkpoint_dir: str | None = None,
 ) -> Result:
     """Cross-task patching: theta^l = mean over the first ``n_vectors`` composite N-shot prompts of resid_post[l]
     at the last position; for each subtask, acc_patch(l) = accuracy of its zero-shot prompts with resid_post[l]
@@ -291,7 +294,8 @@ def cross_task_patching(
     Table: one row per composite x subtask x layer: composite, subtask, layer, strength, acc_patch, acc_0,
     acc_icl, prob_patch / prob_0 / prob_icl (mean target probability), n_zero, n_icl, n_vectors. Cost: 1
     forward per composite prompt used + 1 per subtask prompt + 1 zero-shot row per layer (batched, started at
-    that layer).
+    that layer). ``checkpoint_dir``: the task vectors and each finished subtask are saved there, and a rerun with
+    the same arguments computes only what is missing (:mod:`interp.checkpoints`).
     """
     m = as_model(model)
     comp = as_prompt_set(composite_prompts)
@@ -306,9 +310,22 @@ def cross_task_patching(
         encode(m, zero, targets=[target])
     for c in comp_sets.values():
         encode(m, c)
-    thetas = {c: _mean_last_resid(m, ps[:n_vectors], layer_list, batch_size) for c, ps in comp_sets.items()}
+    saved = StageCheckpoints(checkpoint_dir)
+    thetas = {}
+    for ci, (c, ps) in enumerate(comp_sets.items()):
+        stored = saved.load_tensors(f"task_vectors_{ci:03d}")
+        if stored is None:
+            thetas[c] = _mean_last_resid(m, ps[:n_vectors], layer_list, batch_size)
+            saved.save_tensors(f"task_vectors_{ci:03d}", {str(layer): v for layer, v in thetas[c].items()})
+        else:
+            thetas[c] = {int(layer): v for layer, v in stored.items()}
     rows = []
-    for s, (parent, icl, zero) in groups.items():
+    for si, (s, (parent, icl, zero)) in enumerate(groups.items()):
+        done = saved.load_result(f"subtask_{si:03d}")
+        if done is not None:
+            rows.extend(done.table.to_dict(orient="records"))
+            continue
+        first = len(rows)
         theta = thetas[parent]
         icl_c, icl_p, _ = _target_stats(m, icl, target, batch_size)
         mk = lambda th=theta: [_replace_last(f"blocks.{layer}.hook_resid_post", th[layer]) for layer in layer_list]
@@ -322,6 +339,7 @@ def cross_task_patching(
                          "acc_patch": acc_p, "acc_0": acc_0, "acc_icl": acc_icl, "prob_patch": float(pp.mean()),
                          "prob_0": float(z_p.mean()), "prob_icl": float(icl_p.mean()), "n_zero": len(zero),
                          "n_icl": len(icl), "n_vectors": min(n_vectors, len(comp_sets[parent]))})
+        saved.save_result(f"subtask_{si:03d}", Result(pd.DataFrame(rows[first:]), {"method": "cross_task/subtask"}))
     table = pd.DataFrame(rows)
     params = {"layers": layer_list, "n_vectors": n_vectors, "subtask": subtask, "target": target,
               "demonstrations": demonstrations}

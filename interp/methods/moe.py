@@ -31,8 +31,8 @@ from ..decode import apply_final_norm, decode, norm_scale, unembed
 from ..errors import ArchitectureError, ParameterError, check_positive_int
 from ..model import as_model
 from ..prompts import as_prompt_set, batches, encode
-from ..registry import register_method
-from ..results import Result, make_meta
+from ..registry import ShardPlan, register_method
+from ..results import Result, concat_tables, make_meta
 from ..variants import forward
 
 LEVELS = ("layer", "head", "expert", "neuron")
@@ -136,8 +136,14 @@ def attribution_figure(result: Result, kind: str = "layers", task: str | None = 
     raise ParameterError(f"kind={kind!r} is not one of 'layers', 'heads', 'experts', 'load'.")
 
 
+def _merge_attribution(parts: list[Result], meta: dict, _params: dict) -> Result:
+    table = concat_tables(parts)
+    return Result(table, {**meta, "summary": attribution_summary(table, meta["n_layers"])})
+
+
 @register_method("expert_attribution", paper=PAPER, family="moe", figure=attribution_figure,
-                 cost="1 forward per prompt (batched), then unembeddings only (no backward)")
+                 cost="1 forward per prompt (batched), then unembeddings only (no backward)",
+                 shards=ShardPlan(merge=_merge_attribution))
 def expert_attribution(
     model: Any,
     prompts: Any,

@@ -20,8 +20,8 @@ from ..errors import ParameterError, check_choice, check_positive_int
 from ..hooks import Intervention
 from ..model import as_model
 from ..prompts import as_prompt_set, batches, encode
-from ..registry import register_method
-from ..results import Result, make_meta
+from ..registry import ShardPlan, register_method
+from ..results import Result, concat_tables, make_meta
 from ..variants import run_variants
 from .moe import HIT_AT, PAPER
 
@@ -85,6 +85,11 @@ def blocking_summary(table: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
+def _merge_blocking(parts: list[Result], meta: dict, _params: dict) -> Result:
+    table = concat_tables(parts)
+    return Result(table, {**meta, "summary": blocking_summary(table)})
+
+
 def blocking_figure(result: Result, metric: str = "mrr") -> Any:
     """Bars of MRR (or HIT@10) per task: clean, blocked, and the mean of the controls with their std."""
     import plotly.graph_objects as go
@@ -144,6 +149,7 @@ def _expert_list(experts: Any) -> list[Any]:
 
 
 @register_method("block_experts", paper=PAPER, family="moe", figure=blocking_figure,
+                 shards=ShardPlan(merge=_merge_blocking),
                  cost="(1 + 1 + controls) forwards per prompt (batched; each starts at the first blocked layer)")
 def block_experts(
     model: Any,
@@ -185,6 +191,7 @@ def block_experts(
 
 
 @register_method("shared_routed_contrast", paper=PAPER, family="moe", figure=blocking_figure,
+                 shards=ShardPlan(merge=_merge_blocking),
                  cost="(1 + len(keep)) forwards per prompt (batched)")
 def shared_routed_contrast(model: Any, prompts: Any, *, keep: Sequence[int] | None = None,
                            batch_size: int = 16) -> Result:

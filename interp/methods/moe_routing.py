@@ -12,8 +12,8 @@ import torch
 from .. import moe
 from ..errors import ParameterError, check_choice, check_positive_int
 from ..prompts import as_prompt_set, batches, encode
-from ..registry import register_method
-from ..results import Result, make_meta
+from ..registry import ShardPlan, register_method
+from ..results import Result, concat_tables, make_meta
 from ..variants import forward
 from .moe import PAPER, expert_attribution
 
@@ -34,8 +34,23 @@ def routing_figure(result: Result, group: str = "all", value: str = "load") -> A
                    y_title="layer", title=f"Expert {value} per layer ({group}, {where} positions)")
 
 
+def _merge_routing(parts: list[Result], meta: dict, _params: dict) -> Result:
+    """Token-weighted means of the shards' per-group statistics (each shard's rows are means over its tokens)."""
+    t = concat_tables(parts)
+    values = ["load", "mean_weight", "mean_prob"]
+    sums = t[values].mul(t["n_tokens"], axis=0).assign(n_tokens=t["n_tokens"])
+    sums[["group", "layer", "expert"]] = t[["group", "layer", "expert"]]
+    g = sums.groupby(["group", "layer", "expert"], sort=False).sum()
+    out = g[values].div(g["n_tokens"].clip(lower=1), axis=0).assign(n_tokens=g["n_tokens"]).reset_index()
+    order = ["all"] + sorted(set(out["group"]) - {"all"})  # as routing_stats orders its groups
+    out["group"] = pd.Categorical(out["group"], order, ordered=True)
+    out = out.sort_values(["group", "layer", "expert"], kind="stable").reset_index(drop=True)
+    out["group"] = out["group"].astype(str)
+    return Result(out[["group", "layer", "expert", *values, "n_tokens"]], meta)
+
+
 @register_method("routing_stats", paper=PAPER, family="moe", figure=routing_figure,
-                 cost="1 forward per prompt (batched)")
+                 cost="1 forward per prompt (batched)", shards=ShardPlan(merge=_merge_routing))
 def routing_stats(model: Any, prompts: Any, *, by: str | None = "task", positions: str = "all",
                   batch_size: int = 16) -> Result:
     """Expert load per layer: the share of tokens routed to each expert (in its top-k; loads sum to top_k over
@@ -119,7 +134,36 @@ def correlation_figure(result: Result, value: str = "r_prob") -> Any:
                    title=f"Head-expert Pearson r ({value}) across prompts", colorscale="RdBu", zmid=0)
 
 
+def _correlation_prepare(m: Any, ps: Any, params: dict) -> dict:
+    moe.require_moe(m, "head_expert_correlation")
+    if params.get("attribution") is not None:
+        raise ParameterError("A sharded head_expert_correlation computes the attribution shard by shard; do not pass "
+                             "attribution= (or run head_expert_correlation on it directly, without shards).")
+    if len(ps) < 3:
+        raise ParameterError(f"A correlation across prompts needs at least 3 prompts; got {len(ps)}.")
+    return {"top": check_positive_int("top", params.get("top", 20)),
+            "batch_size": check_positive_int("batch_size", params.get("batch_size", 16))}
+
+
+def _correlation_shard(model: Any, prompts: Any, *, top: int = 20, batch_size: int = 16) -> Result:
+    """A shard's piece of head_expert_correlation: the head- and expert-level attribution of its prompts."""
+    return expert_attribution(model, prompts, levels=("head", "expert"), batch_size=batch_size)
+
+
+def _correlation_merge(parts: list[Result], meta: dict, params: dict) -> Result:
+    t = concat_tables(parts)
+    order = list(dict.fromkeys(t["prompt_id"]))
+    table = _correlation_table(t, order)
+    meta = {**meta, "method": "head_expert_correlation", "parameters": params,
+            "top_pairs": _top_pairs(table, params["top"])}
+    for key in ("summary", "n_layers", "n_experts", "top_k"):  # the attribution shards' fields
+        meta.pop(key, None)
+    return Result(table, meta)
+
+
 @register_method("head_expert_correlation", paper=PAPER, family="moe", figure=correlation_figure,
+                 shards=ShardPlan(prepare=_correlation_prepare, merge=_correlation_merge,
+                                  shard_function=_correlation_shard),
                  cost="that of expert_attribution (1 forward per prompt), or none given an attribution result")
 def head_expert_correlation(model: Any, prompts: Any, *, attribution: Result | None = None, top: int = 20,
                             batch_size: int = 16) -> Result:
@@ -145,7 +189,12 @@ def head_expert_correlation(model: Any, prompts: Any, *, attribution: Result | N
         raise ParameterError("The attribution result needs head and expert rows (levels 'head' and 'expert').")
     if sorted(set(t["prompt_id"])) != sorted(ps.ids):
         raise ParameterError("The attribution result was computed on other prompts than these.")
-    order = ps.ids
+    table = _correlation_table(t, ps.ids)
+    meta = make_meta("head_expert_correlation", m, ps, {"top": top, "batch_size": batch_size})
+    return Result(table, {**meta, "top_pairs": _top_pairs(table, top)})
+
+
+def _correlation_table(t: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     heads = t[t["kind"] == "head"].pivot_table(index="prompt_id", columns=["layer", "head"], values="score")
     ex = t[t["kind"] == "expert"]
     probs = ex.pivot_table(index="prompt_id", columns=["layer", "expert"], values="prob")
@@ -159,8 +208,9 @@ def head_expert_correlation(model: Any, prompts: Any, *, attribution: Result | N
             if el >= hl:
                 rows.append({"head_layer": int(hl), "head": int(h), "expert_layer": int(el), "expert": int(e),
                              "r_prob": float(r_prob[i, j]), "r_gain": float(r_gain[i, j]), "n_prompts": len(order)})
-    table = pd.DataFrame(rows)
-    best = table.dropna(subset=["r_prob"]).sort_values("r_prob", ascending=False, kind="stable").head(top)
-    meta = make_meta("head_expert_correlation", m, ps, {"top": top, "batch_size": batch_size},
-                     top_pairs=best.to_dict(orient="records"))
-    return Result(table, meta)
+    return pd.DataFrame(rows)
+
+
+def _top_pairs(table: pd.DataFrame, top: int) -> list[dict]:
+    return table.dropna(subset=["r_prob"]).sort_values("r_prob", ascending=False, kind="stable").head(top).to_dict(
+        orient="records")

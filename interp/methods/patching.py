@@ -24,8 +24,8 @@ from ..errors import ParameterError, PromptError, check_choice, check_positive_i
 from ..hooks import Edit, Intervention
 from ..model import Model, as_model
 from ..prompts import Batch, EncodedSet, PromptSet, as_prompt_set, encode, make_batch, target_token
-from ..registry import register_method
-from ..results import Result, make_meta
+from ..registry import ShardPlan, register_method
+from ..results import Result, concat_tables, make_meta
 from ..variants import forward, run_variants
 
 SITES: dict[str, str] = {
@@ -422,8 +422,27 @@ def patching_figure(result: Result, site: str | None = None, position: int | Non
                    y_title="layer", colorscale="RdBu", zmid=0.0)
 
 
-@register_method("activation_patching", paper="Meng et al. 2022 (causal tracing); Heimersheim & Nanda 2024; "
-                 "Zhang & Nanda, ICLR 2024", cost="2 forwards per pair + 1 destination row per site x layer (x head) "
+def prepare_pairs(_m: Model, ps: PromptSet, params: dict) -> dict:
+    """A sharded run cuts clean and corrupt prompts alike: they must pair row by row."""
+    corrupt = as_prompt_set(params["corrupt"])
+    if len(corrupt) != len(ps):
+        raise PromptError(f"clean has {len(ps)} prompts but corrupt has {len(corrupt)}; they pair row by row.")
+    return {**params, "corrupt": corrupt}
+
+
+def merge_pairs(parts: list[Result], meta: dict, params: dict) -> Result:
+    """Shard tables merged into the whole run's row order (site, layer, head, prompt, position)."""
+    t = concat_tables(parts)
+    table = finish_table(t.to_dict(orient="records"), list(dict.fromkeys(t["prompt_id"])))
+    return Result(table, {**meta, "corrupt_fingerprint": params["corrupt"].fingerprint()})
+
+
+PAIRED_SHARDS = ShardPlan(prepare=prepare_pairs, paired=("corrupt",), merge=merge_pairs)
+
+
+@register_method("activation_patching", shards=PAIRED_SHARDS,
+                 paper="Meng et al. 2022 (causal tracing); Heimersheim & Nanda 2024; Zhang & Nanda, ICLR 2024",
+                 cost="2 forwards per pair + 1 destination row per site x layer (x head) "
                  "x position, batched and started at the patched block", family="patching", figure=patching_figure)
 def activation_patching(
     model: Any,

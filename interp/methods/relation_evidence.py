@@ -22,7 +22,7 @@ from ..errors import ParameterError, check_choice, check_positive_int
 from ..hooks import Edit, Intervention
 from ..model import Model, as_model
 from ..prompts import EncodedSet, as_prompt_set, batches, encode
-from ..registry import register_method
+from ..registry import ShardPlan, register_method
 from ..results import Result, make_meta
 from ..variants import forward, run_variants
 from .tracing import HOOKS
@@ -52,12 +52,18 @@ def attribute_sets(model: Any, prompts: Any, attributes: Any = None) -> list[set
     """A_r for each prompt, as token ids. ``attributes``: None -> for each ``task`` (relation) of the prompt set,
     the first tokens of every target of that task (all of the relation's objects; one set when the prompts carry
     no ``task``); a list of strings -> one set for every prompt; a dict task -> list of strings. A string's token
-    is its first token tokenised alone with no special tokens (so give leading spaces: " Paris")."""
+    is its first token tokenised alone with no special tokens (so give leading spaces: " Paris"); an int is taken
+    as a token id."""
     m = as_model(model)
     ps = as_prompt_set(prompts)
     tok = m.tokenizer
 
     def first_token(s: Any, where: str) -> int:
+        if isinstance(s, int) and not isinstance(s, bool):  # a token id, as a sharded run's prepare fixes them
+            if not 0 <= s < m.info.vocab_size:
+                raise ParameterError(f"{where}: attribute token id {s} is outside the vocabulary [0, "
+                                     f"{m.info.vocab_size}).")
+            return s
         if not isinstance(s, str) or not s:
             raise ParameterError(f"{where}: attribute {s!r} must be a non-empty string.")
         ids = tok(s, add_special_tokens=False)["input_ids"]
@@ -97,6 +103,20 @@ def _strings(value: Any, where: Any) -> list[Any]:
     return value
 
 
+def _prepare(m: Any, ps: Any, params: dict) -> dict:
+    """The default attribute sets come from the whole set's targets: fix them once, as token ids, for every shard."""
+    if params.get("attributes") is not None:
+        return params
+    sets = attribute_sets(m, ps)
+    if "task" in ps.fields:
+        fixed: Any = {}
+        for r, ids in zip(ps.records, sets):
+            fixed[r.get("task")] = sorted(ids)
+    else:
+        fixed = sorted(sets[0])
+    return {**params, "attributes": fixed}
+
+
 def relation_evidence_figure(result: Result) -> Any:
     """Three panels: mean attribute rate per layer, mean log10 rank of the object per layer (logit lens at the
     last position), and the mean drop of the final attribute rate when each window of MLPs / attention is
@@ -127,7 +147,7 @@ def relation_evidence_figure(result: Result) -> Any:
 @register_method("relation_evidence", paper="Liu et al. 2025 (Relation Also Knows, AAAI); Geva et al. 2023 "
                  "(Dissecting Recall: attribute rate, sublayer knockout)",
                  cost="1 forward per prompt (batched) + one knockout run per window x sublayer kind (batched)",
-                 family="tracing", figure=relation_evidence_figure)
+                 family="tracing", figure=relation_evidence_figure, shards=ShardPlan(prepare=_prepare))
 def relation_evidence(
     model: Any,
     prompts: Any,

@@ -23,16 +23,18 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
+from ..checkpoints import StageCheckpoints
 from ..decode import final_norm_module
 from ..errors import ParameterError, check_choice, check_positive_float, check_positive_int
 from ..interventions import HEAD_ABLATIONS, ablate_heads, check_heads
 from ..model import Model, as_model
 from ..prompts import EncodedSet, PromptSet, as_prompt_set, batches, encode
-from ..registry import register_method
-from ..results import Result, make_meta
+from ..registry import ShardPlan, register_method
+from ..results import Result, _jsonable, concat_tables, make_meta
 from ..variants import run_variants
 from .generation import apply_judge, check_judge, generate
 
@@ -145,13 +147,15 @@ def _final_states(m: Model, enc: EncodedSet, groups: Sequence[Sequence[Head]], a
     last = f"blocks.{m.info.n_layers - 1}.hook_resid_post"
     norm = final_norm_module(m)
 
+    dtype = torch.promote_types(m.dtype, torch.float32)  # float32, or float64 for a float64 model
+
     def reduce(_logits: torch.Tensor | None, store: dict) -> torch.Tensor:
         with torch.no_grad():
-            return norm(store[last][:, -1]).float()
+            return norm(store[last][:, -1]).to(dtype)
 
     n, d = len(enc), m.info.d_model
-    clean = torch.zeros(n, d)
-    ablated = [torch.zeros(n, d) for _ in groups]
+    clean = torch.zeros(n, d, dtype=dtype)
+    ablated = [torch.zeros(n, d, dtype=dtype) for _ in groups]
     variants = [ablate_heads(m, list(g), kind=ablation, eps=eps) for g in groups]
     for batch in batches(m, enc, batch_size):
         # no read_fn: run_variants would apply it to the clean residuals it keeps for restarts as well
@@ -200,8 +204,57 @@ def generalized_ships_figure(result: Result, **_: Any) -> Any:
     return fig
 
 
+def _gships_result(clean: torch.Tensor, ablated: torch.Tensor, group: list[Head], params: dict, meta: dict
+                   ) -> Result:  # fmt: skip
+    angles = principal_angles(clean, ablated, params["r_main"], params["basis"])
+    total = sum(a for a, _, _ in angles)
+    table = pd.DataFrame({
+        "heads": heads_label(group), "n_heads": len(group), "r": list(range(1, params["r_main"] + 1)),
+        "angle": [a for a, _, _ in angles], "sigma_clean": [s for _, s, _ in angles],
+        "sigma_ablated": [s for _, _, s in angles], "score": total,
+    })
+    return Result(table, {**meta, "method": "generalized_ships", "parameters": _jsonable(params), "score": total})
+
+
+def _gships_prepare(m: Model, ps: PromptSet, params: dict) -> dict:
+    """Check every argument against the whole set (r_main against its size) before any shard runs."""
+    chat = params.get("chat_template")
+    eps = _check_ablation(params.get("ablation", "query"), params.get("eps", 1e-5))
+    group = check_heads(m, params["heads"])
+    r_main = _check_svd_args(m, len(_prompt_set(m, ps, chat)), params.get("r_main", 1), params.get("basis", "left"))
+    return {**params, "heads": group, "eps": eps, "r_main": r_main}
+
+
+def gships_states(model: Any, prompts: Any, heads: Sequence[Head], *, ablation: str = "query", eps: float = 1e-5,
+                  r_main: int = 1, basis: str = "left", batch_size: int | None = None,
+                  chat_template: bool | str | None = None) -> Result:
+    """The per-prompt pieces of generalised Ships (what a shard of a sharded run computes): one row per prompt with
+    its final-norm output at the last real token, clean and with the group ablated (lists of float32, or of
+    float64 for a float64 model)."""
+    m = as_model(model)
+    ps = _prompt_set(m, prompts, chat_template)
+    eps = _check_ablation(ablation, eps)
+    group = check_heads(m, heads)
+    enc = encode(m, ps)
+    clean, (abl,) = _final_states(m, enc, [group], ablation, eps, _batch_size(batch_size, len(ps)))
+    table = pd.DataFrame({"prompt_id": ps.ids, "clean": [r.numpy() for r in clean],
+                          "ablated": [r.numpy() for r in abl]})
+    return Result(table, make_meta("generalized_ships/states", m, ps, {"heads": group}))
+
+
+def _gships_merge(parts: list[Result], meta: dict, params: dict) -> Result:
+    t = concat_tables(parts)
+    as_matrix = lambda col: torch.from_numpy(np.stack([np.asarray(v) for v in t[col]]))  # noqa: E731
+    return _gships_result(as_matrix("clean"), as_matrix("ablated"), [tuple(h) for h in params["heads"]],
+                          {k: params.get(k, d) for k, d in GSHIPS_DEFAULTS.items()}, meta)
+
+
+GSHIPS_DEFAULTS = {"heads": None, "ablation": "query", "eps": 1e-5, "r_main": 1, "basis": "left", "chat_template": None}
+
+
 @register_method("generalized_ships", paper=PAPER, family="safety_heads", figure=generalized_ships_figure,
-                 cost="2 forwards per prompt (clean + group ablated; batched) and two SVDs of N x d_model")
+                 cost="2 forwards per prompt (clean + group ablated; batched) and two SVDs of N x d_model",
+                 shards=ShardPlan(prepare=_gships_prepare, merge=_gships_merge, shard_function=gships_states))
 def generalized_ships(model: Any, prompts: Any, heads: Sequence[Head], *, ablation: str = "query",
                       eps: float = 1e-5, r_main: int = 1, basis: str = "left", batch_size: int | None = None,
                       chat_template: bool | str | None = None) -> Result:
@@ -212,6 +265,7 @@ def generalized_ships(model: Any, prompts: Any, heads: Sequence[Head], *, ablati
 
     Table: one row per r: heads, n_heads, r, angle, sigma_clean, sigma_ablated, score (the sum, on every row).
     Cost: 2 forwards per prompt (the ablated one from the group's first layer), batched, and two SVDs.
+    A sharded run (:func:`interp.run_resumable`) computes M and M_A shard by shard and the SVDs once at the end.
     """
     m = as_model(model)
     ps = _prompt_set(m, prompts, chat_template)
@@ -221,16 +275,9 @@ def generalized_ships(model: Any, prompts: Any, heads: Sequence[Head], *, ablati
     bs = _batch_size(batch_size, len(ps))
     enc = encode(m, ps)
     clean, (abl,) = _final_states(m, enc, [group], ablation, eps, bs)
-    angles = principal_angles(clean, abl, r_main, basis)
-    total = sum(a for a, _, _ in angles)
-    table = pd.DataFrame({
-        "heads": heads_label(group), "n_heads": len(group), "r": list(range(1, r_main + 1)),
-        "angle": [a for a, _, _ in angles], "sigma_clean": [s for _, s, _ in angles],
-        "sigma_ablated": [s for _, _, s in angles], "score": total,
-    })
     params = {"heads": group, "ablation": ablation, "eps": eps, "r_main": r_main, "basis": basis,
               "chat_template": chat_template}
-    return Result(table, make_meta("generalized_ships", m, ps, params, score=total))
+    return _gships_result(clean, abl, group, params, make_meta("generalized_ships", m, ps, params))
 
 
 # --- Sahara ---------------------------------------------------------------------------------------------------
@@ -257,10 +304,12 @@ def sahara_figure(result: Result, **_: Any) -> Any:
 
 
 @register_method("sahara", paper=PAPER, family="safety_heads", figure=sahara_figure,
+                 shards=ShardPlan(checkpoint="checkpoint_dir"),
                  cost="per step: 1 + (L*H - step) forwards per prompt (batched over prompts and candidates)")
 def sahara(model: Any, prompts: Any, *, steps: int = 3, ablation: str = "query", eps: float = 1e-5,
            r_main: int = 1, basis: str = "left", batch_size: int | None = None,
-           chat_template: bool | str | None = None, max_rows: int | None = None, progress: bool = False) -> Result:
+           chat_template: bool | str | None = None, max_rows: int | None = None, progress: bool = False,
+           checkpoint_dir: str | None = None) -> Result:
     """Sahara: greedy forward selection of the head group G whose ablation moves the dataset's final states most.
     Each step ablates G + {h} for every head h not in G, scores it with generalised Ships against the clean
     model, and adds the argmax head (ties: the first in layer-major order).
@@ -268,7 +317,8 @@ def sahara(model: Any, prompts: Any, *, steps: int = 3, ablation: str = "query",
     Table: every candidate at every step: step, layer, head, score (degrees), rank (within the step), chosen,
     group (G + {h}). ``meta["group"]``: the chosen heads in order. Cost: per step 1 + (L*H - |G|) forwards per
     prompt, batched over prompts and candidate heads (each from the group's first layer), and one SVD per
-    candidate.
+    candidate. ``checkpoint_dir``: each finished step is saved there and a rerun with the same arguments resumes
+    after the last saved step (:mod:`interp.checkpoints`; :func:`interp.run_resumable` passes one).
     """
     m = as_model(model)
     ps = _prompt_set(m, prompts, chat_template)
@@ -280,9 +330,17 @@ def sahara(model: Any, prompts: Any, *, steps: int = 3, ablation: str = "query",
     r_main = _check_svd_args(m, len(ps), r_main, basis)
     bs = _batch_size(batch_size, len(ps))
     enc = encode(m, ps)
+    saved = StageCheckpoints(checkpoint_dir)
     group: list[Head] = []
     rows = []
     for step in range(1, steps + 1):
+        done = saved.load_result(f"step_{step:03d}")
+        if done is not None:
+            step_rows = done.table.to_dict(orient="records")
+            rows.extend(step_rows)
+            group.append(next((int(r["layer"]), int(r["head"])) for r in step_rows if r["chosen"]))
+            continue
+        first = len(rows)
         cands = [h for h in all_heads(m) if h not in group]
         groups = [sorted(group + [h]) for h in cands]
         clean, ablated = _final_states(m, enc, groups, ablation, eps, bs, max_rows, progress)
@@ -294,6 +352,7 @@ def sahara(model: Any, prompts: Any, *, steps: int = 3, ablation: str = "query",
             rows.append({"step": step, "layer": h[0], "head": h[1], "score": scores[k], "rank": ranks[k],
                          "chosen": k == best, "group": heads_label(group + [h])})
         group.append(cands[best])
+        saved.save_result(f"step_{step:03d}", Result(pd.DataFrame(rows[first:]), {"method": "sahara/step"}))
     params = {"steps": steps, "ablation": ablation, "eps": eps, "r_main": r_main, "basis": basis,
               "chat_template": chat_template}
     return Result(pd.DataFrame(rows), make_meta("sahara", m, ps, params, group=group))
@@ -335,7 +394,19 @@ def asr_figure(result: Result, **_: Any) -> Any:
     return fig
 
 
+def _asr_by_variant(table: pd.DataFrame) -> dict[str, float]:
+    return {str(v): float(table.loc[table["variant"] == v, "success"].mean()) for v in table["variant"].unique()}
+
+
+def _merge_asr(parts: list[Result], meta: dict, _params: dict) -> Result:
+    table = concat_tables(parts)
+    order = {v: k for k, v in enumerate(table["variant"].unique())}  # variant-major, as one run writes it
+    table = table.sort_values("variant", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
+    return Result(table, {**meta, "asr": _asr_by_variant(table)})
+
+
 @register_method("attack_success_rate", paper=PAPER, family="safety_heads", figure=asr_figure,
+                 shards=ShardPlan(merge=_merge_asr),
                  cost="per variant and prompt: 1 prefill + max_new_tokens single-token forwards (KV cache, batched)")
 def attack_success_rate(model: Any, prompts: Any, *, ablate: Any = None, ablation: str = "query",
                         eps: float = 1e-5, max_new_tokens: int = 64, do_sample: bool = False,
@@ -388,7 +459,7 @@ def attack_success_rate(model: Any, prompts: Any, *, ablate: Any = None, ablatio
                 row["label"] = rec.get("label")
             rows.append(row)
     table = pd.DataFrame(rows)
-    asr = {label: float(table.loc[table["variant"] == label, "success"].mean()) for label, _ in specs}
+    asr = _asr_by_variant(table)
     params = {"ablate": {k: h for k, h in specs}, "ablation": ablation, "eps": eps, "max_new_tokens": max_new_tokens,
               "do_sample": do_sample, "temperature": temperature, "seed": seed,
               "judge": "keyword_judge" if judge is None else getattr(judge, "__name__", repr(judge)),

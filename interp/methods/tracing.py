@@ -28,8 +28,8 @@ from ..errors import ParameterError, PromptError, check_choice, check_positive_f
 from ..hooks import Edit, Intervention, StopForward, hooked
 from ..model import Model, as_model
 from ..prompts import EncodedSet, as_prompt_set, encode, make_batch
-from ..registry import register_method
-from ..results import Result, make_meta
+from ..registry import ShardPlan, register_method
+from ..results import Result, concat_tables, make_meta
 from ..variants import forward, run_variants
 
 KINDS = ("resid", "mlp", "attn")
@@ -216,10 +216,35 @@ def causal_trace_figure(result: Result, prompt_id: str | None = None, view: str 
     return fig
 
 
+def _trace_prepare(m: Model, ps: Any, params: dict) -> dict:
+    """Fix the noise scale once, from every subject of the set (a shard measuring its own subjects would draw
+    different noise), and let a shard keep none of its facts (the merge checks the whole set)."""
+    noise = params.get("noise", 3.0)
+    if isinstance(noise, (list, tuple)):
+        raise ParameterError("noise given as one tensor per prompt cannot be split into shards; give a number or "
+                             "one tensor for every prompt, or run causal_trace without shards.")
+    out = {**params, "allow_none_kept": True}
+    if isinstance(noise, (int, float)) and params.get("subject_std") is None:
+        check_positive_float("noise", noise)
+        out["subject_std"] = subject_embedding_std(m, ps.column("subject"))
+    return out
+
+
+def _trace_merge(parts: list[Result], meta: dict, _params: dict) -> Result:
+    table = concat_tables(parts)
+    kept = sum(p.meta["n_kept"] for p in parts)
+    dropped = [i for p in parts for i in p.meta["dropped_ids"]]
+    if kept == 0:
+        raise PromptError(f"None of the {len(dropped)} facts is predicted by the model (clean argmax != the target's "
+                          "first token), so there is nothing to trace.")
+    return Result(table, {**meta, "n_kept": kept, "n_dropped": len(dropped), "dropped_ids": dropped})
+
+
 @register_method("causal_trace", paper="Meng et al. 2022 (ROME, causal tracing); Liu et al. 2025 (Relation Also "
                  "Knows: relation-focused corruption)",
                  cost="per fact: 1 clean forward + (kinds x tokens x layers) restorations of `samples` rows, batched "
-                 "(+1 corrupted forward with severed)", family="tracing", figure=causal_trace_figure)
+                 "(+1 corrupted forward with severed)", family="tracing", figure=causal_trace_figure,
+                 shards=ShardPlan(prepare=_trace_prepare, merge=_trace_merge))
 def causal_trace(
     model: Any,
     prompts: Any,
@@ -235,6 +260,8 @@ def causal_trace(
     only_correct: bool = True,
     max_rows: int | None = None,
     progress: bool = False,
+    subject_std: float | None = None,
+    allow_none_kept: bool = False,
 ) -> Result:
     """Causal tracing: the indirect effect on P(object) of restoring each clean state in corrupted runs.
 
@@ -251,6 +278,8 @@ def causal_trace(
     frozen at its corrupted value (per sample) in every layer above l. ``answer="argmax"`` traces the model's
     own clean top-1 token instead of the target. With ``only_correct`` (ROME), a fact is kept only if the
     clean argmax is o; the others are dropped and counted in ``meta`` (``n_dropped``, ``dropped_ids``).
+    ``subject_std``: nu itself, instead of measuring it on these prompts (a sharded run measures it once on the
+    whole set); ``allow_none_kept``: return an empty table rather than raise when every fact is dropped.
 
     Table: one row per kept prompt x kind x layer x token: prompt_id, kind, layer, window_start, window_end,
     position (0-based, BOS included), token, role (bos, before subject, first / middle / last subject, first
@@ -263,6 +292,8 @@ def causal_trace(
     m = as_model(model)
     ps = as_prompt_set(prompts)
     kinds, sev = _check_params(m, corrupt, kinds, window, samples, noise, seed, severed, answer, max_rows)
+    if subject_std is not None:
+        check_positive_float("subject_std", subject_std)
     if isinstance(noise, (list, tuple)) and len(noise) != len(ps):
         raise ParameterError(f"noise is a list of {len(noise)} tensors but there are {len(ps)} prompts.")
     enc = encode(m, ps, targets=["target"] if answer == "target" else [], spans=["subject"])
@@ -279,7 +310,8 @@ def causal_trace(
         plans.append((span, cols))
     scale = None
     if isinstance(noise, (int, float)):
-        scale = float(noise) * subject_embedding_std(m, ps.column("subject"))
+        nu = subject_embedding_std(m, ps.column("subject")) if subject_std is None else float(subject_std)
+        scale = float(noise) * nu
 
     rows: list[dict[str, Any]] = []
     dropped: list[str] = []
@@ -291,7 +323,7 @@ def causal_trace(
             dropped.append(rec["id"])
             continue
         rows.extend(fact)
-    if not rows:
+    if not rows and not allow_none_kept:
         raise PromptError(
             f"None of the {len(ps)} facts is predicted by the model (clean argmax != the target's first token), so "
             "there is nothing to trace; check the targets (leading space?) or pass only_correct=False."
