@@ -39,7 +39,7 @@ def safety_heads_section(ctx: DemoContext) -> DemoSection:
 def lens_section(ctx: DemoContext) -> DemoSection:
     from .methods.lens import lens_summary, logit_lens
 
-    comp = ctx.prompts("composite", n=8 if ctx.quick else 40, kind="composite")
+    comp = ctx.prompts("composite", n=8 if ctx.quick else 40, kind="composite", n_shot=5)
     targets = ("y_t", "y_s1", "y_s2")
     one = logit_lens(ctx.dense, comp[:1], positions="all", targets=targets)
     dataset = logit_lens(ctx.dense, comp, targets=targets)
@@ -74,8 +74,9 @@ def patching_section(ctx: DemoContext) -> DemoSection:
     clean, corrupt = clean[:n], corrupt[:n]
     exact = activation_patching(ctx.dense, clean, corrupt, sites=("resid_pre",), metric="norm_logit_diff")
     approx = attribution_patching(ctx.dense, clean, corrupt, sites=("resid_pre",), metric="norm_logit_diff")
-    task = ctx.prompts("composite", kind="composite")[0]["subtask_of"]
+    task = ctx.prompts("composite", kind="composite", n_shot=5)[0]["subtask_of"]
     masking = context_masking(ctx.dense, ctx.prompts("composite", n=8 if ctx.quick else 32, kind="composite",
+                                                     n_shot=5,
                                                      subtask_of=task))
     return DemoSection(
         "Patching: where does the answer live, and when are the demonstrations read?",
@@ -91,12 +92,14 @@ def tracing_section(ctx: DemoContext) -> DemoSection:
     from .methods.tracing import causal_trace
 
     facts = ctx.prompts("factual", n=2 if ctx.quick else 8)
-    trace = causal_trace(ctx.dense, facts, samples=3 if ctx.quick else 10)
+    # window 2: ROME's 10 is a fifth of a 48-layer model; the dense organism has 6 blocks
+    trace = causal_trace(ctx.dense, facts, samples=3 if ctx.quick else 10, window=2)
     return DemoSection(
         "Causal tracing of factual recall",
         "Subject tokens are corrupted with noise; restoring one clean hidden state (or MLP / attention output "
         "over a window of layers) at a token and layer brings back the probability of the object by the amount "
-        "shown (indirect effect). Then the average effect per token role.",
+        "shown (indirect effect; MLP / attention restored over a window of 2 layers). Then the average effect per "
+        "token role.",
         [trace.figure(), trace.figure(view="roles")],
         {"causal_trace": trace},
     )

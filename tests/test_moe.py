@@ -525,15 +525,29 @@ def test_hooks_never_leak_on_error(models):
 # --- the shipped MoE organism --------------------------------------------------------------------------------
 @pytest.mark.skipif(not (ORGANISM / "config.json").exists(), reason="data/organisms/moe is not shipped yet")
 def test_moe_organism_attribution_and_blocking():
+    """On the shipped moe organism, for every relation (24 held-out facts each): the per-expert outputs sum to the
+    MoE block's output; blocking the relation's 10 top-ranked (layer, expert) pairs against 20 random 10-expert
+    sets (same count per layer); and the shared-only / shared + top-1 / shared + top-2 contrast (the paper's
+    Table 2).
+
+    Measured (printed; README "Methods"): clean MRR is 1.000 on all 9 relations. Blocking the top-10 experts
+    drops it more than random 10-expert sets on 3 relations (country_capital 0.933 vs 1.000 +- 0.000,
+    person_birthplace 0.969 vs 1.000 +- 0.000, object_origin 0.951 vs 0.970 +- 0.014), as much on one
+    (country_animal 0.972 vs 0.974 +- 0.016), and not at all on 5 (1.000). The shared expert alone keeps MRR at
+    0.948-1.000 on every relation (shared + top-1: 1.000): in this organism the facts live in the shared expert
+    and the attention layers, and the routed experts are nearly redundant for recall, so the blocking contrast is
+    small. No direction is asserted (the issue asks for the numbers, whatever they are); what is asserted is their
+    consistency.
+    """
     from interp.organisms import CORPUS_DIR
 
     m = interp.load_model(ORGANISM)
     assert m.info.is_moe and m.info.n_shared_experts == 1
     records = [json.loads(line) for line in (CORPUS_DIR / "factual.jsonl").read_text().splitlines() if line.strip()]
     held = [r for r in records if r["split"] == "heldout"]
-    task = sorted({r["task"] for r in held})[0]
-    ps = interp.PromptSet([r for r in held if r["task"] == task][:24])
-    b = batch_of(m, ps)
+    tasks = sorted({r["task"] for r in held})
+    ps = interp.PromptSet([r for t in tasks for r in [x for x in held if x["task"] == t][:24]])
+    b = batch_of(m, ps[:24])
     names = [f"blocks.{layer}.{h}" for layer in range(m.info.n_layers) for h in ("mlp.hook_in", "hook_mlp_out")]
     _, st = forward(m, b, read=names, logits=None)
     for layer in range(m.info.n_layers):
@@ -541,10 +555,21 @@ def test_moe_organism_attribution_and_blocking():
             eo = moe.expert_outputs(m, layer, st[f"blocks.{layer}.mlp.hook_in"])
             torch.testing.assert_close(eo.total(), st[f"blocks.{layer}.hook_mlp_out"], atol=1e-4, rtol=1e-4)
     attr = expert_attribution(m, ps, levels=("layer", "expert"))
-    top = top_experts(attr, 10)
-    res = block_experts(m, ps, top, controls=5)
-    s = res.meta["summary"]["all"]
-    print(f"organism {task}: MRR clean {s['mrr_clean']:.3f} blocked {s['mrr_blocked']:.3f} "
-          f"controls {s['mrr_control_mean']:.3f} +- {s['mrr_control_std']:.3f}")
-    assert all(np.isfinite(s[k]) for k in ("mrr_clean", "mrr_blocked", "mrr_control_mean"))
-    assert res.meta["parameters"]["experts"] == [list(p) for p in sorted(top)]
+    contrast = shared_routed_contrast(m, ps).meta["summary"]
+    lines = []
+    for task in tasks:
+        top = top_experts(attr, 10, task=task)
+        assert len(top) == 10
+        res = block_experts(m, ps.filter(task=task), top, controls=20)
+        s = res.meta["summary"]["all"]
+        c = contrast["by_task"][task]
+        lines.append(f"{task:18s} MRR clean {s['mrr_clean']:.3f} top-10 blocked {s['mrr_blocked']:.3f} random-10 "
+                     f"{s['mrr_control_mean']:.3f} +- {s['mrr_control_std']:.3f} (min {s['mrr_control_min']:.3f}) | "
+                     f"shared only {c['mrr_keep0']:.3f} shared+top-1 {c['mrr_keep1']:.3f} "
+                     f"shared+top-2 {c['mrr_clean']:.3f}")
+        assert res.meta["parameters"]["experts"] == [list(p) for p in sorted(top)]
+        assert len(s["mrr_control_each"]) == 20
+        assert s["mrr_control_min"] <= s["mrr_control_mean"] <= s["mrr_control_max"]
+        assert abs(s["mrr_clean"] - c["mrr_clean"]) < 1e-9  # both clean runs are the same model on the same facts
+        assert all(np.isfinite(s[k]) for k in ("mrr_clean", "mrr_blocked", "mrr_control_mean"))
+    print("\n[organism moe]\n" + "\n".join(lines))

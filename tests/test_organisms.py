@@ -216,6 +216,19 @@ def test_moe_architecture():
     assert cfg["router_aux_loss_coef"] > 0
 
 
+@pytest.mark.parametrize("name", SHIPPED)
+def test_card_records_a_reproduction_within_budget(name):
+    """The shipped weights come from the recipe run to its end (not cut short by a time budget), on at most 2
+    CPU threads, and the whole run (corpus, tokenizer, training, evaluation) took at most 15 minutes."""
+    card = _card(name)
+    from interp.organisms.train import ORGANISMS
+
+    assert card["recipe"]["steps"] == ORGANISMS[name].steps == card["steps"] == card["planned_steps"]
+    assert card["time_budget_s"] is None
+    assert card["environment"]["threads"] <= 2 and card["environment"]["torch"].endswith("+cpu")
+    assert card["total_time_s"] <= 15 * 60, card["total_time_s"]
+
+
 def _assert_close(a, b, path=""):
     if isinstance(a, dict):
         assert isinstance(b, dict) and set(a) == set(b), path

@@ -389,8 +389,10 @@ def test_dense_organism_safety_heads():
     and factual recall barely move.
 
     Prompt counts: 32 train harmful requests for attribution; 32 held-out harmful, 32 held-out harmless, 96
-    held-out factual; 16 new tokens. Measured numbers: not yet (the organism was not shipped when this was
-    written; the test prints them: record them here when it runs).
+    held-out factual; 16 new tokens. Measured on the shipped dense organism: Ships top-1 is L0H2, Sahara's group
+    [L0H2, L0H1, L0H0] (all in block 0). ASR on held-out harmful requests: clean 0.00; Ships top-1 0.47 vs
+    random single heads 0.00 +- 0.00 (20 draws); Sahara top-3 1.00 vs random 3-head sets 0.04 +- 0.13 (max
+    0.44). Refusals of held-out harmless requests: 0.00 in every variant; factual top-1 1.00 in every variant.
     """
     corpus = _organism_records()
     model = interp.load_model(DENSE)

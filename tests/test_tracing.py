@@ -344,6 +344,17 @@ def _organism_facts(n):
 
 @pytest.mark.skipif(not (DENSE / "config.json").exists(), reason="dense organism not shipped yet")
 def test_dense_organism_trace_is_exact_and_recorded():
+    """The trace on the shipped dense organism equals the per-restoration reference (1e-5) and is recorded.
+
+    Where the effects sit (24 held-out facts, 5 samples, window 2; measured with the README's command): subject
+    corruption, total effect 0.76. At the last subject token, restoring the residual gives 0.24 after block 0,
+    falling to 0.09 after block 4; MLP windows covering blocks 0-1 there give 0.25, later ones <= 0.05. At the
+    last token, the residual gives 0.57 after block 0 and the whole 0.76 from block 4; attention windows over
+    blocks 0-1 there give 0.57-0.68, later ones 0.10-0.25. So: an early-MLP site at the last subject token (as in
+    ROME, but in the first third of a 6-block model and carrying a third of the effect) and the move to the last
+    token in the first two blocks, not in late attention. Relation corruption (total 0.66): everything at the
+    last token (0.65 from block 0), subject tokens <= 0.02.
+    """
     m = interp.load_model(DENSE, device="cpu")
     facts = _organism_facts(6)
     res = causal_trace(m, facts, samples=3, kinds=("resid", "mlp", "attn"))

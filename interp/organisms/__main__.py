@@ -1,6 +1,6 @@
 """``python -m interp.organisms {train,corpus,evaluate}``.
 
-    python -m interp.organisms train dense                  # -> data/organisms/dense (about 10 min, 2 cores)
+    python -m interp.organisms train dense                  # -> data/organisms/dense (11 min on 2 cores; moe 7)
     python -m interp.organisms train moe --out /tmp/moe --steps 100
     python -m interp.organisms corpus                       # -> data/organisms/corpus/*.jsonl
     python -m interp.organisms evaluate data/organisms/dense

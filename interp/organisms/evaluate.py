@@ -131,9 +131,22 @@ def expert_load(model, tok, texts: list[str], batch_size: int = 64) -> list[list
 
 
 def evaluate_organism(model_dir: str | Path, *, batch_size: int = 64, max_new_tokens: int = MAX_NEW_TOKENS,
-                      corpus_seed: int | None = None) -> dict:  # fmt: skip
-    """Measure every held-out metric of the organism in ``model_dir`` (see the module docstring)."""
-    model_dir = Path(model_dir)
+                      corpus_seed: int | None = None, threads: int | None = 1) -> dict:  # fmt: skip
+    """Measure every held-out metric of the organism in ``model_dir`` (see the module docstring).
+
+    ``threads`` (default 1) is the torch intra-op thread count used meanwhile (restored afterwards):
+    the models are tiny, and on a shared 2-core machine two spinning OpenMP threads can be 10-50x
+    slower than one; ``None`` keeps the current setting."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _evaluate(Path(model_dir), batch_size, max_new_tokens, corpus_seed)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _evaluate(model_dir: Path, batch_size: int, max_new_tokens: int, corpus_seed: int | None) -> dict:
     if corpus_seed is None:
         card = model_dir / "card.json"
         corpus_seed = json.loads(card.read_text()).get("corpus_seed", DEFAULT_SEED) if card.exists() else 0

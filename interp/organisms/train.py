@@ -42,6 +42,8 @@ class OrganismSpec:
     warmup: int = 60
     weight_decay: float = 0.1
     demo_weight: float = 0.5
+    # N-shot kinds listed here are repeated this many times in the sampling pool (oversampled)
+    kind_repeat: dict = field(default_factory=dict)
     # MoE only
     num_experts: int = 0
     top_k: int = 0
@@ -54,12 +56,12 @@ class OrganismSpec:
 ORGANISMS: dict[str, OrganismSpec] = {
     "dense": OrganismSpec(
         arch="llama", hidden_size=192, num_layers=6, num_heads=6, num_kv_heads=2, intermediate_size=512,
-        steps=1200, lr=2e-3,
+        steps=1200, lr=2e-3, demo_weight=1.0, kind_repeat={"s2": 2},
         description="Llama-style dense decoder with grouped-query attention, trained on the whole mixture.",
     ),
     "moe": OrganismSpec(
         arch="qwen2_moe", hidden_size=160, num_layers=4, num_heads=5, num_kv_heads=1, intermediate_size=512,
-        steps=1200, lr=2e-3, num_experts=8, top_k=2, moe_intermediate_size=128,
+        steps=1000, lr=2e-3, num_experts=8, top_k=2, moe_intermediate_size=128,
         shared_expert_intermediate_size=256, router_aux_loss_coef=0.02,
         description="Qwen2-MoE decoder (8 routed experts, top-2, plus a gated shared expert in every layer).",
     ),
@@ -138,7 +140,8 @@ def encode_record(record: dict, tokenizer, demo_weight: float, add_eos: bool) ->
     return ids, weights
 
 
-def build_training_pools(corpus: dict, tokenizer, demo_weight: float) -> dict[str, list]:
+def build_training_pools(corpus: dict, tokenizer, demo_weight: float, kind_repeat: dict | None = None
+                         ) -> dict[str, list]:  # fmt: skip
     pools: dict[str, list] = {"factual": [], "safety": [], "nshot": []}
     for r in corpus["factual"]:
         if r["split"] == "train":
@@ -149,7 +152,8 @@ def build_training_pools(corpus: dict, tokenizer, demo_weight: float) -> dict[st
     for r in corpus["composite"]:
         # zero-shot prompts are identical across kinds ("Q: x\nA:"), so they are not trained on
         if r["split"] == "train" and r["n_shot"] > 0:
-            pools["nshot"].append(encode_record(r, tokenizer, demo_weight, add_eos=False))
+            ex = encode_record(r, tokenizer, demo_weight, add_eos=False)
+            pools["nshot"].extend([ex] * (kind_repeat or {}).get(r["kind"], 1))
     return pools
 
 
@@ -262,7 +266,7 @@ def train_organism(
 
     corpus = build_corpus(corpus_seed)
     tokenizer = train_tokenizer(training_texts(corpus), DEFAULT_VOCAB_SIZE)
-    pools = build_training_pools(corpus, tokenizer, spec.demo_weight)
+    pools = build_training_pools(corpus, tokenizer, spec.demo_weight, spec.kind_repeat)
 
     torch.manual_seed(seed)
     config = make_config(spec, tokenizer)

@@ -1,0 +1,17 @@
+"""The causal-tracing numbers of the README and tests/test_tracing.py: 24 held-out facts of the dense organism,
+subject- and relation-corrupted, 5 samples, window 2.  Run: python docs/measure_organism_tracing.py (about a minute)."""
+import interp, pandas as pd
+from interp.organisms import CORPUS_DIR, organism_dir
+from interp.organisms.corpus import load_jsonl
+from interp.methods.tracing import causal_trace, trace_summary
+m = interp.load_model(organism_dir("dense"))
+held = [r for r in load_jsonl(CORPUS_DIR / "factual.jsonl") if r["split"] == "heldout"]
+facts = held[:: len(held) // 24][:24]
+for corrupt in ("subject", "relation"):
+    res = causal_trace(m, facts, corrupt=corrupt, samples=5, window=2)
+    s = trace_summary(res)
+    piv = s.pivot_table(index=["kind", "role"], columns="layer", values="indirect_effect")
+    print(f"\n== {corrupt} corrupted: kept {res.meta['n_kept']}/{len(facts)}, mean total effect "
+          f"{res.table.groupby('prompt_id')['total_effect'].first().mean():.3f}")
+    with pd.option_context("display.width", 250, "display.precision", 3, "display.max_columns", 20):
+        print(piv.loc[[(k, r) for k in ("resid", "mlp", "attn") for r in ("last subject", "middle subject", "first subsequent", "last")]].round(3))
