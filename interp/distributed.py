@@ -82,7 +82,8 @@ def run_on_ray(
     ray = _ray()
     name, fn = _resolve(method)
     ps = as_prompt_set(prompts)
-    if shard_plan(fn).checkpoint is not None:
+    plan = shard_plan(fn)
+    if plan.checkpoint is not None:
         raise ParameterError(f"{name} needs the whole prompt set at every stage, so it cannot be split over Ray "
                              "workers; run it in one process (interp.run_resumable resumes it stage by stage).")
     check_positive_int("workers", workers)
@@ -93,14 +94,15 @@ def run_on_ray(
     results: dict[int, Result] = {}
     out = Path(out_dir) if out_dir is not None else None
     manifest = None
-    plan = shard_plan(fn)
-    if out is not None or plan.prepare is not None:
+    if out is not None or plan.prepare is not None:  # a driver-side copy of the model, released before the run
         from .model import load_model
 
         local = load_model(source, **load_kwargs)
         params = prepare_params(fn, local, ps, params)
+        if out is not None:
+            manifest = run_manifest(name, local, ps, params, shard_size)
+        del local
     if out is not None:
-        manifest = run_manifest(name, local, ps, params, shard_size)
         check_manifest(out, manifest)
         for k in range(len(ranges)):
             if shard_path(out, k).exists():

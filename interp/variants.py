@@ -87,7 +87,7 @@ def forward(
             return _user(name, value) if _user is not None else value
 
     if m.dtype == torch.float64 and bool((b.attention_mask == 0).any()):
-        interventions = [*interventions, _finite_pad_rows(m, start_layer)]
+        interventions = [*interventions, finite_pad_rows(m, start_layer)]
     for iv in interventions:
         if start_layer and iv.first_layer < start_layer:
             raise ValueError(f"Intervention {iv.label!r} acts below start_layer={start_layer}.")
@@ -121,7 +121,7 @@ def forward(
     return None, store
 
 
-def _finite_pad_rows(model: Model, start_layer: int) -> Intervention:
+def finite_pad_rows(model: Model, start_layer: int) -> Intervention:
     """In float64 the attention mask is float64's most negative number, and Hugging Face's attention softmax runs
     in float32: the cast makes it -inf, and the pattern row of a left-pad query (every key masked) NaN; 0 x NaN in
     pattern @ V (and in the softmax's backward) then reaches the real rows. Clamping the scores at float32's

@@ -31,7 +31,7 @@ from ..errors import ParameterError
 from ..hooks import Intervention, hooked
 from ..model import Model
 from ..prompts import Batch
-from ..variants import _finite_pad_rows
+from ..variants import finite_pad_rows
 
 # Zhou et al. 2025's list (after Zou et al. 2023), verbatim; conservative ("However", "In fact" count as refusals)
 REFUSAL_KEYWORDS: tuple[str, ...] = (
@@ -156,7 +156,7 @@ def generate(
     done = torch.zeros(rows, dtype=torch.bool, device=device)
     ids, mask = rep.input_ids, rep.attention_mask
     if m.dtype == torch.float64 and bool((rep.attention_mask == 0).any()):
-        ivs = [*ivs, _finite_pad_rows(m, 0)]  # else NaN pad rows reach the real ones (see variants)
+        ivs = [*ivs, finite_pad_rows(m, 0)]  # else NaN pad rows reach the real ones (see variants)
     with torch.no_grad(), hooked(m, ivs), _kv_cache_bridge(m):
         past = None
         if use_cache:
