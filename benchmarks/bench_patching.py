@@ -42,34 +42,12 @@ def model_dir() -> tuple[Path, str]:
 
 
 def organism_pairs(model, n: int) -> tuple[list[dict], list[dict]] | None:
-    """Composite N-shot prompts (clean) and the same prompt with another query of the same token length whose
-    answer starts with another token (corrupt): the usual patching setup."""
     from interp.organisms import CORPUS_DIR
-    from interp.organisms.corpus import load_jsonl
-    from interp.prompts import tokenize
+    from interp.organisms.pairs import composite_pairs
 
-    path = CORPUS_DIR / "composite.jsonl"
-    if not path.exists():
+    if not (CORPUS_DIR / "composite.jsonl").exists():
         return None
-    recs = [r for r in load_jsonl(path) if r.get("kind") == "composite" and r.get("n_shot", 0) > 0]
-    answers: dict[str, dict[str, str]] = {}
-    for r in recs:
-        answers.setdefault(r["task"], {})[r["subject"]] = r["target"]
-    clean, corrupt = [], []
-    for r in recs[:: max(1, len(recs) // (4 * n))]:
-        n_tok = len(tokenize(model, r["prompt"]).ids)
-        a_tok = tokenize(model, r["prompt"] + r["target"]).ids[n_tok]
-        for x, y in answers[r["task"]].items():
-            if x == r["subject"]:
-                continue
-            prompt = f"{r['demonstrations']}\n\nQ: {x}\nA:"
-            ids = tokenize(model, prompt).ids
-            if len(ids) == n_tok and tokenize(model, prompt + y).ids[n_tok] != a_tok:
-                clean.append({"id": r["id"], "prompt": r["prompt"], "target": r["target"]})
-                corrupt.append({"id": r["id"] + "/corrupt", "prompt": prompt, "target": y})
-                break
-        if len(clean) == n:
-            break
+    clean, corrupt = composite_pairs(model, n)
     return (clean, corrupt) if clean else None
 
 
