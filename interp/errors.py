@@ -73,6 +73,24 @@ def check_positive_int(name: str, value: object, *, minimum: int = 1) -> int:
     return value
 
 
+def check_layer_list(name: str, value: object, n_valid: int, *, out_of_range: str | None = None) -> list[int]:
+    """Sorted distinct indices in [0, n_valid) from a list of ints; None means all of them. ``out_of_range``
+    replaces the message's "is not a layer index in [0, n_valid)" for a list with its own meaning."""
+    if value is None:
+        return list(range(n_valid))
+    try:
+        out = list(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise ParameterError(f"{name}={value!r} must be a list of layer indices or None.") from None
+    if not out:
+        raise ParameterError(f"{name} is empty; give at least one layer index, or None for all.")
+    for layer in out:
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_valid:
+            raise ParameterError(f"{name}: {layer!r} " + (out_of_range or f"is not a layer index in [0, {n_valid})")
+                                 + ".")
+    return sorted(set(out))
+
+
 def check_positive_float(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ParameterError(f"{name} must be a positive number; got {value!r}.")

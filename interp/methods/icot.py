@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from ..checkpoints import StageCheckpoints
-from ..errors import ParameterError, PromptError, check_positive_int
+from ..errors import ParameterError, PromptError, check_layer_list, check_positive_int
 from ..hooks import Edit, Intervention
 from ..interventions import mask_attention
 from ..model import Model, as_model
@@ -33,19 +33,8 @@ ICOT_TARGETS = ("y_t", "y_s1", "y_s2")
 
 
 def _check_from_layers(m: Model, from_layers: Sequence[int] | None) -> list[int]:
-    n = m.info.n_layers
-    if from_layers is None:
-        return list(range(n + 1))
-    try:
-        out = list(from_layers)
-    except TypeError:
-        raise ParameterError(f"from_layers={from_layers!r} must be a list of layer indices or None.") from None
-    if not out:
-        raise ParameterError("from_layers is empty; give at least one layer, or None for all.")
-    for layer in out:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n:
-            raise ParameterError(f"from_layers: {layer!r} is not in [0, {n}] ({n} = no masking).")
-    return sorted(set(out))
+    n = m.info.n_layers  # from_layers = n: no layer masked (the plain model)
+    return check_layer_list("from_layers", from_layers, n + 1, out_of_range=f"is not in [0, {n}] ({n} = no masking)")
 
 
 def _check_targets(ps: PromptSet, targets: Sequence[str] | str) -> list[str]:

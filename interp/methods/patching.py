@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from ..errors import ParameterError, PromptError, check_choice, check_positive_int
+from ..errors import ParameterError, PromptError, check_choice, check_layer_list, check_positive_int
 from ..hooks import Edit, Intervention
 from ..model import Model, as_model
 from ..prompts import Batch, EncodedSet, PromptSet, as_prompt_set, encode, make_batch, target_token
@@ -504,15 +504,4 @@ def activation_patching(
 
 
 def check_layers(m: Model, layers: Sequence[int] | None) -> list[int]:
-    if layers is None:
-        return list(range(m.info.n_layers))
-    try:
-        out = list(layers)
-    except TypeError:
-        raise ParameterError(f"layers={layers!r} must be a list of layer indices or None.") from None
-    if not out:
-        raise ParameterError("layers is empty; give at least one layer index, or None for all.")
-    for layer in out:
-        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < m.info.n_layers:
-            raise ParameterError(f"layers: {layer!r} is not a layer index in [0, {m.info.n_layers}).")
-    return sorted(set(out))
+    return check_layer_list("layers", layers, m.info.n_layers)
