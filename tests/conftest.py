@@ -14,6 +14,9 @@ Fixtures (all session-scoped, so each model is built and booted at most once per
 ``hf_models``
     ``hf_models(arch) -> PreTrainedModel``: the same checkpoint loaded with plain transformers
     (eager attention, eval mode), cached.  Reference for exactness tests.
+``models``
+    ``models[arch]`` (or ``models(arch)``) -> ``interp.Model``: the interp model of ``tiny_model_dirs[arch]``,
+    loaded on first use and cached for the session (float32; the batching test loads its own float64 ones).
 ``tiny_tokenizer``
     the fixture tokenizer (``PreTrainedTokenizerFast``; adds no special tokens by itself).
 """
@@ -66,6 +69,28 @@ def hf_models(tiny_model_dirs):
         return cache[arch]
 
     return get
+
+
+class LoadedModels:
+    """interp models of the tiny fixtures, loaded on first use and shared by the session: ``models[arch]`` or
+    ``models(arch)``. Shared like ``bridges``: tests leave no hooks on them and do not edit their weights."""
+
+    def __init__(self, dirs):
+        self.dirs, self.cache = dirs, {}
+
+    def __getitem__(self, arch: str):
+        if arch not in self.cache:
+            import interp
+
+            self.cache[arch] = interp.load_model(self.dirs[arch])
+        return self.cache[arch]
+
+    __call__ = __getitem__
+
+
+@pytest.fixture(scope="session")
+def models(tiny_model_dirs):
+    return LoadedModels(tiny_model_dirs)
 
 
 @pytest.fixture(scope="session")

@@ -17,3 +17,15 @@ def single_run(model, ids: list[int], names: list[str]) -> dict[str, torch.Tenso
     with torch.no_grad():
         _, cache = model.bridge.run_with_cache(torch.tensor([ids]), names_filter=lambda n: n in names)
     return {n: cache[n][0] for n in names}
+
+
+def ids_of(model, text: str) -> list[int]:
+    """The token ids the toolkit feeds for ``text`` (BOS included where the model prepends it)."""
+    from interp.prompts import tokenize
+
+    return tokenize(model, text).ids
+
+
+def answer_id(model, prompt: str, target: str) -> int:
+    """The target's first token: the token that follows the prompt in prompt + target."""
+    return ids_of(model, prompt + target)[len(ids_of(model, prompt))]

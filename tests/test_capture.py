@@ -11,11 +11,6 @@ from interp.prompts import encode
 from .helpers import PROMPTS, single_run
 
 
-@pytest.fixture(scope="module")
-def models(tiny_model_dirs):
-    return {a: interp.load_model(tiny_model_dirs[a]) for a in ARCHITECTURES}
-
-
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_last_and_span_positions_match_single_runs(models, arch):
     m = models[arch]

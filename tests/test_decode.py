@@ -11,11 +11,6 @@ from interp.prompts import encode
 from .helpers import PROMPTS
 
 
-@pytest.fixture(scope="module")
-def models(tiny_model_dirs):
-    return {a: interp.load_model(tiny_model_dirs[a]) for a in ARCHITECTURES}
-
-
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_recompute_matches_hf_at_every_layer(models, hf_models, arch):
     m, hf = models[arch], hf_models(arch)

@@ -15,6 +15,8 @@ from interp.methods.icot import context_masking, cross_task_patching
 from interp.organisms import CORPUS_DIR, organism_dir
 from interp.prompts import tokenize
 
+from .helpers import answer_id, ids_of
+
 ARCHS = ("gpt2", "llama", "qwen2_moe", "mixtral")
 WORDS = ["red", "blue", "tree", "house", "river", "stone", "cat", "dog"]
 
@@ -31,18 +33,6 @@ def record(i, task, n_shot=2, upper=True):
 
 COMPOSITE = [record(i, "comp", n_shot=1 + i % 2) for i in range(4)]
 
-
-@pytest.fixture(scope="module")
-def models(tiny_model_dirs):
-    return {a: interp.load_model(tiny_model_dirs[a]) for a in ARCHS}
-
-
-def ids_of(m, text):
-    return tokenize(m, text).ids
-
-
-def answer_id(m, prompt, target):
-    return tokenize(m, prompt + target).ids[len(tokenize(m, prompt).ids)]
 
 
 def run_last(m, ids, edits=()):

@@ -13,11 +13,6 @@ from interp.variants import forward, run_variants
 from .helpers import PROMPTS
 
 
-@pytest.fixture(scope="module")
-def models(tiny_model_dirs):
-    return {a: interp.load_model(tiny_model_dirs[a]) for a in ARCHITECTURES}
-
-
 def batch_of(m, prompts=PROMPTS, **kw):
     enc = encode(m, prompts, **kw)
     return make_batch(m, enc, list(range(len(prompts))))

@@ -35,11 +35,6 @@ ARCHS = ["gpt2", "llama", "gemma2", "qwen2_moe"]  # LayerNorm; GQA; softcap + (1
 TWO_TARGETS = [{**p, "other": t} for p, t in zip(PROMPTS, [" is", " the", " John", " Paris"])]
 
 
-@pytest.fixture(scope="module")
-def models(tiny_model_dirs):
-    return {a: interp.load_model(tiny_model_dirs[a]) for a in ARCHS}
-
-
 # --- a direct reference on the plain Hugging Face model ---------------------------------------------------------
 def _hf_parts(hf, arch):
     dec = hf.get_decoder()

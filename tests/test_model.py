@@ -7,11 +7,6 @@ import interp
 from interp.fixtures import ARCHITECTURES, GQA_ARCHITECTURES, MOE_ARCHITECTURES
 
 
-@pytest.fixture(scope="module")
-def models(tiny_model_dirs):
-    return {a: interp.load_model(tiny_model_dirs[a]) for a in ARCHITECTURES}
-
-
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_info_matches_the_hf_config(models, arch):
     m = models[arch]

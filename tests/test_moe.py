@@ -31,18 +31,6 @@ ORGANISM = Path(__file__).resolve().parents[1] / "data" / "organisms" / "moe"
 
 
 @pytest.fixture(scope="module")
-def models(tiny_model_dirs):
-    cache = {}
-
-    def get(arch):
-        if arch not in cache:
-            cache[arch] = interp.load_model(tiny_model_dirs[arch])
-        return cache[arch]
-
-    return get
-
-
-@pytest.fixture(scope="module")
 def attributions(models):
     cache = {}
 

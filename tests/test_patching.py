@@ -17,7 +17,8 @@ from interp.hooks import Edit, Intervention, hook_snapshot, hooked
 from interp.methods.attribution_patching import attribution_patching
 from interp.methods.patching import SITES, activation_patching
 from interp.organisms import organism_dir
-from interp.prompts import tokenize
+
+from .helpers import answer_id, ids_of
 
 ARCHS = ("gpt2", "llama", "qwen2_moe", "mixtral")
 CLEAN = [
@@ -30,19 +31,7 @@ CORRUPT = [
 ]
 
 
-@pytest.fixture(scope="module")
-def models(tiny_model_dirs):
-    return {a: interp.load_model(tiny_model_dirs[a]) for a in ARCHS}
-
-
 # --- naive references -------------------------------------------------------------------------------------
-def ids_of(m, text):
-    return tokenize(m, text).ids
-
-
-def answer_id(m, prompt, target):
-    return tokenize(m, prompt + target).ids[len(tokenize(m, prompt).ids)]
-
 
 def cache_of(m, ids, names):
     with torch.no_grad():
@@ -147,7 +136,8 @@ def test_batched_equals_prompt_by_prompt(models):
 
 
 def test_restoring_the_only_differing_embedding_restores_the_clean_run(models):
-    for arch, m in models.items():
+    for arch in ARCHS:
+        m = models[arch]
         res = activation_patching(m, CLEAN, CORRUPT, sites="resid_pre", layers=[0])
         t = res.table
         for pid in ("fr", "mary"):

@@ -32,18 +32,6 @@ PROMPTS = [
 EPS = 1e-5
 
 
-@pytest.fixture(scope="module")
-def models(tiny_model_dirs):
-    cache = {}
-
-    def get(arch):
-        if arch not in cache:
-            cache[arch] = interp.load_model(tiny_model_dirs[arch])
-        return cache[arch]
-
-    return get
-
-
 # --- the naive reference: HF model, one prompt, one head at a time ------------------------------------------------
 def _attn(hf, layer):
     if hasattr(hf, "transformer"):

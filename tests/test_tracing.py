@@ -32,18 +32,6 @@ FACTS = [
 HOOK = {"resid": "hook_resid_post", "mlp": "hook_mlp_out", "attn": "hook_attn_out"}
 
 
-@pytest.fixture(scope="module")
-def models(tiny_model_dirs):
-    cache = {}
-
-    def get(arch):
-        if arch not in cache:
-            cache[arch] = interp.load_model(tiny_model_dirs[arch])
-        return cache[arch]
-
-    return get
-
-
 # --- the naive reference: one plain forward per restoration ----------------------------------------------
 def reference_trace(m, rec, noise, *, corrupt, kinds, window, severed=()):
     """(high, low, {(kind, layer, t): P_restored}) with plain run_with_hooks on the unpadded prompt."""
