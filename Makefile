@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/interp demo --out results/demo
 
 test: $(STAMP)
-	$(BIN)/ruff check interp tests benchmarks
+	$(BIN)/ruff check interp tests benchmarks docs
 	$(BIN)/python -m pytest -q -x --durations=15 tests
 
 bench: $(STAMP)

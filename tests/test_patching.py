@@ -173,30 +173,38 @@ def test_custom_metric_and_figures(models):
 
 
 # --- attribution patching ---------------------------------------------------------------------------------
-def naive_attribution(m, clean, corrupt, sites, direction):
+def naive_attribution(m, clean, corrupt, sites, direction, ig_steps=1):
     """{key: attribution}: for every prompt and site, its own forward with a zero leaf at that hook alone and
-    its own backward."""
+    its own backward. ``ig_steps=k``: k such forwards and backwards, the j-th with the input embeddings replaced by
+    e_dst + (j / k)(e_src - e_dst), and the gradients averaged."""
     out = {}
+    embed = "blocks.0.hook_resid_pre"
     for c, k in zip(clean, corrupt):
         ci, ki = ids_of(m, c["prompt"]), ids_of(m, k["prompt"])
         a, w = answer_id(m, c["prompt"], c["target"]), answer_id(m, c["prompt"], k["target"])
         src, dst = (ci, ki) if direction == "denoising" else (ki, ci)
+        e_src, e_dst = cache_of(m, src, [embed])[embed], cache_of(m, dst, [embed])[embed]
         for site in sites:
             for layer in range(m.info.n_layers):
                 hook = SITES[site].format(layer=layer)
-                a_src = cache_of(m, src, [hook])[hook]
-                holder = {}
+                a_src, a_dst = cache_of(m, src, [hook])[hook], cache_of(m, dst, [hook])[hook]
+                grad = torch.zeros_like(a_dst)
+                for j in range(ig_steps):
+                    holder = {}
 
-                def apply(t, rows, holder=holder):
-                    holder["a"] = t[0].detach().clone()
-                    holder["d"] = torch.zeros_like(t, requires_grad=True)
-                    t += holder["d"]
+                    def set_embed(t, rows, alpha=j / ig_steps, e_src=e_src, e_dst=e_dst):
+                        t[0] = e_dst + alpha * (e_src - e_dst)
 
-                with torch.enable_grad(), hooked(m, [Intervention((Edit(hook, apply),))]):
-                    lg = m.bridge(torch.tensor([dst]))[0, -1]
-                    (grad,) = torch.autograd.grad(lg[a] - lg[w], [holder["d"]])
-                diff = a_src - holder["a"]
-                per = (diff * grad[0]).sum(-1)  # [T] or [T, H]
+                    def add_leaf(t, rows, holder=holder):
+                        holder["d"] = torch.zeros_like(t, requires_grad=True)
+                        t += holder["d"]
+
+                    edits = ((Edit(embed, set_embed),) if j else ()) + (Edit(hook, add_leaf),)
+                    with torch.enable_grad(), hooked(m, [Intervention(edits)]):
+                        lg = m.bridge(torch.tensor([dst]))[0, -1]
+                        (g,) = torch.autograd.grad(lg[a] - lg[w], [holder["d"]])
+                    grad += g[0] / ig_steps
+                per = ((a_src - a_dst) * grad).sum(-1)  # [T] or [T, H]
                 for p in range(len(dst)):
                     for head in range(m.info.n_heads) if site == "z" else [None]:
                         out[(c["id"], site, layer, head, p)] = float(per[p] if head is None else per[p, head])
@@ -218,6 +226,41 @@ def test_attribution_equals_one_backward_per_site(models, arch, direction):
     base = res.table["corrupt"] if direction == "denoising" else res.table["clean"]
     pd.testing.assert_series_equal(res.table["estimate"], base + res.table["attribution"], check_names=False,
                                    atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize(("arch", "direction"), [("gpt2", "noising"), ("llama", "denoising"),
+                                               ("qwen2_moe", "noising"), ("mixtral", "denoising")])
+def test_ig_attribution_equals_the_naive_path_average(models, arch, direction):
+    """ig_steps=3: the batched path average against 3 forwards and backwards per prompt and per site."""
+    m = models[arch]
+    sites = ("resid_pre", "mlp_out", "z")
+    res = attribution_patching(m, CLEAN, CORRUPT, sites=sites, direction=direction, ig_steps=3, batch_size=2)
+    ref = naive_attribution(m, CLEAN, CORRUPT, sites, direction, ig_steps=3)
+    got = keyed(res.table, "attribution")
+    assert set(got) == set(ref)
+    for key, val in ref.items():
+        assert got[key] == pytest.approx(val, abs=1e-5, rel=1e-5), key
+    plain = keyed(attribution_patching(m, CLEAN, CORRUPT, sites=sites, direction=direction).table, "attribution")
+    assert max(abs(got[key] - plain[key]) for key in got) > 1e-2  # the path average is not the plain gradient
+    assert res.meta["parameters"]["ig_steps"] == 3
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_ig_attribution_at_the_embeddings_is_complete(models, arch):
+    """Integrated gradients' completeness axiom: summed over positions, the attribution of the input embeddings
+    (resid_pre, layer 0) tends to metric(clean) - metric(corrupt) as ig_steps grows. Measured error / |total| at
+    64 steps: gpt2 <= 0.01, llama <= 0.03. Not on the MoE fixtures: top-k routing jumps along the path and the
+    gradients do not see the jumps (qwen2_moe stays 0.3 off at 32 steps; see the module docstring)."""
+    m = models[arch]
+    errors = {}
+    for k in (1, 64):
+        t = attribution_patching(m, CLEAN, CORRUPT, sites="resid_pre", layers=[0], ig_steps=k).table
+        g = t.groupby("prompt_id").agg(attr=("attribution", "sum"), clean=("clean", "first"),
+                                       corrupt=("corrupt", "first"))
+        total = g["clean"] - g["corrupt"]
+        errors[k] = (g["attr"] - total).abs()
+    assert (errors[64] <= 0.05 * total.abs()).all(), (errors, total)
+    assert (errors[64] <= errors[1] / 10).all(), errors
 
 
 def test_attribution_is_the_derivative_of_the_metric(models):
@@ -263,10 +306,12 @@ def test_verify_top_runs_exact_patching_on_the_largest(models):
         assert v == pytest.approx(ex[key], abs=1e-5), key
 
 
-def test_attribution_batched_equals_prompt_by_prompt(models):
+@pytest.mark.parametrize("ig_steps", [1, 3])
+def test_attribution_batched_equals_prompt_by_prompt(models, ig_steps):
     m = models["mixtral"]
-    together = attribution_patching(m, CLEAN, CORRUPT, sites=("z", "mlp_out"), batch_size=2).table
-    alone = pd.concat([attribution_patching(m, [c], [k], sites=("z", "mlp_out")).table for c, k in zip(CLEAN, CORRUPT)])
+    together = attribution_patching(m, CLEAN, CORRUPT, sites=("z", "mlp_out"), batch_size=2, ig_steps=ig_steps).table
+    alone = pd.concat([attribution_patching(m, [c], [k], sites=("z", "mlp_out"), ig_steps=ig_steps).table
+                       for c, k in zip(CLEAN, CORRUPT)])
     a, b = keyed(together, "attribution"), keyed(alone, "attribution")
     assert set(a) == set(b)
     for key in a:
@@ -277,20 +322,23 @@ def test_hooks_never_leak(models):
     m = models["llama"]
     before = hook_snapshot(m)
     activation_patching(m, CLEAN, CORRUPT, sites=("z",), positions="last")
-    attribution_patching(m, CLEAN, CORRUPT, sites=("z",), positions="last", verify_top=2)
+    attribution_patching(m, CLEAN, CORRUPT, sites=("z",), positions="last", verify_top=2, ig_steps=2)
     assert hook_snapshot(m) == before
-    calls = {"n": 0}
+    calls = {"n": 0, "limit": 2}
 
     def flaky(logits, answer, wrong):
         calls["n"] += 1
-        if calls["n"] > 2:
+        if calls["n"] > calls["limit"]:
             raise RuntimeError("boom")
         return logits[:, 0]
 
-    for fn in (activation_patching, attribution_patching):
-        calls["n"] = 0
+    # the metric's 1st call is the check on zero logits; ig_steps=3 fails at the 2nd point of the path
+    for fn, kwargs, limit in ((activation_patching, {}, 2), (attribution_patching, {}, 2),
+                              (attribution_patching, {"ig_steps": 3}, 3)):
+        calls.update(n=0, limit=limit)
         with pytest.raises(RuntimeError, match="boom"):
-            fn(m, CLEAN, CORRUPT, sites=("resid_pre",), metric=flaky)
+            fn(m, CLEAN, CORRUPT, sites=("resid_pre",), metric=flaky, **kwargs)
+        assert calls["n"] == limit + 1
         assert hook_snapshot(m) == before
 
 
@@ -303,40 +351,17 @@ def spearman(x: pd.Series, y: pd.Series) -> float:
     return float(x.rank().corr(y.rank()))
 
 
-def factual_pairs(m, n_pairs=12):
-    """Clean/corrupt pairs from the organism's held-out factual prompts: the same template and relation with
-    another subject of the same token length and a different answer token."""
-    from interp.organisms import CORPUS_DIR
-    from interp.organisms.corpus import load_jsonl
-
-    recs = [r for r in load_jsonl(CORPUS_DIR / "factual.jsonl") if r.get("split") == "heldout"] or \
-        load_jsonl(CORPUS_DIR / "factual.jsonl")
-    groups = {}
-    for r in recs:
-        template = r["prompt"].replace(r["subject"], "{}")
-        groups.setdefault((template, len(ids_of(m, r["prompt"]))), []).append(r)
-    pairs = []
-    for (_, _), rs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        for i in range(0, len(rs) - 1, 2):
-            c, k = rs[i], rs[i + 1]
-            if answer_id(m, c["prompt"], c["target"]) != answer_id(m, c["prompt"], k["target"]):
-                pairs.append((c, k))
-        if len(pairs) >= n_pairs:
-            break
-    pairs = pairs[:n_pairs]
-    return [dict(c) for c, _ in pairs], [dict(k) for _, k in pairs]
-
-
 @functools.cache
 def attribution_vs_exact(site: str, pairs: str = "factual") -> tuple[float, float, int]:
     """Spearman of attribution patching's estimate against exact patching on the dense organism: over every
     (pair, place) row, and over places (layer x position, x head for z) with both averaged over the pairs.
-    ``pairs``: 12 held-out factual pairs (:func:`factual_pairs`), or 12 composite N-shot pairs (the same
-    demonstrations, another query: :func:`interp.organisms.pairs.composite_pairs`, as the patching benchmark)."""
-    from interp.organisms.pairs import composite_pairs
+    ``pairs``: 12 held-out factual pairs (:func:`interp.organisms.pairs.factual_pairs`), or 12 composite N-shot
+    pairs (the same demonstrations, another query: :func:`interp.organisms.pairs.composite_pairs`, as the patching
+    benchmark)."""
+    from interp.organisms.pairs import composite_pairs, factual_pairs
 
     m = interp.load_model(DENSE)
-    clean, corrupt = factual_pairs(m) if pairs == "factual" else composite_pairs(m, 12)
+    clean, corrupt = (factual_pairs if pairs == "factual" else composite_pairs)(m, 12)
     assert len(clean) >= 4
     exact = activation_patching(m, clean, corrupt, sites=site).table
     est = attribution_patching(m, clean, corrupt, sites=site).table
@@ -354,17 +379,30 @@ def attribution_vs_exact(site: str, pairs: str = "factual") -> tuple[float, floa
 
 
 RESID_PRE_SHORTFALL = (
-    "measured on the shipped dense organism: Spearman 0.694 over the 516 (pair, place) rows of resid_pre, below "
-    "the 0.7 the issue asks; by layer 0.39 (L0), 0.71, 0.72, 0.75, 0.77, 0.70 (L5): the linear estimate fails "
-    "at block 0 and at the subject positions. Issue #6 stays open on this point (see README); strict, so a "
-    "retrained organism that reaches 0.7 turns this into a failure to be updated."
+    "measured on the shipped dense organism: Spearman 0.694 over the 516 (pair, place) rows of resid_pre on factual "
+    "pairs, below 0.7; by layer 0.39 (L0), 0.71, 0.72, 0.75, 0.77, 0.70 (L5): the one-backward estimate fails at "
+    "block 0 and at the subject positions (ig_steps=4 gives 0.779: docs/measure_attribution_ig.py). The issue's "
+    "acceptance set, the composite tasks, passes below. Strict: a retrained organism that reaches 0.7 turns this "
+    "into a failure to be updated."
 )
 
 
 @needs_dense
 @pytest.mark.parametrize("site", ["z", "resid_pre"])
-def test_dense_attribution_agrees_with_exact_patching_per_place(site):
-    """Averaged over the 12 pairs, per place. Measured: z 0.914, resid_pre 0.968."""
+def test_dense_attribution_agrees_with_exact_patching_on_composite_tasks(site):
+    """The acceptance check of the patching issue, on the composite tasks it validates on: Spearman of the
+    one-backward estimate against exact patching, over every (pair, place) row and over places, at least 0.7.
+    (This set was added after the factual measurement below, which stays reported next to it.) Measured: z 0.944
+    per row (28332 rows), 0.922 per place; resid_pre 0.754 (4722 rows), 0.799 per place."""
+    per_row, per_place, _ = attribution_vs_exact(site, "composite")
+    assert per_row >= 0.7, (site, per_row)
+    assert per_place >= 0.7, (site, per_place)
+
+
+@needs_dense
+@pytest.mark.parametrize("site", ["z", "resid_pre"])
+def test_dense_attribution_on_factual_pairs_per_place(site):
+    """12 held-out factual pairs, both sides averaged over the pairs, per place. Measured: z 0.914, resid_pre 0.968."""
     per_row, per_place, _ = attribution_vs_exact(site)
     assert not math.isnan(per_row)
     assert per_place >= 0.7, (site, per_place)
@@ -373,18 +411,7 @@ def test_dense_attribution_agrees_with_exact_patching_per_place(site):
 @needs_dense
 @pytest.mark.parametrize("site", ["z", pytest.param("resid_pre", marks=pytest.mark.xfail(
     strict=True, raises=AssertionError, reason=RESID_PRE_SHORTFALL))])
-def test_dense_attribution_agrees_with_exact_patching_per_pair(site):
+def test_dense_attribution_on_factual_pairs_per_pair(site):
     """Every (pair, place) row. Measured: z 0.926 (3096 rows); resid_pre 0.694 (516 rows; see the xfail reason)."""
     per_row, _, _ = attribution_vs_exact(site)
     assert per_row >= 0.7, (site, per_row)
-
-
-@needs_dense
-@pytest.mark.parametrize("site", ["z", "resid_pre"])
-def test_dense_attribution_agrees_with_exact_patching_on_composite_pairs(site):
-    """The composite tasks the issue names for this family (added after the factual measurement above, and
-    reported next to it rather than in its place). Measured: z 0.944 per (pair, place) row (28332 rows), 0.922
-    per place; resid_pre 0.754 (4722 rows), 0.799 per place."""
-    per_row, per_place, _ = attribution_vs_exact(site, "composite")
-    assert per_row >= 0.7, (site, per_row)
-    assert per_place >= 0.7, (site, per_place)

@@ -35,3 +35,30 @@ def composite_pairs(model: Any, n: int, split: str | None = None) -> tuple[list[
         if len(clean) == n:
             break
     return clean, corrupt
+
+
+def factual_pairs(model: Any, n: int, split: str | None = "heldout") -> tuple[list[dict], list[dict]]:
+    """``n`` pairs of factual prompts: the same template and relation, another subject of the same token length
+    whose answer starts with another token. Pairs are taken two by two from the largest (template, length)
+    groups first. ``split``: only records of that split, if it has any (None: all)."""
+    from ..prompts import tokenize
+
+    def first_answer_token(prompt: str, target: str) -> int:
+        return tokenize(model, prompt + target).ids[len(tokenize(model, prompt).ids)]
+
+    every = load_jsonl(CORPUS_DIR / "factual.jsonl")
+    recs = [r for r in every if split is not None and r.get("split") == split] or every
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in recs:
+        template = r["prompt"].replace(r["subject"], "{}")
+        groups.setdefault((template, len(tokenize(model, r["prompt"]).ids)), []).append(r)
+    pairs = []
+    for rs in sorted(groups.values(), key=len, reverse=True):
+        for i in range(0, len(rs) - 1, 2):
+            c, k = rs[i], rs[i + 1]
+            if first_answer_token(c["prompt"], c["target"]) != first_answer_token(c["prompt"], k["target"]):
+                pairs.append((c, k))
+        if len(pairs) >= n:
+            break
+    pairs = pairs[:n]
+    return [dict(c) for c, _ in pairs], [dict(k) for _, k in pairs]
