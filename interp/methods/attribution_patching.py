@@ -145,7 +145,8 @@ def _prepare(m: Model, ps: Any, params: dict) -> dict:
 
 @register_method("attribution_patching",
                  shards=ShardPlan(prepare=_prepare, paired=("corrupt",), merge=merge_pairs),
-                 paper="Nanda 2023, 'Attribution patching'; Kramar et al. 2024 (AtP*)",
+                 paper="Nanda 2023, 'Attribution patching'; Kramar et al. 2024 (AtP*); "
+                 "Hanna et al. 2024 (EAP-IG: ig_steps)",
                  cost="1 clean forward + 1 corrupt forward + 1 backward per batch (all sites at once); "
                  "ig_steps=k makes it k forwards + k backwards; verify_top=k adds exact patching of k places",
                  family="patching", figure=patching_figure)
