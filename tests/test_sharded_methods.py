@@ -119,6 +119,9 @@ def test_patching_cuts_clean_and_corrupt_alike(llama, tmp_path):
     whole = attribution_patching(llama, clean, corrupt, **kw)
     assert_same(sharded("attribution_patching", llama, clean, tmp_path / "b", shard_size=2, corrupt=corrupt, **kw),
                 whole, "corrupt_fingerprint")
+    whole = attribution_patching(llama, clean, corrupt, ig_steps=2, **kw)
+    assert_same(sharded("attribution_patching", llama, clean, tmp_path / "b2", shard_size=2, corrupt=corrupt,
+                        ig_steps=2, **kw), whole, "corrupt_fingerprint")
     with pytest.raises(interp.ParameterError, match="verify_top"):
         sharded("attribution_patching", llama, clean, tmp_path / "c", corrupt=corrupt, verify_top=2, **kw)
     with pytest.raises(interp.PromptError, match="pair row by row"):
