@@ -11,7 +11,7 @@ Research code calls plain functions that return a :class:`Result`::
 
 __version__ = "0.1.0"
 
-from . import moe  # noqa: E402
+from . import metrics, moe, sites  # noqa: E402
 from .capture import Capture, capture, head_outputs  # noqa: E402
 from .decode import apply_final_norm, decode, norm_scale, unembed  # noqa: E402
 from .errors import (  # noqa: E402
@@ -23,6 +23,7 @@ from .errors import (  # noqa: E402
     ParameterError,
     PromptError,
     SpanError,
+    TargetTokenWarning,
 )
 from .hooks import Edit, Intervention, hook_snapshot, hooked  # noqa: E402
 from .interventions import ablate_heads, add_embedding_noise, gaussian_noise, mask_attention, patch  # noqa: E402
@@ -55,7 +56,7 @@ from .methods.safety_heads import (  # noqa: E402
 from .methods.tracing import causal_trace, trace_summary, trace_totals  # noqa: E402
 from .model import Model, ModelInfo, as_model, load_model  # noqa: E402
 from .prompts import Batch, PromptSet, batches, encode, make_batch  # noqa: E402
-from .registry import get_method, list_methods, register_method  # noqa: E402
+from .registry import Schema, ShardPlan, get_method, list_methods, register_method  # noqa: E402
 from .results import Result, make_meta  # noqa: E402
 from .runs import run_resumable  # noqa: E402
 from .variants import forward, run_variants  # noqa: E402
@@ -63,7 +64,8 @@ from .variants import forward, run_variants  # noqa: E402
 __all__ = [
     "ArchitectureError", "Batch", "Capture", "DeviceError", "Edit", "HookNameError", "InterpError",
     "Intervention", "Model", "ModelInfo", "ModelLoadError", "ParameterError", "PromptError", "PromptSet",
-    "Result", "SpanError", "ablate_heads", "add_embedding_noise", "apply_final_norm", "as_model", "batches",
+    "Result", "Schema", "ShardPlan", "SpanError", "TargetTokenWarning", "metrics", "sites",
+    "ablate_heads", "add_embedding_noise", "apply_final_norm", "as_model", "batches",
     "capture", "decode", "encode", "forward", "gaussian_noise", "get_method", "head_outputs", "hook_snapshot",
     "hooked", "list_methods", "load_model", "make_batch", "make_meta", "mask_attention", "norm_scale", "patch",
     "predictions", "register_method", "run_variants", "unembed",

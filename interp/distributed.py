@@ -56,7 +56,9 @@ class _ShardWorker:
         return self._pid
 
     def run(self, fn: Callable[..., Result], records: list[dict], params: dict[str, Any]) -> Result:
-        return fn(self.model, records, **params)
+        from .runs import call_method
+
+        return call_method(fn, self.model, records, params)
 
 
 def run_on_ray(
@@ -83,7 +85,8 @@ def run_on_ray(
     name, fn = _resolve(method)
     ps = as_prompt_set(prompts)
     plan = shard_plan(fn)
-    if plan.checkpoint is not None:
+    user_params = dict(params)
+    if plan.checkpoint:
         raise ParameterError(f"{name} needs the whole prompt set at every stage, so it cannot be split over Ray "
                              "workers; run it in one process (interp.run_resumable resumes it stage by stage).")
     check_positive_int("workers", workers)
@@ -160,4 +163,9 @@ def run_on_ray(
                                {"dataset_fingerprint": ps.fingerprint(), "n_prompts": len(ps), "shards": len(ranges),
                                 "shard_size": shard_size}, params)
     merged.meta.update({"ray_workers": workers, "ray_retried_shards": sorted(retries)})
+    entry = getattr(fn, "registry_entry", None)
+    if entry is not None:
+        from .results import jsonable_parameters
+
+        merged.meta["parameters"] = jsonable_parameters(entry.bind(None, ps, **user_params))
     return merged

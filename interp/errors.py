@@ -40,6 +40,11 @@ class ParameterError(InterpError):
     """A method parameter out of its range or of the wrong kind."""
 
 
+class TargetTokenWarning(UserWarning):
+    """A target's first token does not begin a word (e.g. "Paris" after "is" scores the token "Paris" glued to the
+    previous word, not " Paris"): usually a target written without its leading space."""
+
+
 class ArchitectureError(InterpError):
     """A method that the model's architecture cannot run (e.g. an MoE method on a dense model)."""
 

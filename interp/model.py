@@ -62,9 +62,10 @@ class Model:
     Attribute access falls through to the bridge, so ``model.blocks[0].attn.W_O`` works as on the bridge.
     """
 
-    def __init__(self, bridge: Any, *, name: str | None = None):
+    def __init__(self, bridge: Any, *, name: str | None = None, path: str | None = None):
         self.bridge = bridge
         self.name = name or str(getattr(bridge.cfg, "model_name", "model"))
+        self.path = path  # the absolute directory it was loaded from (None: a hub name or a bridge passed in)
         self.info = _read_info(bridge)
 
     # --- conveniences -------------------------------------------------------------------------------------
@@ -89,7 +90,7 @@ class Model:
         return sorted(self.bridge.hook_dict.keys())
 
     def __getattr__(self, item: str) -> Any:
-        if item in ("bridge", "info", "name"):
+        if item in ("bridge", "info", "name", "path"):
             raise AttributeError(item)
         return getattr(self.bridge, item)
 
@@ -171,7 +172,7 @@ def load_model(
     bridge.eval()
     for p in bridge.parameters():
         p.requires_grad_(False)
-    return Model(bridge, name=source)
+    return Model(bridge, name=source, path=boot_name if looks_local else None)
 
 
 def _resolve_device(device: str | torch.device | None) -> str:

@@ -270,7 +270,27 @@ def target_token(model: Any, encoded: Encoded, target: str, *, prompt_id: str = 
             f"Prompt {prompt_id!r}: the target {target!r} merges with the end of the prompt when tokenised "
             "together; end the prompt before a token boundary (targets usually start with a space)."
         )
-    return full.ids[n]
+    tid = full.ids[n]
+    _warn_unless_word_start(model, encoded.text, tid, target, prompt_id)
+    return tid
+
+
+def _warn_unless_word_start(model: Any, prompt: str, token_id: int, target: str, prompt_id: str) -> None:
+    """Warn (TargetTokenWarning) when the scored token does not begin a word: the prompt does not end in
+    whitespace and the token does not start with it."""
+    if not prompt or prompt[-1].isspace():
+        return
+    text = model.tokenizer.decode([token_id])
+    if text[:1].isspace() or not text[:1].isalnum():
+        return
+    import warnings
+
+    from .errors import TargetTokenWarning
+
+    warnings.warn(
+        f"Prompt {prompt_id!r}: the target {target!r} is scored as the token {text!r}, which does not begin a "
+        f"word (the prompt ends in {prompt[-8:]!r}); targets usually start with a space, e.g. {' ' + target!r}.",
+        TargetTokenWarning, stacklevel=3)
 
 
 @dataclass

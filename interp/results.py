@@ -1,25 +1,28 @@
 """Result: every method's output, a tidy pandas table plus metadata, exportable and readable back exactly.
 
-``.table`` is long format (one row per prompt x component x position ...; columns like prompt_id, layer, head,
-expert, position, token, score); ``.meta`` records model, method, parameters, dataset fingerprint, package
-version and time. CSV (with a ``.meta.json`` sidecar), Parquet (metadata in the schema) and JSON round-trip the
-values, dtypes and metadata exactly through :meth:`Result.read`.
+``.table`` is long format (one row per prompt x component x position ...; the columns each method declares in its
+registry :class:`~interp.registry.Schema`); ``.meta`` records the method, every parameter of the call, the schema,
+the model (absolute path, weights fingerprint, dtype, device), the seed, the dataset fingerprint, the package
+versions and the time. CSV (with a ``.meta.json`` sidecar), Parquet (metadata in the schema) and JSON round-trip
+the values, dtypes, metadata and the Result's class (e.g. :class:`~interp.methods.lens.LensResult`) exactly
+through :meth:`Result.read`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from . import __version__
-
 _META_KEY = b"interp"
 _CSV_NA = "<NA>"  # missing values in CSV; an empty string stays an empty string
+_RESULT_CLASSES: dict[str, type[Result]] = {}
 
 
 def _jsonable(value: Any) -> Any:
@@ -37,24 +40,45 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
-def make_meta(method: str, model: Any = None, prompts: Any = None, params: dict | None = None, **extra: Any) -> dict:
-    """The standard metadata of a result."""
-    import torch
-    import transformer_lens
+def jsonable_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A bound call's parameters as JSON values: a prompt set is recorded by its fingerprint, a Result by its
+    method and row count, a tensor by its shape, dtype and a content hash, a callable by its qualified name."""
+    return {str(k): _parameter_value(v) for k, v in params.items()}
+
+
+def _parameter_value(value: Any) -> Any:
+    from .prompts import PromptSet
+
+    if isinstance(value, PromptSet):
+        return {"prompt_set": value.fingerprint(), "n_prompts": len(value)}
+    if isinstance(value, Result):
+        return {"result": value.method, "n_rows": len(value.table)}
+    if hasattr(value, "detach") and hasattr(value, "shape"):  # a tensor
+        t = value.detach().cpu().contiguous()
+        digest = hashlib.sha256(t.reshape(-1).view(-1).numpy().tobytes() if t.numel() else b"").hexdigest()[:16]
+        return {"tensor": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."), "sha256": digest}
+    if isinstance(value, (list, tuple)) and any(hasattr(v, "detach") for v in value):
+        return [_parameter_value(v) for v in value]
+    if callable(value) and not isinstance(value, type):
+        return {"callable": f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"}
+    return _jsonable(value)
+
+
+def make_meta(method: str | None = None, model: Any = None, prompts: Any = None, params: dict | None = None,
+              **extra: Any) -> dict:
+    """The standard metadata of a result. A registered method needs only ``model``, ``prompts`` and its own extra
+    fields: the registry fills in ``method``, ``parameters`` (the bound call), the schema and the provenance."""
+    from .provenance import provenance, versions
 
     meta: dict[str, Any] = {
-        "method": method,
-        "parameters": _jsonable(params or {}),
-        "package_version": __version__,
-        "torch_version": torch.__version__.split("+")[0],
-        "transformer_lens_version": getattr(transformer_lens, "__version__", "unknown"),
+        "method": method or "",
+        "parameters": jsonable_parameters(params or {}),
+        "package_version": versions()["interp_version"],
         "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    meta.update(versions())
     if model is not None:
-        meta["model"] = getattr(model, "name", str(model))
-        info = getattr(model, "info", None)
-        if info is not None:
-            meta["architecture"] = info.architecture
+        meta.update(provenance(model))
     if prompts is not None:
         meta["dataset_fingerprint"] = prompts.fingerprint()
         meta["n_prompts"] = len(prompts)
@@ -69,15 +93,34 @@ def concat_tables(parts: list[Result]) -> pd.DataFrame:
 
 
 class Result:
-    """A method's output: ``table`` (tidy DataFrame) and ``meta`` (dict)."""
+    """A method's output: ``table`` (tidy DataFrame) and ``meta`` (dict).
+
+    Subclasses (a method's own views, e.g. ``LensResult.aggregate()``) are remembered by name, so
+    :meth:`Result.read` and the sharded runners give back the class that was written."""
 
     def __init__(self, table: pd.DataFrame, meta: dict[str, Any]):
         self.table = table.reset_index(drop=True)
         self.meta = dict(meta)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _RESULT_CLASSES[cls.__name__] = cls
+
     @property
     def method(self) -> str:
         return str(self.meta.get("method", ""))
+
+    @property
+    def schema(self) -> Any:
+        """The method's declared :class:`~interp.registry.Schema` (from the registry, else from ``meta``), or None."""
+        from .registry import Schema, get_method
+
+        entry = get_method(self.method) if self.method else None
+        if entry is not None:
+            return entry.schema
+        if isinstance(self.meta.get("schema"), dict):
+            return Schema.from_dict(self.meta["schema"])
+        return None
 
     def __repr__(self) -> str:
         return f"Result({self.method}: {len(self.table)} rows; columns {list(self.table.columns)})"
@@ -86,19 +129,42 @@ class Result:
         return f"<p><b>{self.method}</b> ({len(self.table)} rows)</p>" + self.table.head(20).to_html()
 
     # --- views --------------------------------------------------------------------------------------------
-    def top(self, k: int = 10, by: str = "score", *, ascending: bool = False) -> pd.DataFrame:
-        """The k rows with the largest (or smallest) ``by``."""
+    def top(self, k: int = 10, by: str | None = None, *, ascending: bool | None = None) -> pd.DataFrame:
+        """The k rows that matter most: by the schema's value column and sign (``"higher"``: largest first,
+        ``"lower"``: smallest first, ``"magnitude"``: largest absolute value first), or by the column ``by``."""
+        schema = self.schema
+        if by is None:
+            if schema is None:
+                raise KeyError(f"{self.method or 'This result'} declares no schema: name the column, top(k, by=...); "
+                               f"columns are {list(self.table.columns)}.")
+            by = schema.value
         if by not in self.table.columns:
             raise KeyError(f"No column {by!r}; columns are {list(self.table.columns)}.")
+        sign = schema.sign if schema is not None and by == schema.value else "higher"
+        if ascending is None:
+            ascending = sign == "lower"
+        if sign == "magnitude" and by == getattr(schema, "value", None):
+            order = self.table[by].abs().sort_values(ascending=ascending, kind="stable").index
+            return self.table.loc[order].head(k).reset_index(drop=True)
         return self.table.sort_values(by, ascending=ascending, kind="stable").head(k).reset_index(drop=True)
 
-    def pivot(self, index: str | list[str] = "layer", columns: str | list[str] = "head", values: str = "score",
-              aggfunc: str = "mean") -> pd.DataFrame:
-        """A wide view, e.g. the layer x head grid of the mean score."""
+    def pivot(self, index: str | list[str] | None = None, columns: str | list[str] | None = None,
+              values: str | None = None, aggfunc: str = "mean") -> pd.DataFrame:
+        """A wide view, by default the schema's grid (e.g. layer x head) of the mean value over the other keys."""
+        schema = self.schema
+        if schema is not None:
+            grid_index, grid_columns = schema.pivot_axes
+            index = grid_index if index is None else index
+            columns = grid_columns if columns is None else columns
+            values = schema.value if values is None else values
+        if index is None or values is None:
+            raise KeyError("This result declares no schema: name index=, columns= and values=.")
+        if columns is None:
+            return self.table.groupby(index)[values].agg(aggfunc).to_frame()
         return self.table.pivot_table(index=index, columns=columns, values=values, aggfunc=aggfunc)
 
     def figure(self, **kwargs: Any) -> Any:
-        """The method's plotly figure (defined per method in the registry)."""
+        """The method's plotly figure (declared per method in the registry; a bar chart of ``top()`` otherwise)."""
         from .registry import get_method
 
         entry = get_method(self.method) if self.method else None
@@ -118,7 +184,8 @@ class Result:
         path.parent.mkdir(parents=True, exist_ok=True)
         # "\r\n" rows: the csv writer then quotes any field holding a lone "\r" or "\n" (tokens do)
         self.table.to_csv(path, index=False, float_format="%.17g", na_rep=_CSV_NA, lineterminator="\r\n")
-        sidecar = {"meta": self.meta, "dtypes": self._dtypes(), "columns": list(self.table.columns)}
+        sidecar = {"meta": self.meta, "dtypes": self._dtypes(), "columns": list(self.table.columns),
+                   "result_class": type(self).__name__}
         Path(str(path) + ".meta.json").write_text(json.dumps(sidecar, indent=1))
         return path
 
@@ -130,7 +197,8 @@ class Result:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tbl = pa.Table.from_pandas(self.table, preserve_index=False)
-        extra = json.dumps({"meta": self.meta, "dtypes": self._dtypes()}).encode()
+        extra = json.dumps({"meta": self.meta, "dtypes": self._dtypes(),
+                            "result_class": type(self).__name__}).encode()
         tbl = tbl.replace_schema_metadata({**(tbl.schema.metadata or {}), _META_KEY: extra})
         pq.write_table(tbl, path)
         return path
@@ -140,7 +208,8 @@ class Result:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         columns = {c: [_plain(v) for v in self.table[c].tolist()] for c in self.table.columns}
-        doc = {"meta": self.meta, "dtypes": self._dtypes(), "columns": list(self.table.columns), "data": columns}
+        doc = {"meta": self.meta, "dtypes": self._dtypes(), "columns": list(self.table.columns), "data": columns,
+               "result_class": type(self).__name__}
         path.write_text(json.dumps(doc))
         return path
 
@@ -164,18 +233,29 @@ class Result:
             tbl = pq.read_table(path)
             extra = json.loads((tbl.schema.metadata or {}).get(_META_KEY, b"{}"))
             table = tbl.to_pandas()
-            return cls(_restore(table, extra.get("dtypes", {})), extra.get("meta", {}))
+            return _result_class(cls, extra)(_restore(table, extra.get("dtypes", {})), extra.get("meta", {}))
         if path.suffix == ".json":
             doc = json.loads(path.read_text())
             table = pd.DataFrame({c: doc["data"][c] for c in doc["columns"]}, columns=doc["columns"])
-            return cls(_restore(table, doc["dtypes"]), doc["meta"])
+            return _result_class(cls, doc)(_restore(table, doc["dtypes"]), doc["meta"])
         if path.suffix == ".csv":
             sidecar = json.loads(Path(str(path) + ".meta.json").read_text())
             dtypes = sidecar["dtypes"]
             str_cols = {c: str for c, t in dtypes.items() if t in ("object", "str", "string")}
             table = pd.read_csv(path, dtype=str_cols, keep_default_na=False, na_values=[_CSV_NA])
-            return cls(_restore(table, dtypes), sidecar["meta"])
+            return _result_class(cls, sidecar)(_restore(table, dtypes), sidecar["meta"])
         raise ValueError(f"Cannot read {str(path)!r}: expected a .csv, .parquet or .json file.")
+
+
+def _result_class(cls: type[Result], doc: Mapping[str, Any]) -> type[Result]:
+    """The class a file was written from (when this process knows it), else the class ``read`` was called on."""
+    found = _RESULT_CLASSES.get(str(doc.get("result_class", "")))
+    return found if found is not None and issubclass(found, cls) else cls
+
+
+def same_class(parts: list[Result]) -> type[Result]:
+    """The Result class of a merge of shard Results (the shards' own)."""
+    return type(parts[0]) if parts else Result
 
 
 def _plain(v: Any) -> Any:

@@ -15,7 +15,7 @@ noise scale) are fixed once before the first shard and recorded in the manifest.
 
 from __future__ import annotations
 
-import hashlib
+import inspect
 import json
 import os
 from collections.abc import Callable
@@ -23,29 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from .errors import InterpError, check_positive_int
 from .model import as_model
 from .prompts import PromptSet, as_prompt_set
-from .registry import ShardPlan, require_method
-from .results import Result, _jsonable
+from .provenance import model_fingerprint
+from .registry import ShardPlan, require_method, shard_inputs
+from .results import Result, _jsonable, jsonable_parameters
 
 MANIFEST = "manifest.json"
-
-
-def model_fingerprint(model: Any) -> str:
-    """A hash of the model's config and weights (a sum and a sample of every tensor; cheap, and it changes
-    with any retraining or a different checkpoint)."""
-    m = as_model(model)
-    h = hashlib.sha256(json.dumps(m.hf_model.config.to_dict(), sort_keys=True, default=str).encode())
-    with torch.no_grad():
-        for name, p in m.hf_model.named_parameters():
-            flat = p.detach().reshape(-1)
-            h.update(f"{name}{tuple(p.shape)}{flat.double().sum().item():.10e}".encode())
-            h.update(flat[:: max(1, flat.numel() // 64)][:64].double().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _resolve(method: str | Callable[..., Result]) -> tuple[str, Callable[..., Result]]:
@@ -67,14 +54,41 @@ def prepare_params(fn: Callable[..., Result], model: Any, prompts: PromptSet, pa
     return dict(params) if plan.prepare is None else plan.prepare(as_model(model), prompts, dict(params))
 
 
+def call_method(fn: Callable[..., Result], model: Any, prompts: Any, params: dict) -> Result:
+    """``fn(model, prompts, **params)``, where the keys of ``params`` that are not parameters of ``fn`` (the
+    shard inputs a :class:`ShardPlan` fixed, such as causal tracing's noise scale) reach it through
+    :func:`interp.registry.shard_input` instead of its signature."""
+    sig = inspect.signature(getattr(fn, "__wrapped__", fn))
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return fn(model, prompts, **params)
+    accepted = set(list(sig.parameters)[2:])
+    kwargs = {k: v for k, v in params.items() if k in accepted}
+    with shard_inputs(**{k: v for k, v in params.items() if k not in accepted}):
+        return fn(model, prompts, **kwargs)
+
+
 def combine_parts(fn: Callable[..., Result], parts: list[Result], dataset: dict, params: dict) -> Result:
-    """The whole set's Result from the shard Results (in shard order); ``dataset`` updates the metadata."""
+    """The whole set's Result from the shard Results (in shard order); ``dataset`` updates the metadata. The
+    merged Result has the shards' class (a LensResult stays one)."""
     meta = dict(parts[0].meta)
     meta.update(dataset)
     plan = shard_plan(fn)
     if plan.merge is not None:
-        return plan.merge(parts, meta, params)
-    return Result(pd.concat([p.table for p in parts], ignore_index=True), meta)
+        merged = plan.merge(parts, meta, params)
+    else:
+        merged = Result(pd.concat([p.table for p in parts], ignore_index=True), meta)
+    cls = type(parts[0])
+    if type(merged) is not cls and issubclass(cls, type(merged)):
+        merged = cls(merged.table, merged.meta)
+    return merged
+
+
+def user_parameters(fn: Callable[..., Result], model: Any, prompts: Any, params: dict) -> dict | None:
+    """What ``meta["parameters"]`` of one run over the whole set records for these user parameters."""
+    entry = getattr(fn, "registry_entry", None)
+    if entry is None:
+        return None
+    return jsonable_parameters(entry.bind(model, prompts, **params))
 
 
 def shard_ranges(n: int, shard_size: int) -> list[tuple[int, int]]:
@@ -161,12 +175,13 @@ def run_resumable(
     ps = as_prompt_set(prompts)
     check_positive_int("shard_size", shard_size)
     out = Path(out_dir)
+    user_params = dict(params)
     params = prepare_params(fn, model, ps, params)
     manifest = run_manifest(name, model, ps, params, shard_size)
     check_manifest(out, manifest)
     plan = shard_plan(fn)
-    if plan.checkpoint is not None:  # a statistic of the whole set at every stage: resume by stage
-        result = fn(model, ps, **{**params, plan.checkpoint: str(out / "stages")})
+    if plan.checkpoint:  # a statistic of the whole set at every stage: resume by stage
+        result = call_method(fn, model, ps, {**params, "checkpoint_dir": str(out / "stages")})
         result.meta.update({"resumed_by": "stage", "stages": str(out / "stages")})
         result.to_parquet(out / "result.parquet")
         return result
@@ -175,7 +190,10 @@ def run_resumable(
     todo = [k for k in range(len(ranges)) if not shard_path(out, k).exists()]
     for k in tqdm(todo, desc=f"{name} shards", disable=not progress):
         s, e = ranges[k]
-        write_shard(run_shard(model, ps[s:e], **shard_params(fn, params, s, e)), out, k)
+        write_shard(call_method(run_shard, model, ps[s:e], shard_params(fn, params, s, e)), out, k)
     merged = merge_shards(fn, out, manifest, len(ranges), params)
+    recorded = user_parameters(fn, model, ps, user_params)
+    if recorded is not None:
+        merged.meta["parameters"] = recorded
     merged.to_parquet(out / "result.parquet")
     return merged

@@ -9,9 +9,10 @@ from typing import Any
 import plotly.graph_objects as go
 
 
-def bar_top(result: Any, k: int = 20, by: str = "score", label: str | None = None) -> go.Figure:
-    """The default figure: a bar chart of the k largest values of ``by``."""
+def bar_top(result: Any, k: int = 20, by: str | None = None, label: str | None = None) -> go.Figure:
+    """The default figure: a bar chart of the k rows that matter most (by the schema's value, or ``by``)."""
     table = result.top(k, by=by)
+    by = by or result.schema.value
     cols = [c for c in ("prompt_id", "layer", "head", "expert", "position", "token") if c in table.columns]
     names = [label and str(r[label]) or " ".join(f"{c}={r[c]}" for c in cols) for _, r in table.iterrows()]
     fig = go.Figure(go.Bar(x=names, y=table[by], hovertemplate="%{x}<br>" + by + "=%{y:.4g}<extra></extra>"))

@@ -22,6 +22,10 @@ def sample_result() -> interp.Result:
         "chosen": [True, False, True, False],
     })
     meta = interp.make_meta("sample_method", params={"eps": 1e-5, "heads": [(0, 1)]}, extra_note="x")
+    meta["schema"] = interp.Schema(
+        keys=("prompt_id", "layer", "head"), value="score", unit="logits", sign="higher",
+        columns={"prompt_id": "str", "layer": "int", "head": "int", "token": "str", "score": "float", "prob": "float",
+                 "chosen": "bool"}).to_dict()
     return interp.Result(table, meta)
 
 
@@ -41,13 +45,18 @@ def test_meta_records_what_was_run(tiny_model_dirs):
     res = interp.predictions(m, ps, top_k=2)
     for key in ("model", "method", "parameters", "dataset_fingerprint", "package_version", "time"):
         assert key in res.meta
-    assert res.meta["parameters"] == {"top_k": 2}
+    assert res.meta["parameters"] == {"top_k": 2, "batch_size": 16}  # the bound call, defaults included
+    assert res.meta["model_path"] == str(tiny_model_dirs["llama"].resolve())
+    assert res.meta["dtype"] == "float32" and res.meta["device"] == "cpu"
+    assert res.meta["transformer_lens_version"].startswith("4.") and res.meta["torch_version"] != "unknown"
+    assert len(res.meta["weights_fingerprint"]) == 16
     assert res.meta["dataset_fingerprint"] == ps.fingerprint() != interp.PromptSet(["other"]).fingerprint()
 
 
 def test_top_and_pivot():
     res = sample_result()
-    assert res.top(1)["score"].iloc[0] == res.table["score"].max()
+    assert res.top(1)["score"].iloc[0] == res.table["score"].max()  # the schema's value column and sign
+    assert res.pivot().equals(res.pivot("layer", "head", "score"))  # the schema's grid
     grid = res.pivot("layer", "head", "score")
     assert grid.loc[1, 3 - 1] == res.table.query("layer == 1 and head == 2")["score"].iloc[0]
 

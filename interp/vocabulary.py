@@ -1,0 +1,197 @@
+"""The one vocabulary: every parameter and column name a registered method uses, with its one meaning.
+
+A name means one thing everywhere. A method that needs a new name adds it here first, in its section;
+``tests/test_glossary.py`` fails for any registered method whose parameters or schema columns are not here, and
+for a ``docs/glossary.md`` that is not the one :func:`write_glossary` generates (``python -m interp.vocabulary``).
+
+Conventions the names carry:
+
+- heads are integer ``layer`` and ``head`` columns (a query-head index within its layer); a set of heads in one
+  cell is written ``"(0, 2), (1, 0)"``: (layer, head) integer pairs;
+- layer windows are half-open: ``window_start`` included, ``window_end`` excluded;
+- positions are 0-based indices into the prompt's tokens, BOS included where the model prepends one;
+- KL divergences are in nats;
+- a rank is named after what it ranks (``target_rank``: 1 + the number of tokens with a larger logit than the
+  target's; ``prediction_rank``; ``step_rank``);
+- every table that scores a target carries ``target_token`` (its text) and ``target_id``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# name -> meaning. Inputs first, then shared parameters, then each family's own.
+PARAMETERS: dict[str, str] = {
+    # inputs
+    "model": "The model: an interp.Model (interp.load_model) or a TransformerBridge.",
+    "prompts": "The prompt set: an interp.PromptSet, or anything it accepts (strings, dicts, a DataFrame, a file).",
+    "clean": "The clean prompt set of a pair method; row i is paired with row i of corrupt.",
+    "corrupt": "The corrupt prompt set of a pair method, paired row by row with clean (same token lengths, or "
+               "aligned by `align`).",
+    # shared
+    "target": "The prompt field (or fields, where a method scores several) whose text's first token is scored; "
+              "default 'target'.",
+    "wrong": "The prompt field whose first token is the contrast answer of a logit difference (None: the target "
+             "of the other prompt of the pair).",
+    "metric": "What is scored: a name from interp.metrics ('logit_diff', 'prob', 'logprob', 'rank', 'kl') or a "
+              "callable metric (see interp.metrics.MetricFn).",
+    "ablation": "How a component is ablated: for heads 'query' (scale the query by eps: undifferentiated "
+                "attention), 'z' (scale the head's output by eps), 'key', 'mean_value', 'zero'; for experts "
+                "'zero' (drop its output) or 'reroute' (its router logit to -inf before top-k).",
+    "sites": "Which component kinds are patched, restored, knocked out or decoded: names from interp.sites "
+             "('resid_pre', 'resid_mid', 'resid_post', 'attn_out', 'mlp_out', 'z').",
+    "layers": "Layer (block) indices, 0-based; None means every layer.",
+    "positions": "Which token positions: 'last' (the last real token), 'all', the name of a prompt field (its "
+                 "token span, e.g. 'subject'), or a list of 0-based positions.",
+    "heads": "A list of (layer, head) integer pairs.",
+    "experts": "A list of (layer, expert) integer pairs.",
+    "batch_size": "Prompts per forward batch (a method that batches rows of several variants per prompt counts "
+                  "prompts, and caps rows with max_rows).",
+    "max_rows": "At most this many rows (prompt x variant) in one forward; None: chosen from a memory budget.",
+    "progress": "Show a progress bar (tqdm; renders in Jupyter and in a terminal).",
+    "seed": "The seed of every random draw the method makes (noise, sampling, random controls).",
+    "top_k": "How many of the highest-ranked items are kept (tokens of a distribution, pairs of a correlation).",
+    "eps": "The factor an ablation scales by (Zhou et al.: 1e-5).",
+    "window": "The width of a half-open window of layers around a layer (ROME: 10).",
+    "chat_template": "Wrap every prompt: True uses the tokenizer's chat template, a string with '{prompt}' is a "
+                     "format.",
+    # safety heads
+    "steps": "Sahara: the number of greedy steps (the size of the head group).",
+    "r_main": "Generalised Ships: the number of leading singular vectors whose principal angles are summed.",
+    "basis": "Generalised Ships: 'left' (singular vectors in sample space, the authors' default) or 'right'.",
+    "variants": "attack_success_rate: the head sets to ablate, as {name: [(layer, head), ...] or None (clean)}.",
+    "max_new_tokens": "Generation: at most this many new tokens per prompt.",
+    "do_sample": "Generation: sample from softmax(logits / temperature) instead of taking the argmax.",
+    "temperature": "Generation: the sampling temperature.",
+    "judge": "A callable response -> bool (True: the attack succeeded); None: Zhou et al.'s keyword judge.",
+    # lens
+    "norm": "How a residual vector is normalised before the unembedding: 'recompute' (the final norm applied "
+            "afresh) or 'frozen' (divided by the final layer's norm scale at that position).",
+    "lens": "A trained TunedLens to decode with (None: the logit lens).",
+    # patching and internal chain of thought
+    "direction": "'denoising' (clean activations patched into the corrupt run) or 'noising' (the reverse).",
+    "verify_top": "Attribution patching: also patch exactly the k places with the largest estimates.",
+    "ig_steps": "Attribution patching: points of the embedding path the gradient is averaged over (EAP-IG; 1 is "
+                "Nanda's attribution patching).",
+    "align": "The prompt field whose token span aligns clean and corrupt prompts of different lengths.",
+    "span": "The prompt field whose token span is masked (context masking: the demonstrations).",
+    "from_layers": "Context masking: the layers l from which on (l' >= l) the span is masked.",
+    "subtask_prompts": "Cross-task patching: the held-out subtask prompts (N-shot, with their zero-shot "
+                       "version through the demonstrations field).",
+    "n_vectors": "Cross-task patching: composite prompts averaged into each task vector.",
+    "subtask": "The prompt field naming each subtask prompt's subtask.",
+    "demonstrations": "The prompt field holding a prompt's demonstrations (dropped for its zero-shot version).",
+    # tracing
+    "corruption": "Causal tracing: which tokens get noise, 'subject' (ROME) or 'relation' (every non-subject "
+                  "token, Liu et al.).",
+    "samples": "Causal tracing: corrupted copies per fact.",
+    "noise": "Causal tracing: the noise multiplier nu of the subject embedding std (ROME: 3), or given noise "
+             "tensors.",
+    "severed": "Causal tracing: sites frozen in their corrupted state while the hidden state is restored.",
+    "only_correct": "Keep only facts whose top-1 prediction is the target's first token (ROME).",
+    "attributes": "Relation evidence: tokens related to each relation (A_r), or None to take every target of "
+                  "the relation's prompts.",
+    # moe
+    "levels": "Expert attribution: which levels to compute ('layer', 'head', 'expert', 'neuron').",
+    "top_neurons": "Expert attribution: neurons kept per expert (by gain).",
+    "controls": "Expert blocking: random expert sets of the same size blocked as controls.",
+    "keep": "Shared / routed contrast: how many routed experts each token keeps (0 = the shared expert alone).",
+    "by": "Group by this prompt field (None: one group).",
+    "attribution": "A finished expert_attribution Result to reuse (None: computed here).",
+}
+
+COLUMNS: dict[str, str] = {
+    # identity
+    "prompt_id": "The prompt's id (in a pair method: the clean / destination prompt's).",
+    "corrupt_id": "The corrupt prompt's id of a pair.",
+    "task": "The prompt's task field.",
+    "label": "The prompt's label field.",
+    "group": "The group a row summarises (a prompt field's value, or 'all').",
+    # components
+    "layer": "Layer (block) index, 0-based.",
+    "head": "Query-head index within its layer.",
+    "expert": "Expert index within its layer.",
+    "expert_layer": "The layer of the expert of a head-expert pair.",
+    "neuron": "Neuron index within an expert.",
+    "site": "The component kind (a name from interp.sites).",
+    "window_start": "First layer of a half-open layer window (included).",
+    "window_end": "End of a half-open layer window (excluded).",
+    # positions and tokens
+    "position": "0-based token position in the prompt (BOS included where the model prepends one).",
+    "pos_from_end": "Position counted from the last token (-1 = the last).",
+    "token": "The input token's text at `position`.",
+    "role": "Causal tracing: the token's role (bos, before subject, first / middle / last subject, first "
+            "subsequent, further, last).",
+    # targets and predictions
+    "target_field": "The prompt field whose text's first token is scored.",
+    "target_token": "The scored target token's text.",
+    "target_id": "The scored target token's id.",
+    "target_prob": "Probability of the target token.",
+    "target_logprob": "Log-probability of the target token (nats).",
+    "target_logit": "Logit of the target token.",
+    "target_rank": "1 + the number of tokens with a larger logit than the target's.",
+    "target_rr": "1 / target_rank.",
+    "prediction_rank": "The predicted token's rank in the model's distribution (1 = top).",
+    "predicted_token": "A predicted token's text.",
+    "predicted_id": "A predicted token's id.",
+    "prob": "Probability of the row's token (predictions: the predicted token's).",
+    "logprob": "Log-probability of the row's token (nats).",
+    "correct": "The top-1 prediction is the target token.",
+    # generic values
+    "score": "The method's score for the row (its unit is in the schema).",
+    "kl": "KL divergence, in nats.",
+    "entropy": "Entropy of a distribution, in nats.",
+}
+
+
+def glossary_markdown() -> str:
+    """The glossary page: the conventions, every parameter and column, and each method's contract."""
+    from .registry import list_methods
+
+    lines = ["# Glossary", "", "Generated by `python -m interp.vocabulary` from `interp/vocabulary.py` and the "
+             "method registry; do not edit by hand.", ""]
+    doc = (__doc__ or "").split("Conventions the names carry:", 1)[-1].strip()
+    lines += ["## Conventions", "", doc, "", "## Parameters", "", "| name | meaning |", "|---|---|"]
+    lines += [f"| `{k}` | {_cell(v)} |" for k, v in sorted(PARAMETERS.items())]
+    lines += ["", "## Columns", "", "| name | meaning |", "|---|---|"]
+    lines += [f"| `{k}` | {_cell(v)} |" for k, v in sorted(COLUMNS.items())]
+    lines += ["", "## Methods", ""]
+    for e in list_methods():
+        lines += [f"### `{e.name}`", "", e.summary, "", f"- inputs: {e.inputs} (`{', '.join(e.input_names)}`)",
+                  f"- paper: {e.paper}", f"- cost: {e.cost}"]
+        params = ", ".join(f"`{p}`" + ("" if d is _EMPTY else f"={d!r}") for p, d in e.parameters.items())
+        lines.append(f"- parameters: {params or '(none)'}")
+        s = e.schema
+        if s is not None:
+            lines += [f"- keys: {', '.join(f'`{k}`' for k in s.keys)}",
+                      f"- value: `{s.value}` ({s.unit}; {s.sign} matters more)",
+                      "- columns: " + ", ".join(f"`{c}` ({t})" for c, t in s.columns.items())]
+            if s.optional:
+                lines.append("- optional columns: " + ", ".join(f"`{c}` ({t})" for c, t in s.optional.items()))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+_EMPTY = __import__("inspect").Parameter.empty
+GLOSSARY_PATH = Path(__file__).resolve().parent.parent / "docs" / "glossary.md"
+
+
+def write_glossary(path: str | Path = GLOSSARY_PATH) -> Path:
+    """Write the glossary page (atomically: a temporary name, then a rename)."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(glossary_markdown() + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import interp  # noqa: F401  (registers the methods)
+
+    print(write_glossary())
