@@ -186,6 +186,7 @@ class MethodEntry:
     result_class: type | None = None
     fields: tuple[str, ...] = ()  # prompt fields the method reads (besides prompt and id)
     organism: str | None = None  # the shipped organism the method is meant for ("dense" | "moe")
+    corpus: str = "factual"  # the organisms' prompt kind it runs on (interp.checks.CORPORA)
     example: Callable[..., dict[str, Any]] | Mapping[str, Any] | None = None  # cheap parameters for a check run
     raw: Callable[..., Any] | None = None  # the undecorated function
 
@@ -240,6 +241,7 @@ def register_method(
     result_class: type | None = None,
     fields: tuple[str, ...] = (),
     organism: str | None = None,
+    corpus: str = "factual",
     example: Callable[..., dict[str, Any]] | Mapping[str, Any] | None = None,
     replace: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -249,7 +251,9 @@ def register_method(
     call, defaults included), ``meta["schema"]`` and the provenance come from the registry, and its table is
     checked against ``schema``. ``shards`` says how a sharded run merges (see :class:`ShardPlan`); without it the
     method's rows must be per prompt and its ``meta`` must not summarise the dataset, so that concatenating shard
-    tables is exact. ``fields``, ``organism`` and ``example`` tell the contract tests how to run it cheaply."""
+    tables is exact. ``fields`` (the prompt fields it reads), ``organism`` (``"dense"`` or ``"moe"``), ``corpus``
+    (the kind of prompts it is meant for, :data:`interp.checks.CORPORA`) and ``example`` (cheap keyword parameters
+    for a check run, or a function ``(model, prompts) -> dict`` of them) tell the contract tests how to run it."""
     if inputs not in INPUT_KINDS:
         raise ParameterError(f"inputs={inputs!r} is not one of {', '.join(map(repr, INPUT_KINDS))}.")
     if schema is not None and not isinstance(schema, Schema):
@@ -281,7 +285,8 @@ def register_method(
             return finish_result(entry, result, model, bound)
 
         own = MethodEntry(name, method, paper, cost, doc.split("\n\n")[0].replace("\n", " "), schema, inputs,
-                          params, notes, figure, family, shards, result_class, tuple(fields), organism, example, raw)
+                          params, notes, figure, family, shards, result_class, tuple(fields), organism, corpus,
+                          example, raw)
         _REGISTRY[name] = own
         method.registry_entry = own  # type: ignore[attr-defined]
         return method
