@@ -98,6 +98,7 @@ PARAMETERS: dict[str, str] = {
     "keep": "Shared / routed contrast: how many routed experts each token keeps (0 = the shared expert alone).",
     "by": "Group by this prompt field (None: one group).",
     "attribution": "A finished expert_attribution Result to reuse (None: computed here).",
+    # generation and capture
 }
 
 COLUMNS: dict[str, str] = {
@@ -141,6 +142,12 @@ COLUMNS: dict[str, str] = {
     "score": "The method's score for the row (its unit is in the schema).",
     "kl": "KL divergence, in nats.",
     "entropy": "Entropy of a distribution, in nats.",
+    # safety heads
+    # lens
+    # patching and internal chain of thought
+    # tracing
+    # moe
+    # generation and capture
 }
 
 
