@@ -1,11 +1,19 @@
-"""Command line: ``interp list``, ``interp run METHOD ...``, ``interp demo``, ``interp organisms train NAME``.
+"""Command line: ``interp list``, ``interp run METHOD ...``, ``interp glossary``, ``interp demo``,
+``interp organisms train NAME``.
 
-Errors print as one clear line (no traceback unless ``--debug``) and exit non-zero.
+``interp run METHOD`` builds its options from the method's registry entry (``interp run METHOD --help`` lists every
+parameter with its type and default and marks the required ones). ``--import MODULE`` (a module name or a ``.py``
+file, repeatable) and the ``interp.methods`` entry-point group make a user's own methods runnable. ``--debug``,
+``--dtype`` and ``--device`` work anywhere on the line. Every mistake is one line on stderr and a non-zero exit,
+caught before the model is loaded where it can be; a traceback only with ``--debug``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -13,15 +21,149 @@ from typing import Any
 
 from .errors import InterpError
 
+GLOBAL_FLAGS = {"--debug": 0, "--dtype": 1, "--device": 1, "--import": 1}
 
-def _parse_value(text: str) -> Any:
+
+class CLIError(InterpError):
+    """A mistake on the command line (unknown option, missing parameter, bad value)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (raised, printed by :func:`main`), not usage + message."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise CLIError(f"{self.prog}: {message}")
+
+
+def split_globals(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Take ``--debug``, ``--dtype X``, ``--device X`` and ``--import X`` from anywhere on the line."""
+    found: dict[str, Any] = {"debug": False, "dtype": None, "device": None, "import": []}
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name in GLOBAL_FLAGS and arg != "--":
+            key = name[2:]
+            if GLOBAL_FLAGS[name] == 0:
+                if eq:
+                    raise CLIError(f"interp: {name} takes no value.")
+                found[key] = True
+            else:
+                if not eq:
+                    if i + 1 >= len(argv):
+                        raise CLIError(f"interp: {name} needs a value.")
+                    i += 1
+                    value = argv[i]
+                if key == "import":
+                    found["import"].append(value)
+                else:
+                    found[key] = value
+        else:
+            rest.append(arg)
+        i += 1
+    return found, rest
+
+
+def import_user_module(spec: str) -> None:
+    """Import a user's module (a dotted name, importable from the working directory, or a path to a .py file) so
+    that the methods it registers join the registry."""
+    path = Path(spec)
+    if spec.endswith(".py"):
+        if not path.is_file():
+            raise CLIError(f"interp: --import {spec!r}: no such file.")
+        mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
+        sys.modules[path.stem] = module
+        try:
+            mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
+        except Exception as exc:
+            sys.modules.pop(path.stem, None)
+            raise CLIError(f"interp: --import {spec!r} failed: {type(exc).__name__}: {exc}") from exc
+        return
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        importlib.import_module(spec)
+    except ModuleNotFoundError as exc:
+        raise CLIError(f"interp: --import {spec!r}: cannot import it ({exc}).") from exc
+    except Exception as exc:
+        raise CLIError(f"interp: --import {spec!r} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def parse_value(text: str) -> Any:
+    """A parameter value from the command line: JSON when it parses (numbers, lists, true / null ...), else text."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
 
 
-def cmd_list(_args: argparse.Namespace) -> int:
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def method_parser(entry: Any) -> _Parser:
+    """The options of ``interp run METHOD``, from the method's registry entry."""
+    pair = entry.inputs == "pair"
+    parser = _Parser(
+        prog=f"interp run {entry.name}",
+        description=f"{entry.summary}\n\npaper: {entry.paper}\ncost: {entry.cost}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    io = parser.add_argument_group("inputs and outputs")
+    io.add_argument("--model", required=True, help="local Hugging Face directory or hub name")
+    io.add_argument("--prompts", required=True,
+                    help="JSONL, CSV or JSON prompt file" + (" (the clean prompts of each pair)" if pair else ""))
+    if pair:
+        io.add_argument("--corrupt", required=True, help="prompt file of the corrupt prompts, row by row with --prompts")
+    io.add_argument("--out", required=True, help="directory for the table (CSV, Parquet, JSON) and the figure")
+    io.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                    help="a method parameter (JSON value), as an alternative to its own option")
+    io.add_argument("--shard-size", type=int, default=None,
+                    help="write results in shards of this many prompts under OUT/shards; a rerun resumes")
+    io.add_argument("--ray", default=None, metavar="ADDRESS|local",
+                    help="shard the prompts over a Ray cluster (pip install 'interp[ray]')")
+    io.add_argument("--workers", type=int, default=2, help="Ray workers (each loads the model once)")
+    group = parser.add_argument_group(f"parameters of {entry.name} (values are JSON where they parse, else text)")
+    for name, default in entry.parameters.items():
+        kind = entry.annotations.get(name) or "value"
+        required = default is inspect.Parameter.empty
+        text = f"{kind}; REQUIRED" if required else f"{kind}; default: {default!r}"
+        flags = [_option(name)] + ([f"--{name}"] if "_" in name else [])
+        group.add_argument(*flags, dest=f"param_{name}", default=None, metavar="VALUE", help=text)
+    return parser
+
+
+def method_params(entry: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The parameters given on the line (own options and --set), checked against the signature."""
+    params: dict[str, Any] = {}
+    for item in args.set:
+        if "=" not in item:
+            raise CLIError(f"interp run {entry.name}: --set expects KEY=VALUE, got {item!r}.")
+        key, value = item.split("=", 1)
+        if key not in entry.parameters:
+            raise CLIError(f"interp run {entry.name}: no parameter {key!r}; it takes {', '.join(entry.parameters)}.")
+        params[key] = parse_value(value)
+    for name in entry.parameters:
+        value = getattr(args, f"param_{name}")
+        if value is not None:
+            params[name] = parse_value(value)
+    missing = [p for p in entry.required if p not in params]
+    if missing:
+        raise CLIError(f"interp run {entry.name}: missing required parameter {', '.join(_option(p) for p in missing)} "
+                       f"(see interp run {entry.name} --help).")
+    return params
+
+
+def _prompt_sets(params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters that hold a further prompt set (``subtask_prompts`` ...) are read from their file."""
+    from .prompts import PromptSet
+
+    return {k: PromptSet(v) if k.endswith("prompts") and isinstance(v, str) else v for k, v in params.items()}
+
+
+def cmd_list(_args: argparse.Namespace, _g: dict[str, Any]) -> int:
     from .registry import list_methods
 
     for entry in list_methods():
@@ -30,44 +172,67 @@ def cmd_list(_args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_glossary(args: argparse.Namespace, _g: dict[str, Any]) -> int:
+    from .vocabulary import glossary_markdown, write_glossary
+
+    if args.out:
+        print(write_glossary(args.out))
+    else:
+        print(glossary_markdown())
+    return 0
+
+
+def cmd_run(argv: list[str], g: dict[str, Any]) -> int:
+    from .registry import require_method
+
+    if not argv or argv[0].startswith("-"):
+        if argv and argv[0] in ("-h", "--help"):
+            from .registry import list_methods
+
+            print("usage: interp run METHOD --model DIR --prompts FILE --out DIR [parameters]\n\nmethods: "
+                  + ", ".join(e.name for e in list_methods()) + "\n\ninterp run METHOD --help lists its parameters.")
+            return 0
+        raise CLIError("interp run: name a method first (interp list shows them), e.g. interp run predictions ...")
+    entry = require_method(argv[0])
+    args = method_parser(entry).parse_args(argv[1:])
+    params = _prompt_sets(method_params(entry, args))
+    return run_method(entry, args, params, g)
+
+
+def run_method(entry: Any, args: argparse.Namespace, params: dict[str, Any], g: dict[str, Any]) -> int:
+    """Read the prompts, load the model, run the method (whole, sharded or on Ray), write table and figure."""
     from .model import load_model
     from .prompts import PromptSet
-    from .registry import require_method
     from .viz import save_html
 
-    entry = require_method(args.method)
-    params: dict[str, Any] = {}
-    for item in args.set or []:
-        if "=" not in item:
-            raise InterpError(f"--set expects key=value, got {item!r}.")
-        key, value = item.split("=", 1)
-        if key not in entry.parameters:
-            raise InterpError(f"{args.method} has no parameter {key!r}; it takes {', '.join(entry.parameters)}.")
-        params[key] = _parse_value(value)
-    prompts = PromptSet(args.prompts)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"interp run {entry.name}: --out {str(out)!r} is a file; give a directory.")
+    prompts = PromptSet(args.prompts)
+    if entry.inputs == "pair":
+        params = {"corrupt": PromptSet(args.corrupt), **params}
+    load_kw = {k: g[k] for k in ("device", "dtype") if g.get(k) is not None}
     if args.ray:
         from .distributed import run_on_ray
 
         result = run_on_ray(entry.name, args.model, prompts, address=args.ray, workers=args.workers,
                             shard_size=args.shard_size or 64, out_dir=out / "shards",
-                            load_kwargs={"device": args.device or "cpu"}, **params)
+                            load_kwargs={"device": "cpu", **load_kw}, **params)
     elif args.shard_size:
         from .runs import run_resumable
 
-        model = load_model(args.model, device=args.device)
-        result = run_resumable(entry.name, model, prompts, out / "shards", shard_size=args.shard_size, **params)
+        result = run_resumable(entry.name, load_model(args.model, **load_kw), prompts, out / "shards",
+                               shard_size=args.shard_size, **params)
     else:
-        result = entry.function(load_model(args.model, device=args.device), prompts, **params)
-    paths = result.save(out, args.method)
-    fig_path = save_html(result.figure(), out / f"{args.method}.html")
+        result = entry.function(load_model(args.model, **load_kw), prompts, **params)
+    paths = result.save(out, entry.name)
+    fig_path = save_html(result.figure(), out / f"{entry.name}.html")
     for p in [*paths.values(), fig_path]:
         print(p)
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace, _g: dict[str, Any]) -> int:
     from .demo import run_demo
 
     index = run_demo(Path(args.out), data_dir=Path(args.data) if args.data else None, quick=args.quick)
@@ -75,7 +240,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_organisms(args: argparse.Namespace) -> int:
+def cmd_organisms(args: argparse.Namespace, _g: dict[str, Any]) -> int:
     from .organisms.train import train_organism
 
     card = train_organism(args.name, args.out or f"data/organisms/{args.name}", steps=args.steps, seed=args.seed)
@@ -83,31 +248,24 @@ def cmd_organisms(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="interp", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
+def build_parser() -> _Parser:
+    parser = _Parser(prog="interp", description=(__doc__ or "").splitlines()[0],
+                     epilog="Global options, anywhere on the line: --debug (full tracebacks), --dtype D, --device D, "
+                            "--import MODULE (a module or .py file that registers methods; repeatable).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("list", help="list the registered methods").set_defaults(func=cmd_list)
-    run = sub.add_parser("run", help="run a registered method and write its table and figure")
-    run.add_argument("method")
-    run.add_argument("--model", required=True, help="local Hugging Face directory or hub name")
-    run.add_argument("--prompts", required=True, help="JSONL or CSV prompt file")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="a method parameter (JSON value)")
-    run.add_argument("--out", required=True)
-    run.add_argument("--device", default=None)
-    run.add_argument("--shard-size", type=int, default=None,
-                     help="write results in shards of this many prompts under OUT/shards; a rerun resumes")
-    run.add_argument("--ray", default=None, metavar="ADDRESS|local",
-                     help="shard the prompts over a Ray cluster (pip install 'interp[ray]')")
-    run.add_argument("--workers", type=int, default=2, help="Ray workers (each loads the model once)")
-    run.set_defaults(func=cmd_run)
+    sub.add_parser("run", help="run a registered method and write its table and figure (interp run METHOD --help)",
+                   add_help=False)
+    glossary = sub.add_parser("glossary", help="print (or write) the glossary of parameters, columns and methods")
+    glossary.add_argument("--out", default=None, help="write it to this file (e.g. docs/glossary.md)")
+    glossary.set_defaults(func=cmd_glossary)
     demo = sub.add_parser("demo", help="run the methods on the shipped organisms and write an HTML report")
     demo.add_argument("--out", default="results/demo")
     demo.add_argument("--data", default=None, help="the data directory (organisms and corpus); default: data/")
     demo.add_argument("--quick", action="store_true", help="a small, fast configuration")
     demo.set_defaults(func=cmd_demo)
     org = sub.add_parser("organisms", help="model organisms")
-    org_sub = org.add_subparsers(dest="action", required=True)
+    org_sub = org.add_subparsers(dest="action", required=True, parser_class=_Parser)
     train = org_sub.add_parser("train", help="train an organism from scratch")
     train.add_argument("name")
     train.add_argument("--out", default=None)
@@ -117,16 +275,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _dispatch(argv: list[str], g: dict[str, Any]) -> int:
+    for spec in g["import"]:
+        import_user_module(spec)
+    if argv and argv[0] == "run":
+        return cmd_run(argv[1:], g)
+    args = build_parser().parse_args(argv)
+    return int(args.func(args, g) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
     try:
-        return int(args.func(args) or 0)
-    except (InterpError, FileNotFoundError) as exc:
-        if args.debug:
+        g, rest = split_globals(argv)
+        return _dispatch(rest, g)
+    except SystemExit as exc:  # --help, or argparse's own exit
+        return int(exc.code or 0) if isinstance(exc.code, int) else 0
+    except KeyboardInterrupt:
+        if debug:
             raise
-        print(f"interp: error: {exc}", file=sys.stderr)
+        print("interp: interrupted", file=sys.stderr)
+        return 130
+    except (InterpError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        if debug:
+            raise
+        print(f"interp: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # an unexpected failure: still one line, with its type
+        if debug:
+            raise
+        print(f"interp: error: {type(exc).__name__}: {_one_line(exc)} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,50 +10,14 @@ from __future__ import annotations
 import html
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 from tqdm.auto import tqdm
 
+from .demo_sections import FAMILY_SECTIONS
+from .report import DemoContext, DemoSection
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class DemoContext:
-    """What a section builder gets: the organisms (loaded once, on first use), the corpus, the speed setting."""
-
-    data_dir: Path
-    quick: bool
-
-    @cached_property
-    def dense(self) -> Any:
-        from .model import load_model
-
-        return load_model(self.data_dir / "organisms" / "dense", device="cpu")
-
-    @cached_property
-    def moe(self) -> Any:
-        from .model import load_model
-
-        return load_model(self.data_dir / "organisms" / "moe", device="cpu")
-
-    def prompts(self, family: str, *, n: int | None = None, **equals: Any) -> Any:
-        """Held-out records of a corpus family (e.g. "factual", "safety", "composite"), optionally filtered."""
-        from .prompts import PromptSet
-
-        path = self.data_dir / "organisms" / "corpus" / f"{family}.jsonl"
-        ps = PromptSet(path).filter(split="heldout", **equals)
-        return ps[:n] if n is not None and n < len(ps) else ps
-
-
-@dataclass
-class DemoSection:
-    title: str
-    explanation: str
-    figures: list[Any] = field(default_factory=list)
-    results: dict[str, Any] = field(default_factory=dict)  # table name -> Result
 
 
 def _predictions_section(ctx: DemoContext) -> DemoSection:
@@ -90,13 +54,7 @@ def _fixture_predictions_section(ctx: DemoContext) -> DemoSection:
     )
 
 
-SECTIONS: list[Callable[[DemoContext], DemoSection]] = [_predictions_section]
-
-
-def _load_family_sections() -> None:
-    from .demo_sections import FAMILY_SECTIONS
-
-    SECTIONS.extend(s for s in FAMILY_SECTIONS if s not in SECTIONS)
+SECTIONS: tuple[Callable[[DemoContext], DemoSection], ...] = (_predictions_section, *FAMILY_SECTIONS)
 
 
 def run_demo(out: Path, *, data_dir: Path | None = None, quick: bool = False) -> Path:
@@ -105,11 +63,7 @@ def run_demo(out: Path, *, data_dir: Path | None = None, quick: bool = False) ->
 
     data_dir = Path(data_dir) if data_dir is not None else ROOT / "data"
     organisms = (data_dir / "organisms" / "dense" / "config.json").exists()
-    if organisms:
-        _load_family_sections()
-        sections = SECTIONS
-    else:
-        sections = [_fixture_predictions_section]
+    sections = SECTIONS if organisms else (_fixture_predictions_section,)
     ctx = DemoContext(data_dir=data_dir, quick=quick)
     out = Path(out)
     if out.exists():

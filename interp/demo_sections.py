@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from .demo import DemoContext, DemoSection
+from .report import DemoContext, DemoSection
 
 
 def safety_heads_section(ctx: DemoContext) -> DemoSection:
@@ -106,20 +106,20 @@ def tracing_section(ctx: DemoContext) -> DemoSection:
 
 
 def moe_section(ctx: DemoContext) -> DemoSection:
-    from .methods.moe import expert_attribution, top_experts
+    from .methods.moe import expert_attribution
     from .methods.moe_blocking import block_experts
 
     facts = ctx.prompts("factual", n=32 if ctx.quick else 160)
     attr = expert_attribution(ctx.moe, facts, top_neurons=5)
     task = facts[0]["task"]
     task_prompts = facts.filter(task=task)
-    blocked = block_experts(ctx.moe, task_prompts, top_experts(attr, 10, task=task), controls=3 if ctx.quick else 20)
+    blocked = block_experts(ctx.moe, task_prompts, attr.top_experts(10, task=task), controls=3 if ctx.quick else 20)
     return DemoSection(
         "MoE: which layers, heads and experts build the answer",
         "Log-probability gain of the target (frozen final norm) from each layer's attention and MoE block and from "
         f"each expert of the MoE organism; then the MRR of '{task}' facts with that relation's 10 top experts "
         "blocked, against random 10-expert sets.",
-        [attr.figure(kind="layers"), attr.figure(kind="experts"), blocked.figure()],
+        [attr.figure(view="layers"), attr.figure(view="experts"), blocked.figure()],
         {"expert_attribution": attr, "block_experts": blocked},
     )
 

@@ -253,11 +253,6 @@ def _result_class(cls: type[Result], doc: Mapping[str, Any]) -> type[Result]:
     return found if found is not None and issubclass(found, cls) else cls
 
 
-def same_class(parts: list[Result]) -> type[Result]:
-    """The Result class of a merge of shard Results (the shards' own)."""
-    return type(parts[0]) if parts else Result
-
-
 def _plain(v: Any) -> Any:
     if v is pd.NA:  # missing value of a nullable column (Int64, boolean)
         return None

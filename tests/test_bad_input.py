@@ -9,7 +9,16 @@ import math
 import pytest
 
 import interp
-from interp.errors import DeviceError, HookNameError, ModelLoadError, ParameterError, PromptError, SpanError
+from interp.cli import CLIError, main
+from interp.errors import (
+    DeviceError,
+    HookNameError,
+    ModelLoadError,
+    ParameterError,
+    PromptError,
+    SpanError,
+    TargetTokenWarning,
+)
 
 GOOD = [{"id": "paris", "prompt": "The capital of France is", "target": " Paris", "subject": "France"}]
 
@@ -39,7 +48,22 @@ def unsupported_dir(tmp_path, src):
     return d
 
 
-# (case id, function of (llama model, tmp_path, model dirs), error type, message pattern)
+def cli(argv: list[str]) -> None:
+    """Run the command line with --debug, so the one-line error it would print is raised here instead."""
+    main(["--debug", *argv])
+
+
+def prompt_file(tmp_path) -> str:
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps(GOOD[0]) + "\n")
+    return str(path)
+
+
+def metric_that_raises(logits, target, wrong):
+    raise RuntimeError("my metric is broken")
+
+
+# (case id, function of (llama model, tmp_path, model dirs), error or warning type, message pattern)
 CASES = [
     # --- models ---
     ("missing directory", lambda m, t, d: interp.load_model(t / "nowhere"), ModelLoadError, "does not exist"),
@@ -103,8 +127,8 @@ CASES = [
     ("head index out of range", lambda m, t, d: interp.ablate_heads(m, [(0, 4)]), ParameterError,
      r"head 4 is out of range"),
     ("empty head list", lambda m, t, d: interp.ablate_heads(m, []), ParameterError, "head list is empty"),
-    ("unknown ablation kind", lambda m, t, d: interp.ablate_heads(m, [(0, 0)], kind="erase"), ParameterError,
-     "kind='erase' is not one of"),
+    ("unknown ablation kind", lambda m, t, d: interp.ablate_heads(m, [(0, 0)], ablation="erase"), ParameterError,
+     "ablation='erase' is not one of"),
     ("eps zero", lambda m, t, d: interp.ablate_heads(m, [(0, 0)], eps=0), ParameterError, "eps must be a positive"),
     ("eps not a number", lambda m, t, d: interp.ablate_heads(m, [(0, 0)], eps="small"), ParameterError,
      "eps must be a positive number"),
@@ -116,6 +140,38 @@ CASES = [
     ("top_k zero", lambda m, t, d: interp.predictions(m, GOOD, top_k=0), ParameterError, "top_k must be"),
     ("top_k above vocabulary", lambda m, t, d: interp.predictions(m, GOOD, top_k=10**7), ParameterError,
      "exceeds the vocabulary"),
+    ("target that is not a word start", lambda m, t, d: interp.predictions(m, [{"id": "nospace", "prompt":
+                                                                                "The capital of France is",
+                                                                                "target": "Paris"}]),
+     TargetTokenWarning, "Prompt 'nospace'.*does not begin a word"),
+    ("user metric that raises", lambda m, t, d: interp.activation_patching(
+        m, GOOD, [{**GOOD[0], "id": "spain", "prompt": "The capital of Spain is"}], metric=metric_that_raises),
+     ParameterError, "metric function fails.*my metric is broken"),
+    # --- the command line ---
+    ("CLI: missing required parameter", lambda m, t, d: cli(["run", "generalized_ships", "--model", str(d["llama"]),
+                                                             "--prompts", prompt_file(t), "--out", str(t / "o")]),
+     CLIError, "missing required parameter --heads"),
+    ("CLI: unknown --import module", lambda m, t, d: cli(["--import", "no_such_user_module", "list"]), CLIError,
+     "--import 'no_such_user_module': cannot import"),
+    ("CLI: --import of a missing file", lambda m, t, d: cli(["--import", str(t / "mine.py"), "list"]), CLIError,
+     "no such file"),
+    ("CLI: unknown method option", lambda m, t, d: cli(["run", "predictions", "--model", str(d["llama"]), "--prompts",
+                                                        prompt_file(t), "--out", str(t / "o"), "--topk", "3"]),
+     CLIError, "unrecognized arguments: --topk"),
+    ("CLI: --set without =", lambda m, t, d: cli(["run", "predictions", "--model", str(d["llama"]), "--prompts",
+                                                  prompt_file(t), "--out", str(t / "o"), "--set", "top_k"]),
+     CLIError, "--set expects KEY=VALUE"),
+    ("CLI: --set of an unknown parameter", lambda m, t, d: cli(["run", "predictions", "--model", str(d["llama"]),
+                                                                "--prompts", prompt_file(t), "--out", str(t / "o"),
+                                                                "--set", "topk=3"]),
+     CLIError, "no parameter 'topk'"),
+    ("CLI: --out names a file", lambda m, t, d: cli(["run", "predictions", "--model", str(d["llama"]), "--prompts",
+                                                     prompt_file(t), "--out", prompt_file(t)]),
+     CLIError, "is a file"),
+    ("CLI: a method without its inputs", lambda m, t, d: cli(["run", "predictions", "--model", str(d["llama"])]),
+     CLIError, "required: --prompts, --out"),
+    ("CLI: a global flag without its value", lambda m, t, d: cli(["list", "--dtype"]), CLIError,
+     "--dtype needs a value"),
 ]
 
 
@@ -139,8 +195,13 @@ CASES = CASES + _family_cases()
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gets_a_clear_error(case, llama, tmp_path, tiny_model_dirs):
     _, fn, error, pattern = case
+    if issubclass(error, Warning):
+        with pytest.warns(error, match=pattern):
+            fn(llama, tmp_path, tiny_model_dirs)
+        return
     with pytest.raises(error, match=pattern):
         fn(llama, tmp_path, tiny_model_dirs)
+    assert not (tmp_path / "o").exists()  # a refused CLI run writes nothing
 
 
 def test_nothing_is_written_when_capture_input_is_bad(llama, tmp_path):
@@ -155,4 +216,4 @@ def test_nothing_is_written_when_capture_input_is_bad(llama, tmp_path):
 
 def test_every_error_is_an_interp_error_or_type_error():
     for _, _, error, _ in CASES:
-        assert issubclass(error, (interp.InterpError, TypeError))
+        assert issubclass(error, (interp.InterpError, TypeError, interp.TargetTokenWarning))

@@ -30,7 +30,7 @@ def test_plain_bridge_is_accepted_by_methods(models, arch):
     bridge = models[arch].bridge
     res = interp.predictions(bridge, ["The capital of France is"], top_k=3)
     ref = interp.predictions(models[arch], ["The capital of France is"], top_k=3)
-    assert res.table["token_id"].tolist() == ref.table["token_id"].tolist()
+    assert res.table["predicted_id"].tolist() == ref.table["predicted_id"].tolist()
     assert interp.as_model(bridge).info == models[arch].info
 
 

@@ -45,7 +45,7 @@ def test_meta_records_what_was_run(tiny_model_dirs):
     res = interp.predictions(m, ps, top_k=2)
     for key in ("model", "method", "parameters", "dataset_fingerprint", "package_version", "time"):
         assert key in res.meta
-    assert res.meta["parameters"] == {"top_k": 2, "batch_size": 16}  # the bound call, defaults included
+    assert res.meta["parameters"] == {"top_k": 2, "target": "target", "batch_size": 16, "progress": False}
     assert res.meta["model_path"] == str(tiny_model_dirs["llama"].resolve())
     assert res.meta["dtype"] == "float32" and res.meta["device"] == "cpu"
     assert res.meta["transformer_lens_version"].startswith("4.") and res.meta["torch_version"] != "unknown"

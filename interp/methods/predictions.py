@@ -6,13 +6,24 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
+from tqdm.auto import tqdm
 
-from ..errors import check_positive_int
+from .. import metrics
+from ..errors import ParameterError, check_positive_int
 from ..model import as_model
 from ..prompts import as_prompt_set, batches, encode
-from ..registry import register_method
+from ..registry import Schema, register_method
 from ..results import Result, make_meta
 from ..variants import forward
+
+SCHEMA = Schema(
+    keys=("prompt_id", "prediction_rank"), value="prob", unit="probability", sign="higher",
+    columns={"prompt_id": "str", "prediction_rank": "int", "predicted_id": "int", "predicted_token": "str",
+             "prob": "float", "logprob": "float"},
+    optional={"target_token": "str", "target_id": "int", "target_prob": "float", "target_rank": "int"},
+    units={"logprob": "nats", "target_prob": "probability"},
+    grid=("prompt_id", "prediction_rank"),
+)
 
 
 def predictions_figure(result: Result, max_prompts: int = 8) -> Any:
@@ -22,7 +33,8 @@ def predictions_figure(result: Result, max_prompts: int = 8) -> Any:
     fig = go.Figure()
     for pid in list(dict.fromkeys(result.table["prompt_id"]))[:max_prompts]:
         rows = result.table[result.table["prompt_id"] == pid]
-        fig.add_trace(go.Bar(name=str(pid), x=[f"#{r} {t!r}" for r, t in zip(rows["rank"], rows["token"])],
+        fig.add_trace(go.Bar(name=str(pid), x=[f"#{r} {t!r}" for r, t in zip(rows["prediction_rank"],
+                                                                              rows["predicted_token"])],
                              y=rows["prob"], hovertemplate="%{x}<br>p=%{y:.4f}<extra>" + str(pid) + "</extra>"))
     fig.update_layout(title="Next-token predictions at the last prompt position", yaxis_title="probability",
                       barmode="group")
@@ -30,43 +42,53 @@ def predictions_figure(result: Result, max_prompts: int = 8) -> Any:
 
 
 @register_method("predictions", paper="(none: the model's own next-token distribution)",
-                 cost="1 forward per prompt (batched)", family="core", figure=predictions_figure)
-def predictions(model: Any, prompts: Any, *, top_k: int = 5, batch_size: int = 16) -> Result:
+                 cost="1 forward per prompt (batched)", family="core", figure=predictions_figure, schema=SCHEMA,
+                 fields=("target",), organism="dense", corpus="factual", example={"top_k": 3})
+def predictions(model: Any, prompts: Any, *, top_k: int = 5, target: str = "target", batch_size: int = 16,
+                progress: bool = False) -> Result:
     """Top-k next tokens at the last real prompt position, with the target's probability and rank if given.
 
-    Table: one row per prompt x rank: prompt_id, rank, token_id, token, prob, logprob; plus target,
-    target_prob, target_rank when the prompts carry a ``target``. Cost: one forward per prompt, batched.
+    Args:
+        top_k: next tokens kept per prompt.
+        target: the prompt field whose first token is scored, when the prompts have it.
+        batch_size: prompts per forward.
+
+    Returns: one row per prompt x rank: prompt_id, prediction_rank (1 = the model's top token), predicted_id,
+    predicted_token, prob, logprob (nats); plus target_token, target_id, target_prob and target_rank when the
+    prompts carry the ``target`` field. Cost: one forward per prompt, batched.
+
+    Example:
+        >>> interp.predictions(model, [{"prompt": "The capital of France is", "target": " Paris"}]).top(3)
     """
     m = as_model(model)
     ps = as_prompt_set(prompts)
     top_k = check_positive_int("top_k", top_k)
     if top_k > m.info.vocab_size:
-        from ..errors import ParameterError
-
         raise ParameterError(f"top_k={top_k} exceeds the vocabulary size {m.info.vocab_size}.")
-    has_target = "target" in ps.fields
-    enc = encode(m, ps, targets=["target"] if has_target else [])
+    has_target = target in ps.fields
+    enc = encode(m, ps, targets=[target] if has_target else [])
     rows = []
-    for batch in batches(m, enc, check_positive_int("batch_size", batch_size)):
+    n_batches = -(-len(ps) // check_positive_int("batch_size", batch_size))
+    for batch in tqdm(batches(m, enc, batch_size), total=n_batches, desc="predictions", disable=not progress):
         logits, _ = forward(m, batch)
         logprobs = logits.float().log_softmax(-1).cpu()
         top = logprobs.topk(top_k, dim=-1)
+        extra_rows: list[dict] = [{} for _ in batch.indices]
+        if has_target:
+            t = batch.targets[target].cpu()
+            t_prob = metrics.prob(logits.cpu(), t)
+            t_rank = metrics.rank(logits.cpu(), t)
+            extra_rows = [{"target_token": m.tokenizer.decode([int(t[r])]), "target_id": int(t[r]),
+                           "target_prob": float(t_prob[r]), "target_rank": int(t_rank[r])}
+                          for r in range(batch.size)]
         for r, idx in enumerate(batch.indices):
             rec = ps[idx]
-            extra = {}
-            if has_target:
-                t = int(batch.targets["target"][r])
-                lp = logprobs[r, t]
-                extra = {"target": rec["target"], "target_prob": float(lp.exp()),
-                         "target_rank": int((logprobs[r] > lp).sum()) + 1}
             for k in range(top_k):
                 tid = int(top.indices[r, k])
-                rows.append({"prompt_id": rec["id"], "rank": k + 1, "token_id": tid,
-                             "token": m.tokenizer.decode([tid]), "prob": float(top.values[r, k].exp()),
-                             "logprob": float(top.values[r, k]), **extra})
+                rows.append({"prompt_id": rec["id"], "prediction_rank": k + 1, "predicted_id": tid,
+                             "predicted_token": m.tokenizer.decode([tid]), "prob": float(top.values[r, k].exp()),
+                             "logprob": float(top.values[r, k]), **extra_rows[r]})
     order = {pid: i for i, pid in enumerate(ps.ids)}
-    table = pd.DataFrame(rows).sort_values(["prompt_id", "rank"], key=lambda s: s.map(order) if s.name == "prompt_id"
-                                           else s, kind="stable")
-    return Result(table, make_meta("predictions", m, ps, {"top_k": top_k}))
-
-
+    table = pd.DataFrame(rows).sort_values(["prompt_id", "prediction_rank"],
+                                           key=lambda s: s.map(order) if s.name == "prompt_id" else s, kind="stable")
+    return Result(table, make_meta(model=m, prompts=ps))
