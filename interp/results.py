@@ -20,6 +20,8 @@ from typing import Any
 
 import pandas as pd
 
+from .errors import InterpError
+
 _META_KEY = b"interp"
 _CSV_NA = "<NA>"  # missing values in CSV; an empty string stays an empty string
 _RESULT_CLASSES: dict[str, type[Result]] = {}
@@ -179,38 +181,55 @@ class Result:
         return {c: str(t) for c, t in self.table.dtypes.items()}
 
     def to_csv(self, path: str | Path) -> Path:
-        """CSV of the table (floats written exactly) and ``<path>.meta.json`` with the metadata and dtypes."""
+        """CSV of the table (floats written exactly) and ``<path>.meta.json`` with the metadata, dtypes, row count
+        and a hash of the CSV's bytes, so :meth:`read` refuses a CSV and a sidecar that do not belong together.
+
+        Text cells a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``, a tab or a
+        carriage return) are written with a leading ``'``, as is any text cell that starts with ``'`` or is the
+        literal ``<NA>`` (the CSV's missing-value marker); :meth:`read` drops that one ``'``, so the round trip is
+        exact. Both files are written atomically (the CSV first)."""
+        from .atomic import atomic_path, write_text
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        check_exportable(self.table)
         # "\r\n" rows: the csv writer then quotes any field holding a lone "\r" or "\n" (tokens do)
-        self.table.to_csv(path, index=False, float_format="%.17g", na_rep=_CSV_NA, lineterminator="\r\n")
+        data = _escape_text_cells(self.table).to_csv(index=False, float_format="%.17g", na_rep=_CSV_NA,
+                                                       lineterminator="\r\n").encode("utf-8")
         sidecar = {"meta": self.meta, "dtypes": self._dtypes(), "columns": list(self.table.columns),
-                   "result_class": type(self).__name__}
-        Path(str(path) + ".meta.json").write_text(json.dumps(sidecar, indent=1))
+                   "result_class": type(self).__name__, "n_rows": len(self.table),
+                   "csv_sha256": hashlib.sha256(data).hexdigest(), "csv_escape": CSV_ESCAPE}
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+        write_text(Path(str(path) + ".meta.json"), json.dumps(sidecar, indent=1))
         return path
 
     def to_parquet(self, path: str | Path) -> Path:
-        """Parquet with the metadata stored in the schema's key-value metadata."""
+        """Parquet with the metadata stored in the schema's key-value metadata (written atomically)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        from .atomic import atomic_path
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        check_exportable(self.table)
         tbl = pa.Table.from_pandas(self.table, preserve_index=False)
-        extra = json.dumps({"meta": self.meta, "dtypes": self._dtypes(),
-                            "result_class": type(self).__name__}).encode()
+        extra = json.dumps({"meta": self.meta, "dtypes": self._dtypes(), "result_class": type(self).__name__,
+                            "n_rows": len(self.table)}).encode()
         tbl = tbl.replace_schema_metadata({**(tbl.schema.metadata or {}), _META_KEY: extra})
-        pq.write_table(tbl, path)
+        with atomic_path(path) as tmp:
+            pq.write_table(tbl, tmp)
         return path
 
     def to_json(self, path: str | Path) -> Path:
-        """One JSON document: meta, dtypes and the columns (floats as shortest exact repr; NaN kept)."""
+        """One JSON document: meta, dtypes and the columns (floats as shortest exact repr; NaN kept); atomic."""
+        from .atomic import write_text
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        check_exportable(self.table)
         columns = {c: [_plain(v) for v in self.table[c].tolist()] for c in self.table.columns}
         doc = {"meta": self.meta, "dtypes": self._dtypes(), "columns": list(self.table.columns), "data": columns,
-               "result_class": type(self).__name__}
-        path.write_text(json.dumps(doc))
+               "result_class": type(self).__name__, "n_rows": len(self.table)}
+        write_text(path, json.dumps(doc))
         return path
 
     def save(self, directory: str | Path, name: str | None = None) -> dict[str, Path]:
@@ -230,21 +249,98 @@ class Result:
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            tbl = pq.read_table(path)
+            try:
+                tbl = pq.read_table(path)
+            except Exception as exc:  # pyarrow's own errors (ArrowInvalid ...) name no file
+                raise ResultFileError(f"{str(path)!r} is not a readable Parquet file ({type(exc).__name__}: "
+                                      f"{str(exc).splitlines()[0] if str(exc) else ''}).") from exc
             extra = json.loads((tbl.schema.metadata or {}).get(_META_KEY, b"{}"))
             table = tbl.to_pandas()
+            _check_rows(path, len(table), extra.get("n_rows"))
             return _result_class(cls, extra)(_restore(table, extra.get("dtypes", {})), extra.get("meta", {}))
         if path.suffix == ".json":
-            doc = json.loads(path.read_text())
+            doc = _read_json(path)
             table = pd.DataFrame({c: doc["data"][c] for c in doc["columns"]}, columns=doc["columns"])
+            _check_rows(path, len(table), doc.get("n_rows"))
             return _result_class(cls, doc)(_restore(table, doc["dtypes"]), doc["meta"])
         if path.suffix == ".csv":
-            sidecar = json.loads(Path(str(path) + ".meta.json").read_text())
+            import io
+
+            sidecar_path = Path(str(path) + ".meta.json")
+            if not sidecar_path.exists():
+                raise ResultFileError(f"{str(path)!r} has no metadata sidecar {sidecar_path.name!r}; a CSV written by "
+                                      "interp always has one.")
+            sidecar = _read_json(sidecar_path)
+            data = path.read_bytes()
+            expected = sidecar.get("csv_sha256")
+            if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+                raise ResultFileError(f"{str(path)!r} and its sidecar {sidecar_path.name!r} do not belong together "
+                                      "(the CSV's content hash differs from the one the sidecar recorded): one of "
+                                      "them was cut short, edited or replaced.")
             dtypes = sidecar["dtypes"]
             str_cols = {c: str for c, t in dtypes.items() if t in ("object", "str", "string")}
-            table = pd.read_csv(path, dtype=str_cols, keep_default_na=False, na_values=[_CSV_NA])
+            table = pd.read_csv(io.BytesIO(data), dtype=str_cols, keep_default_na=False, na_values=[_CSV_NA])
+            if sidecar.get("csv_escape") == CSV_ESCAPE:
+                table = _unescape_text_cells(table, [c for c in str_cols if c in table.columns])
+            _check_rows(path, len(table), sidecar.get("n_rows"))
             return _result_class(cls, sidecar)(_restore(table, dtypes), sidecar["meta"])
-        raise ValueError(f"Cannot read {str(path)!r}: expected a .csv, .parquet or .json file.")
+        raise ResultFileError(f"Cannot read {str(path)!r}: expected a .csv, .parquet or .json file.")
+
+
+CSV_ESCAPE = "leading-quote-v1"  # the reversible rule of to_csv for formula-like text cells
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+class ResultFileError(InterpError):
+    """A result file that cannot be read back as written (truncated, mismatched sidecar, not interp's)."""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ResultFileError(f"{str(path)!r} is not valid JSON ({exc}); was it cut short?") from exc
+
+
+def _check_rows(path: Path, n: int, expected: Any) -> None:
+    if expected is not None and n != expected:
+        raise ResultFileError(f"{str(path)!r} holds {n} rows where its metadata records {expected}: the file was "
+                              "cut short or its metadata belongs to another table.")
+
+
+def _needs_escape(v: Any) -> bool:
+    return isinstance(v, str) and (v == _CSV_NA or v.startswith(_FORMULA_START))
+
+
+def _escape_text_cells(table: pd.DataFrame) -> pd.DataFrame:
+    out = table
+    for c in table.columns:
+        col = table[c]
+        if (pd.api.types.is_object_dtype(col) or pd.api.types.is_string_dtype(col)) and col.map(_needs_escape).any():
+            if out is table:
+                out = table.copy()
+            out[c] = col.map(lambda v: "'" + v if _needs_escape(v) else v).astype(col.dtype)
+    return out
+
+
+def _unescape_text_cells(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    for c in columns:
+        col = table[c]
+        table[c] = col.map(lambda v: v[1:] if isinstance(v, str) and v.startswith("'") else v)
+    return table
+
+
+def check_exportable(table: pd.DataFrame) -> None:
+    """Refuse, naming the column, a table that CSV / Parquet / JSON cannot hold exactly: a column mixing types
+    (e.g. numbers and text), or holding objects that are not text, numbers, booleans or missing values."""
+    for c in table.columns:
+        col = table[c]
+        if not pd.api.types.is_object_dtype(col):
+            continue
+        kinds = {type(v).__name__ for v in col.tolist() if v is not None and not (isinstance(v, float) and v != v)}
+        if kinds - {"str"} and len(kinds) > 1 or kinds - {"str", "int", "float", "bool"}:
+            raise ResultFileError(f"Column {c!r} holds values of several types ({', '.join(sorted(kinds))}), which "
+                                  "CSV and Parquet cannot round-trip: make it one type (e.g. text) first.")
 
 
 def _result_class(cls: type[Result], doc: Mapping[str, Any]) -> type[Result]:

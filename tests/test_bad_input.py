@@ -89,7 +89,7 @@ CASES = [
      "'a' has no 'prompt' text"),
     ("duplicate ids", lambda m, t, d: interp.PromptSet([{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}]),
      PromptError, "'a' appears more than once"),
-    ("missing prompt file", lambda m, t, d: interp.PromptSet(str(t / "none.jsonl")), PromptError, "does not exist"),
+    ("missing prompt file", lambda m, t, d: interp.PromptSet(str(t / "none.jsonl")), PromptError, "no such file"),
     ("bad JSONL line", lambda m, t, d: interp.PromptSet((t / "bad.jsonl", (t / "bad.jsonl").write_text("{\n"))[0]),
      PromptError, "line 1 is not valid JSON"),
     ("a single string", lambda m, t, d: interp.PromptSet("hello there"), PromptError, "list of prompts"),

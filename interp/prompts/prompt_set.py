@@ -3,7 +3,6 @@ files; chat templates; subsets and filters; a content fingerprint."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -30,6 +29,7 @@ class PromptSet:
         if not records:
             raise PromptError("The prompt set is empty: give at least one prompt.")
         self.records: list[dict[str, Any]] = [_check_record(r, i) for i, r in enumerate(records)]
+        _check_field_types(self.records)
         ids = [r["id"] for r in self.records]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
@@ -117,27 +117,12 @@ def as_prompt_set(prompts: Any) -> PromptSet:
 
 
 def _records_from(data: Any) -> list[dict[str, Any]]:
+    from .files import looks_like_path, read_prompt_file
+
     if isinstance(data, PromptSet):
         return [dict(r) for r in data.records]
-    if isinstance(data, (str, Path)) and (isinstance(data, Path) or data.endswith((".jsonl", ".csv", ".json"))):
-        path = Path(data)
-        if not path.exists():
-            raise PromptError(f"Prompt file {str(path)!r} does not exist.")
-        if path.suffix == ".csv":
-            with path.open(newline="") as fh:
-                return [dict(row) for row in csv.DictReader(fh)]
-        text = path.read_text()
-        if path.suffix == ".json":
-            loaded = json.loads(text)
-            return _records_from(loaded)
-        out = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise PromptError(f"{path}: line {n} is not valid JSON ({exc.msg}).") from exc
-        return out
+    if isinstance(data, Path) or (isinstance(data, str) and looks_like_path(data)):
+        return read_prompt_file(data)
     if isinstance(data, str):
         raise PromptError("A single string is not a prompt set: pass a list of prompts, e.g. [text].")
     if hasattr(data, "to_dict") and hasattr(data, "columns"):  # pandas DataFrame
@@ -168,6 +153,24 @@ def _check_record(record: dict[str, Any], index: int) -> dict[str, Any]:
         if name in record and record[name] is not None and not isinstance(record[name], str):
             raise PromptError(f"Prompt {record['id']!r}: field {name!r} must be text, got {record[name]!r}.")
     return record
+
+
+def _check_field_types(records: list[dict[str, Any]]) -> None:
+    """Refuse a field whose values mix kinds (e.g. numbers in some records, text in others): a table carrying it
+    could not be exported after the run. Integers and floats count as one kind (numbers)."""
+    kinds: dict[str, dict[str, str]] = {}
+    for r in records:
+        for k, v in r.items():
+            if v is None:
+                continue
+            kind = ("bool" if isinstance(v, bool) else "number" if isinstance(v, (int, float)) else
+                    "text" if isinstance(v, str) else type(v).__name__)
+            seen = kinds.setdefault(k, {})
+            seen.setdefault(kind, r.get("id", "?"))
+            if len(seen) > 1:
+                (k1, id1), (k2, id2) = list(seen.items())[:2]
+                raise PromptError(f"Field {k!r} mixes kinds: {k1} in prompt {str(id1)!r}, {k2} in prompt "
+                                  f"{str(id2)!r}; give it one kind in every record (e.g. all text).")
 
 
 def _wrap_chat(records: list[dict[str, Any]], template: bool | str, tokenizer: Any) -> list[dict[str, Any]]:
