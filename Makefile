@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/interp demo --out results/demo
+	$(BIN)/interp demo --out results/demo --overwrite
 
 test: $(STAMP)
 	$(BIN)/ruff check interp tests benchmarks docs

@@ -116,7 +116,8 @@ def method_parser(entry: Any) -> _Parser:
     io.add_argument("--prompts", required=True,
                     help="JSONL, CSV or JSON prompt file" + (" (the clean prompts of each pair)" if pair else ""))
     if pair:
-        io.add_argument("--corrupt", required=True, help="prompt file of the corrupt prompts, row by row with --prompts")
+        io.add_argument("--corrupt", required=True,
+                        help="prompt file of the corrupt prompts, row by row with --prompts")
     io.add_argument("--out", required=True, help="directory for the table (CSV, Parquet, JSON) and the figure")
     io.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                     help="a method parameter (JSON value), as an alternative to its own option")
@@ -125,6 +126,7 @@ def method_parser(entry: Any) -> _Parser:
     io.add_argument("--ray", default=None, metavar="ADDRESS|local",
                     help="shard the prompts over a Ray cluster (pip install 'interp[ray]')")
     io.add_argument("--workers", type=int, default=2, help="Ray workers (each loads the model once)")
+    io.add_argument("--overwrite", action="store_true", help="replace this method's earlier files in --out")
     group = parser.add_argument_group(f"parameters of {entry.name} (values are JSON where they parse, else text)")
     for name, default in entry.parameters.items():
         kind = entry.annotations.get(name) or "value"
@@ -202,12 +204,15 @@ def cmd_run(argv: list[str], g: dict[str, Any]) -> int:
 def run_method(entry: Any, args: argparse.Namespace, params: dict[str, Any], g: dict[str, Any]) -> int:
     """Read the prompts, load the model, run the method (whole, sharded or on Ray), write table and figure."""
     from .model import load_model
+    from .outputs import check_result_files
     from .prompts import PromptSet
     from .viz import save_html
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"interp run {entry.name}: --out {str(out)!r} is a file; give a directory.")
+    names = [f"{entry.name}{ext}" for ext in (".csv", ".csv.meta.json", ".parquet", ".json", ".html")]
+    check_result_files([out / n for n in names], overwrite=args.overwrite, what=f"results of {entry.name}")
     prompts = PromptSet(args.prompts)
     if entry.inputs == "pair":
         params = {"corrupt": PromptSet(args.corrupt), **params}
@@ -235,7 +240,8 @@ def run_method(entry: Any, args: argparse.Namespace, params: dict[str, Any], g: 
 def cmd_demo(args: argparse.Namespace, _g: dict[str, Any]) -> int:
     from .demo import run_demo
 
-    index = run_demo(Path(args.out), data_dir=Path(args.data) if args.data else None, quick=args.quick)
+    index = run_demo(Path(args.out), data_dir=Path(args.data) if args.data else None, quick=args.quick,
+                     overwrite=args.overwrite)
     print(f"Demo report: {index}")
     return 0
 
@@ -263,6 +269,8 @@ def build_parser() -> _Parser:
     demo.add_argument("--out", default="results/demo")
     demo.add_argument("--data", default=None, help="the data directory (organisms and corpus); default: data/")
     demo.add_argument("--quick", action="store_true", help="a small, fast configuration")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace an earlier demo report in --out (only the files the demo wrote)")
     demo.set_defaults(func=cmd_demo)
     org = sub.add_parser("organisms", help="model organisms")
     org_sub = org.add_subparsers(dest="action", required=True, parser_class=_Parser)

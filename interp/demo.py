@@ -8,7 +8,6 @@ so the page works offline from a file:// URL. Each family contributes a section 
 from __future__ import annotations
 
 import html
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,17 +56,27 @@ def _fixture_predictions_section(ctx: DemoContext) -> DemoSection:
 SECTIONS: tuple[Callable[[DemoContext], DemoSection], ...] = (_predictions_section, *FAMILY_SECTIONS)
 
 
-def run_demo(out: Path, *, data_dir: Path | None = None, quick: bool = False) -> Path:
-    """Write the demo report into ``out`` (replacing a previous one) and return index.html's path."""
-    import plotly.offline
+def run_demo(out: Path, *, data_dir: Path | None = None, quick: bool = False, overwrite: bool = False) -> Path:
+    """Write the demo report into ``out`` and return index.html's path.
 
+    The report is built in a temporary directory and moved into place when complete. ``out`` must be new, empty,
+    or an earlier demo report (then ``overwrite=True`` replaces it, removing only the files the demo wrote); any
+    other non-empty directory is refused before anything runs (:mod:`interp.outputs`)."""
+    from .outputs import check_report_dir, publish_report
+
+    out = Path(out)
+    check_report_dir(out, "demo", overwrite=overwrite)
     data_dir = Path(data_dir) if data_dir is not None else ROOT / "data"
     organisms = (data_dir / "organisms" / "dense" / "config.json").exists()
     sections = SECTIONS if organisms else (_fixture_predictions_section,)
     ctx = DemoContext(data_dir=data_dir, quick=quick)
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
+    publish_report(out, "demo", lambda tmp: _write_report(tmp, ctx, sections, organisms, quick), overwrite=overwrite)
+    return out / "index.html"
+
+
+def _write_report(out: Path, ctx: DemoContext, sections: tuple, organisms: bool, quick: bool) -> None:
+    import plotly.offline
+
     (out / "tables").mkdir(parents=True)
     parts = []
     for builder in tqdm(sections, desc="demo sections"):
@@ -94,6 +103,4 @@ def run_demo(out: Path, *, data_dir: Path | None = None, quick: bool = False) ->
            "core on a tiny random Llama built from a config; the method sections need the organisms.</b></p>")
         + "".join(parts) + "</body></html>"
     )
-    index = out / "index.html"
-    index.write_text(page, encoding="utf-8")
-    return index
+    (out / "index.html").write_text(page, encoding="utf-8")

@@ -9,6 +9,7 @@ interrupted distributed run resumes like a local one.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,14 @@ from .runs import (
     combine_parts,
     merge_shards,
     prepare_params,
+    read_shard,
+    run_lock,
     run_manifest,
     shard_params,
     shard_path,
     shard_plan,
     shard_ranges,
+    shard_stamps,
     write_shard,
 )
 
@@ -105,63 +109,70 @@ def run_on_ray(
         if out is not None:
             manifest = run_manifest(name, local, ps, params, shard_size)
         del local
+    stamps = None
+    lock = contextlib.ExitStack()
     if out is not None:
         check_manifest(out, manifest)
+        lock.enter_context(run_lock(out))
+        stamps = shard_stamps(manifest, ps, ranges)
         for k in range(len(ranges)):
-            if shard_path(out, k).exists():
-                results[k] = Result.read(shard_path(out, k))
+            found = read_shard(out, k, stamps[k])
+            if found is not None:
+                results[k] = found
 
-    started_here = False
-    if not ray.is_initialized():
-        if address == "local":
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
-        started_here = True
-    remote_worker = ray.remote(num_cpus=1, max_restarts=0)(_ShardWorker)
-    retries: dict[int, int] = {}
-    try:
-        actors = [remote_worker.remote(source, load_kwargs) for _ in range(workers)]
-        queue = [k for k in range(len(ranges)) if k not in results]
-        running: dict[Any, tuple[int, int]] = {}  # object ref -> (shard, actor slot)
-        bar = tqdm(total=len(queue), desc=f"{name} on ray", disable=not progress)
-        free = list(range(workers))
-        while queue or running:
-            while queue and free:
-                slot, k = free.pop(), queue.pop(0)
-                s, e = ranges[k]
-                piece = shard_params(fn, params, s, e)
-                ref = actors[slot].run.remote(plan.shard_function or fn, ps.records[s:e], piece)
-                running[ref] = (k, slot)
-            done, _ = ray.wait(list(running), num_returns=1)
-            ref = done[0]
-            k, slot = running.pop(ref)
-            try:
-                res = ray.get(ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
-                retries[k] = retries.get(k, 0) + 1
-                if retries[k] > max_retries:
-                    raise InterpError(f"Shard {k} failed {retries[k]} times on Ray workers; giving up.") from exc
-                actors[slot] = remote_worker.remote(source, load_kwargs)  # a fresh worker in the dead one's place
-                queue.insert(0, k)
+    with lock:
+        started_here = False
+        if not ray.is_initialized():
+            if address == "local":
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
+            started_here = True
+        remote_worker = ray.remote(num_cpus=1, max_restarts=0)(_ShardWorker)
+        retries: dict[int, int] = {}
+        try:
+            actors = [remote_worker.remote(source, load_kwargs) for _ in range(workers)]
+            queue = [k for k in range(len(ranges)) if k not in results]
+            running: dict[Any, tuple[int, int]] = {}  # object ref -> (shard, actor slot)
+            bar = tqdm(total=len(queue), desc=f"{name} on ray", disable=not progress)
+            free = list(range(workers))
+            while queue or running:
+                while queue and free:
+                    slot, k = free.pop(), queue.pop(0)
+                    s, e = ranges[k]
+                    piece = shard_params(fn, params, s, e)
+                    ref = actors[slot].run.remote(plan.shard_function or fn, ps.records[s:e], piece)
+                    running[ref] = (k, slot)
+                done, _ = ray.wait(list(running), num_returns=1)
+                ref = done[0]
+                k, slot = running.pop(ref)
+                try:
+                    res = ray.get(ref)
+                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
+                    retries[k] = retries.get(k, 0) + 1
+                    if retries[k] > max_retries:
+                        raise InterpError(f"Shard {k} failed {retries[k]} times on Ray workers; giving up.") from exc
+                    actors[slot] = remote_worker.remote(source, load_kwargs)  # a fresh worker in the dead one's place
+                    queue.insert(0, k)
+                    free.append(slot)
+                    continue
+                results[k] = res
+                if out is not None:
+                    write_shard(res, out, k, stamps[k])
+                    results[k] = Result.read(shard_path(out, k))
                 free.append(slot)
-                continue
-            results[k] = res
-            if out is not None:
-                write_shard(res, out, k)
-            free.append(slot)
-            bar.update(1)
-        bar.close()
-    finally:
-        if started_here:
-            ray.shutdown()
+                bar.update(1)
+            bar.close()
+        finally:
+            if started_here:
+                ray.shutdown()
 
-    if out is not None:
-        merged = merge_shards(fn, out, manifest, len(ranges), params)
-    else:
-        merged = combine_parts(fn, [results[k] for k in range(len(ranges))],
-                               {"dataset_fingerprint": ps.fingerprint(), "n_prompts": len(ps), "shards": len(ranges),
-                                "shard_size": shard_size}, params)
+        if out is not None:
+            merged = merge_shards(fn, out, manifest, [results[k] for k in range(len(ranges))], params)
+        else:
+            merged = combine_parts(fn, [results[k] for k in range(len(ranges))],
+                                   {"dataset_fingerprint": ps.fingerprint(), "n_prompts": len(ps),
+                                    "shards": len(ranges), "shard_size": shard_size}, params)
     merged.meta.update({"ray_workers": workers, "ray_retried_shards": sorted(retries)})
     entry = getattr(fn, "registry_entry", None)
     if entry is not None:

@@ -330,17 +330,31 @@ def _unescape_text_cells(table: pd.DataFrame, columns: list[str]) -> pd.DataFram
     return table
 
 
+def _kind(v: Any) -> str:
+    if isinstance(v, bool) or type(v).__name__ == "bool_":
+        return "bool"
+    if isinstance(v, str):
+        return "text"
+    if isinstance(v, (int, float)) or hasattr(v, "dtype") and getattr(v, "ndim", 1) == 0:
+        return "number"
+    if isinstance(v, (list, tuple, dict)) or hasattr(v, "tolist"):
+        return "container"
+    return type(v).__name__
+
+
 def check_exportable(table: pd.DataFrame) -> None:
-    """Refuse, naming the column, a table that CSV / Parquet / JSON cannot hold exactly: a column mixing types
-    (e.g. numbers and text), or holding objects that are not text, numbers, booleans or missing values."""
+    """Refuse, naming the column, a table that the exports cannot hold exactly: a column mixing kinds of values
+    (text in some rows, numbers in others ...) or holding objects that are not text, numbers, booleans, arrays or
+    missing values. Called before anything is written."""
     for c in table.columns:
         col = table[c]
         if not pd.api.types.is_object_dtype(col):
             continue
-        kinds = {type(v).__name__ for v in col.tolist() if v is not None and not (isinstance(v, float) and v != v)}
-        if kinds - {"str"} and len(kinds) > 1 or kinds - {"str", "int", "float", "bool"}:
-            raise ResultFileError(f"Column {c!r} holds values of several types ({', '.join(sorted(kinds))}), which "
-                                  "CSV and Parquet cannot round-trip: make it one type (e.g. text) first.")
+        kinds = {_kind(v) for v in col.tolist() if v is not None and not (isinstance(v, float) and v != v)}
+        odd = kinds - {"bool", "text", "number", "container"}
+        if len(kinds) > 1 or odd:
+            raise ResultFileError(f"Column {c!r} holds values of several kinds ({', '.join(sorted(kinds))}), which "
+                                  "CSV and Parquet cannot round-trip: make it one kind (e.g. text) first.")
 
 
 def _result_class(cls: type[Result], doc: Mapping[str, Any]) -> type[Result]:

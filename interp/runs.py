@@ -15,10 +15,13 @@ noise scale) are fixed once before the first shard and recorded in the manifest.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import inspect
 import json
 import os
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ from .registry import ShardPlan, require_method, shard_inputs
 from .results import Result, _jsonable, jsonable_parameters
 
 MANIFEST = "manifest.json"
+LOCK = "run.lock"
 
 
 def _resolve(method: str | Callable[..., Result]) -> tuple[str, Callable[..., Result]]:
@@ -120,38 +124,134 @@ def run_manifest(name: str, model: Any, prompts: PromptSet, params: dict, shard_
     }
 
 
+class RunDirectoryError(InterpError):
+    """A run directory that cannot be resumed as asked: another run's manifest or shards, a second writer, or files
+    that do not belong to this run."""
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def check_manifest(out: Path, manifest: dict) -> None:
-    """Write the manifest, or refuse when the directory holds a run with other arguments."""
+    """Create the manifest (exclusively: of two runs started at once, one creates it and the other compares), or
+    refuse when the directory holds a run with other arguments, or shards without a manifest."""
+    from .atomic import create_exclusive
+
     path = out / MANIFEST
-    if path.exists():
+    if not path.exists():
+        strays = sorted(p.name for p in out.glob("shard_*.parquet")) if out.is_dir() else []
+        if strays:
+            raise RunDirectoryError(
+                f"{str(out)!r} holds shards ({', '.join(strays[:3])}{' ...' if len(strays) > 3 else ''}) but no "
+                f"{MANIFEST}: they are not adopted, since nothing says which run wrote them; use another directory.")
+        if create_exclusive(path, json.dumps(manifest, indent=1)):
+            return
+    try:
         old = json.loads(path.read_text())
-        diff = [k for k in manifest if old.get(k) != manifest[k]]
-        if diff:
-            raise InterpError(
-                f"{str(out)!r} holds a run with different {', '.join(diff)} "
-                f"(was {', '.join(f'{k}={old.get(k)!r}' for k in diff)}); use another directory or delete it."
-            )
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirectoryError(f"{str(path)!r} is not a readable manifest ({exc}); use another directory.") from exc
+    diff = [k for k in manifest if old.get(k) != manifest[k]]
+    if diff:
+        raise RunDirectoryError(
+            f"{str(out)!r} holds a run with different {', '.join(diff)} "
+            f"(was {', '.join(f'{k}={old.get(k)!r}' for k in diff)}); use another directory or delete it."
+        )
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/run.lock`` for the run: a second writer on the same directory is refused while the first one
+    lives; a lock left by a killed run (its process is gone) is taken over."""
+    from .atomic import create_exclusive
+
+    path = out / LOCK
+    mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": os.urandom(8).hex()})
+    for _ in range(2):
+        if create_exclusive(path, mine):
+            break
+        try:
+            held = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            held = {}
+        if held.get("host") == socket.gethostname() and _alive(held.get("pid")):
+            raise RunDirectoryError(f"Another run (pid {held.get('pid')}) is writing into {str(out)!r}; wait for it "
+                                    "to finish or use another directory.")
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a stale lock of a killed run of ours
     else:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, path)
+        raise RunDirectoryError(f"Could not take the lock {str(path)!r}: another run is starting there.")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if path.read_text() == mine:
+                path.unlink()
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def shard_path(out: Path, k: int) -> Path:
     return out / f"shard_{k:05d}.parquet"
 
 
-def write_shard(result: Result, out: Path, k: int) -> None:
-    tmp = out / f".shard_{k:05d}.tmp.parquet"
-    result.to_parquet(tmp)
-    os.replace(tmp, shard_path(out, k))  # atomic: a killed run never leaves half a shard
+def shard_stamps(manifest: dict, prompts: PromptSet, ranges: list[tuple[int, int]]) -> list[dict]:
+    """What each shard records about the run it belongs to: the run's hash (method, parameters, model and dataset
+    fingerprints, shard size), its index and its prompts (first / last id and a hash of the ids)."""
+    run = _digest(manifest)
+    ids = prompts.ids
+    return [{"run": run, "model_fingerprint": manifest["model_fingerprint"], "index": k, "start": s, "end": e,
+             "first_id": ids[s], "last_id": ids[e - 1], "ids_sha256": _digest(ids[s:e])}
+            for k, (s, e) in enumerate(ranges)]
 
 
-def merge_shards(fn: Callable[..., Result], out: Path, manifest: dict, n_shards: int, params: dict) -> Result:
-    parts = [Result.read(shard_path(out, k)) for k in range(n_shards)]
+def write_shard(result: Result, out: Path, k: int, stamp: dict | None = None) -> None:
+    if stamp is not None:
+        result.meta["shard"] = stamp
+    result.to_parquet(shard_path(out, k))  # atomic: a killed run never leaves half a shard
+
+
+def read_shard(out: Path, k: int, stamp: dict) -> Result | None:
+    """Shard k if it is there and belongs to this run; None if it is missing or unreadable (then it is computed
+    again, with a warning naming it). A readable shard of another run, or of other prompts, is refused."""
+    import warnings
+
+    path = shard_path(out, k)
+    if not path.exists():
+        return None
+    try:
+        part = Result.read(path)
+    except Exception as exc:  # a truncated or corrupted file: recompute it
+        warnings.warn(f"{str(path)!r} is unreadable ({exc}); computing that shard again.", RunWarning, stacklevel=3)
+        return None
+    got = part.meta.get("shard")
+    if got != stamp:
+        what = [k2 for k2 in stamp if not isinstance(got, dict) or got.get(k2) != stamp[k2]]
+        raise RunDirectoryError(
+            f"{str(path)!r} does not belong to this run (it differs in {', '.join(what) or 'its stamp'}: e.g. a shard "
+            "copied from another run or another position); remove it or use another directory.")
+    return part
+
+
+class RunWarning(UserWarning):
+    """Something in a run directory was recomputed rather than trusted (an unreadable shard)."""
+
+
+def merge_shards(fn: Callable[..., Result], out: Path, manifest: dict, parts: list[Result], params: dict) -> Result:
+    for part in parts:
+        part.meta.pop("shard", None)
     return combine_parts(fn, parts, {"dataset_fingerprint": manifest["dataset_fingerprint"],
-                                     "n_prompts": manifest["n_prompts"], "shards": n_shards,
+                                     "n_prompts": manifest["n_prompts"], "shards": len(parts),
                                      "shard_size": manifest["shard_size"]}, params)
 
 
@@ -180,20 +280,29 @@ def run_resumable(
     manifest = run_manifest(name, model, ps, params, shard_size)
     check_manifest(out, manifest)
     plan = shard_plan(fn)
-    if plan.checkpoint:  # a statistic of the whole set at every stage: resume by stage
-        result = call_method(fn, model, ps, {**params, "checkpoint_dir": str(out / "stages")})
-        result.meta.update({"resumed_by": "stage", "stages": str(out / "stages")})
-        result.to_parquet(out / "result.parquet")
-        return result
-    ranges = shard_ranges(len(ps), shard_size)
-    run_shard = plan.shard_function or fn
-    todo = [k for k in range(len(ranges)) if not shard_path(out, k).exists()]
-    for k in tqdm(todo, desc=f"{name} shards", disable=not progress):
-        s, e = ranges[k]
-        write_shard(call_method(run_shard, model, ps[s:e], shard_params(fn, params, s, e)), out, k)
-    merged = merge_shards(fn, out, manifest, len(ranges), params)
-    recorded = user_parameters(fn, model, ps, user_params)
-    if recorded is not None:
-        merged.meta["parameters"] = recorded
-    merged.to_parquet(out / "result.parquet")
-    return merged
+    with run_lock(out):
+        if plan.checkpoint:  # a statistic of the whole set at every stage: resume by stage
+            result = call_method(fn, model, ps, {**params, "checkpoint_dir": str(out / "stages")})
+            result.meta.update({"resumed_by": "stage", "stages": str(out / "stages")})
+            result.to_parquet(out / "result.parquet")
+            return result
+        ranges = shard_ranges(len(ps), shard_size)
+        stamps = shard_stamps(manifest, ps, ranges)
+        run_shard = plan.shard_function or fn
+        parts: dict[int, Result] = {}
+        for k in range(len(ranges)):
+            found = read_shard(out, k, stamps[k])
+            if found is not None:
+                parts[k] = found
+        todo = [k for k in range(len(ranges)) if k not in parts]
+        for k in tqdm(todo, desc=f"{name} shards", disable=not progress):
+            s, e = ranges[k]
+            part = call_method(run_shard, model, ps[s:e], shard_params(fn, params, s, e))
+            write_shard(part, out, k, stamps[k])
+            parts[k] = Result.read(shard_path(out, k))  # merge what is on disk: a resumed run reads the same
+        merged = merge_shards(fn, out, manifest, [parts[k] for k in range(len(ranges))], params)
+        recorded = user_parameters(fn, model, ps, user_params)
+        if recorded is not None:
+            merged.meta["parameters"] = recorded
+        merged.to_parquet(out / "result.parquet")
+        return merged

@@ -85,5 +85,5 @@ CASES = [
      "expected a .csv, .parquet or .json"),
     ("table with a column of mixed types", lambda m, t, d: interp.Result(
         pd.DataFrame({"x": [1, "a"]}), {"method": "x"}).to_parquet(t / "mixed.parquet"), ResultFileError,
-     "Column 'x' holds values of several types"),
+     "Column 'x' holds values of several kinds"),
 ]
