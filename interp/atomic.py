@@ -38,8 +38,7 @@ def _fsync(path: Path) -> None:
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
+        tmp.write_bytes(data)
     return Path(path)
 
 

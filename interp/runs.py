@@ -286,6 +286,8 @@ def run_resumable(
             result.meta.update({"resumed_by": "stage", "stages": str(out / "stages")})
             result.to_parquet(out / "result.parquet")
             return result
+        for stale in out.glob(".shard_*.tmp"):  # a write of ours cut by a kill: never part of the state
+            stale.unlink()
         ranges = shard_ranges(len(ps), shard_size)
         stamps = shard_stamps(manifest, ps, ranges)
         run_shard = plan.shard_function or fn
