@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,38 @@ class Model:
     def hook_names(self) -> list[str]:
         return sorted(self.bridge.hook_dict.keys())
 
+    def generate(self, input: Any, **kwargs: Any) -> Any:
+        """Continue text exactly: :func:`interp.generate` (greedy unless ``do_sample=True``; keywords as there).
+
+        A string in gives the generated text out (a dict {label: text} when ``interventions`` is a mapping); a
+        list of prompts or a PromptSet gives the :class:`~interp.results.Result`. It replaces the bridge's own
+        ``generate`` (still at ``model.bridge.generate``), whose key/value cache ignores the prompt under
+        TransformerLens 4.3 with transformers 5 (see :mod:`interp.generation`). Cost: as :func:`interp.generate`.
+        """
+        from collections.abc import Mapping
+
+        from .errors import ParameterError
+        from .generation import generate
+
+        allowed = ("interventions", "max_new_tokens", "do_sample", "temperature", "seed", "batch_size", "max_rows",
+                   "progress", "chat_template")
+        unknown = [k for k in kwargs if k not in allowed]
+        if unknown:
+            raise ParameterError(
+                f"model.generate() got {', '.join(map(repr, unknown))}; it takes {', '.join(allowed)} (as "
+                "interp.generate). The bridge's own generate is model.bridge.generate, but its KV cache ignores "
+                "the prompt (see interp.generation).")
+        if hasattr(input, "shape") and hasattr(input, "dtype"):
+            raise ParameterError("model.generate() takes text (a string, a list of prompts or a PromptSet), not "
+                                 "token ids; decode them first with model.tokenizer.decode.")
+        if not isinstance(input, str):
+            return generate(self, input, **kwargs)
+        res = generate(self, [input], **kwargs)
+        responses = dict(zip(res.table["intervention"], res.table["response"]))
+        if isinstance(kwargs.get("interventions"), Mapping):
+            return responses
+        return next(iter(responses.values()))
+
     def __getattr__(self, item: str) -> Any:
         if item in ("bridge", "info", "name", "path"):
             raise AttributeError(item)
@@ -161,9 +195,15 @@ def load_model(
     from transformer_lens.model_bridge import TransformerBridge
 
     try:
-        bridge = TransformerBridge.boot_transformers(boot_name, device=torch_device, dtype=torch_dtype, **split)
-    except (OSError, ValueError) as exc:  # transformers' own messages are long; keep the first line
-        raise ModelLoadError(f"Could not load {source!r}: {str(exc).splitlines()[0]}") from exc
+        with _loading_report() as reports:
+            bridge = TransformerBridge.boot_transformers(boot_name, device=torch_device, dtype=torch_dtype, **split)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # transformers' / safetensors' own messages are long; keep the first line
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelLoadError(f"Could not load {source!r}: {type(exc).__name__}: {first}") from exc
+    _check_loading_report(source, reports)
+    _check_finite(source, bridge.original_model)
     if torch_dtype == torch.float64:  # grouped_mm, the default MoE experts kernel, has no float64 version
         for module in bridge.original_model.modules():
             cfg = getattr(module, "config", None)
@@ -215,23 +255,117 @@ def _check_local_dir(path: Path) -> Path:
             f"{str(path)!r} has no tokenizer files ({', '.join(TOKENIZER_FILES)}): save the tokenizer next to "
             "the model (tokenizer.save_pretrained(dir))."
         )
-    _check_architecture(json.loads(config.read_text()), str(path))
+    try:
+        parsed = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{str(config)!r} is not valid JSON ({exc}).") from exc
+    _check_architecture(parsed, str(path))
     return path
 
 
-def _check_architecture(config: dict, where: str) -> None:
-    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+# The decoder-only text architectures the project tests (tiny fixtures of each in interp/fixtures.py, every
+# exactness test run on them). To add one: add its tiny config to interp.fixtures.ARCHITECTURES, run the test
+# suite (the exactness tests loop over the fixtures), and add its class name here.
+TESTED_ARCHITECTURES = (
+    "GPT2LMHeadModel", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Gemma2ForCausalLM",
+    "MixtralForCausalLM", "OlmoeForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM",
+)
 
-    archs = config.get("architectures") or []
-    if not archs:
+
+def _check_architecture(config: Any, where: str) -> None:
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{where}/config.json holds a JSON {type(config).__name__}, not an object.")
+    archs = config.get("architectures")
+    if archs is None or archs == []:
         raise ModelLoadError(f"{where}: config.json names no architecture ('architectures' is missing).")
-    if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
+    if isinstance(archs, str):
+        raise ModelLoadError(f"{where}: config.json's 'architectures' is the string {archs!r}; it must be a list, "
+                             f"e.g. [{archs!r}].")
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise ModelLoadError(f"{where}: config.json's 'architectures' must be a list of class names; got {archs!r}.")
+    if not any(a in TESTED_ARCHITECTURES for a in archs):
         raise ModelLoadError(
-            f"{where}: architecture {', '.join(archs)} is not supported by TransformerLens's TransformerBridge. "
-            "Supported decoder families include GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, "
-            "Qwen2ForCausalLM, Gemma2ForCausalLM, MixtralForCausalLM, OlmoeForCausalLM, Qwen2MoeForCausalLM, "
-            "Qwen3MoeForCausalLM."
+            f"{where}: architecture {', '.join(archs)} is not one interp tests (decoder-only text models: "
+            f"{', '.join(TESTED_ARCHITECTURES)}); nothing was loaded. To add one, give it a tiny fixture in "
+            "interp/fixtures.py, run the test suite and add it to interp.model.TESTED_ARCHITECTURES."
         )
+
+
+@contextmanager
+def _loading_report() -> Iterator[list[dict]]:
+    """Collect transformers' loading report (missing, unexpected and wrongly shaped tensors) of every
+    ``from_pretrained`` made inside the block; the bridge loads with the report switched off."""
+    from transformers import PreTrainedModel
+
+    original = PreTrainedModel.__dict__["from_pretrained"]
+    reports: list[dict] = []
+
+    def from_pretrained(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        wanted = kwargs.pop("output_loading_info", False)
+        try:
+            model, info = original.__func__(cls, *args, output_loading_info=True, **kwargs)
+        except RuntimeError as exc:
+            if "mismatched" not in str(exc) and "ignore_mismatched_sizes" not in str(exc):
+                raise
+            where = str(args[0]) if args else "the checkpoint"
+            raise ModelLoadError(f"{where!r}: the checkpoint does not match its architecture (wrongly shaped: "
+                                 f"{_shape_mismatches(cls, where, kwargs.get('config'))}); check the weights files "
+                                 "and config.json.") from None
+        reports.append(info)
+        return (model, info) if wanted else model
+
+    PreTrainedModel.from_pretrained = classmethod(from_pretrained)  # type: ignore[method-assign,assignment]
+    try:
+        yield reports
+    finally:
+        PreTrainedModel.from_pretrained = original  # type: ignore[method-assign]
+
+
+def _shape_mismatches(cls: Any, directory: str, config: Any) -> str:
+    """The tensors whose shape in the safetensors files differs from the architecture's (for the error message)."""
+    try:
+        from safetensors import safe_open
+        from transformers import AutoConfig
+
+        config = config if config is not None else AutoConfig.from_pretrained(directory)
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in cls._from_config(config).state_dict().items()}
+        out = []
+        for file in sorted(Path(directory).glob("*.safetensors")):
+            with safe_open(str(file), framework="pt") as fh:
+                for key in fh.keys():
+                    got = tuple(fh.get_slice(key).get_shape())
+                    if key in expected and expected[key] != got:
+                        out.append(f"{key} {got} in {file.name}, {expected[key]} expected")
+        return "; ".join(out[:8]) or "see transformers' report"
+    except Exception:  # the message is best effort; the refusal stands either way
+        return "see transformers' report"
+
+
+def _check_loading_report(source: str, reports: list[dict]) -> None:
+    """A checkpoint whose tensors do not match the architecture would run with random weights: refuse it."""
+    problems = []
+    for info in reports:
+        for key, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected")):
+            names = sorted(info.get(key) or [])
+            if names:
+                problems.append(f"{what}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}")
+        mismatched = sorted(info.get("mismatched_keys") or [], key=str)
+        if mismatched:
+            shown = [f"{k[0]} {tuple(k[1])} in the file, {tuple(k[2])} expected" if isinstance(k, tuple) and
+                     len(k) == 3 else str(k) for k in mismatched[:8]]
+            problems.append(f"wrongly shaped: {'; '.join(shown)}")
+    if problems:
+        raise ModelLoadError(f"{source!r}: the checkpoint does not match its architecture ({' | '.join(problems)}); "
+                             "those weights would be random. Check the weights files and config.json.")
+
+
+def _check_finite(source: str, hf_model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for name, p in hf_model.named_parameters():
+            if p.is_floating_point() and p.device.type != "meta" and not bool(torch.isfinite(p).all()):
+                name = name.replace("._original_component", "")  # the bridge's wrapping, not HF's name
+                raise ModelLoadError(f"{source!r}: the weight tensor {name!r} holds NaN or infinite values.")
 
 
 def _check_hub_reachable(name: str) -> None:

@@ -72,7 +72,7 @@ CASES = [
     ("directory without tokenizer", lambda m, t, d: interp.load_model(no_tokenizer_dir(t, d["llama"])),
      ModelLoadError, "no tokenizer files"),
     ("unsupported architecture", lambda m, t, d: interp.load_model(unsupported_dir(t, d["llama"])), ModelLoadError,
-     "FrobnicatorForCausalLM is not supported"),
+     "FrobnicatorForCausalLM is not one interp tests"),
     ("hub name without network", lambda m, t, d: interp.load_model("some-org/some-model-that-is-not-here"),
      ModelLoadError, "unreachable|offline mode.*pass its directory|local directory"),
     ("cuda without cuda", lambda m, t, d: interp.load_model(d["llama"], device="cuda"), DeviceError,
