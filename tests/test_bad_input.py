@@ -103,7 +103,7 @@ CASES = [
      "Prompt 'paris'.*'Spain' does not occur"),
     ("subject cuts a token", lambda m, t, d: interp.capture(m, [{**GOOD[0], "subject": "ranc"}],
                                                             "blocks.0.hook_resid_post", positions="subject"),
-     SpanError, "Prompt 'paris'.*inside the token"),
+     SpanError, "Prompt .paris.*inside a word"),
     ("subject missing", lambda m, t, d: interp.capture(m, [{"id": "q", "prompt": "a b", "subject": ""},
                                                            {"id": "r", "prompt": "c d", "subject": "d"}],
                                                        "blocks.0.hook_resid_post", positions="subject"),

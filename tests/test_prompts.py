@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import interp
-from interp.prompts import encode, token_span, tokenize
+from interp.prompts import Encoded, encode, token_span, tokenize
 
 from .helpers import PROMPTS
 
@@ -52,8 +52,24 @@ def test_target_token_is_the_token_after_the_prompt(llama):
 
 def test_span_cutting_through_a_token_is_an_error(llama):
     item = tokenize(llama, "The capital of France is")
-    with pytest.raises(interp.SpanError, match="inside the token"):
+    with pytest.raises(interp.SpanError, match="occurs only inside a word"):
         token_span(item, "apit", prompt_id="x", field_name="subject")
+    glued = Encoded(ids=[1, 2], offsets=[(0, 4), (4, 8)], text="ab-cd ef", bos=False)  # a token "ab-c"
+    with pytest.raises(interp.SpanError, match="ends inside the token 'ab-c'"):
+        token_span(glued, "ab", prompt_id="x", field_name="subject")
+
+
+def test_spans_match_whole_words_and_a_repeated_one_needs_its_occurrence(llama):
+    item = tokenize(llama, "Paris is the capital of France, and Paris is big")
+    with pytest.raises(interp.SpanError, match="occurs 2 times.*'subject_occurrence'"):
+        token_span(item, "Paris", prompt_id="x", field_name="subject")
+    first = token_span(item, "Paris", prompt_id="x", field_name="subject", occurrence=0)
+    second = token_span(item, "Paris", prompt_id="x", field_name="subject", occurrence=1)
+    assert first[0] < second[0] and llama.tokenizer.decode(item.ids[second[0]:second[1]]).strip() == "Paris"
+    ps = interp.PromptSet([{"prompt": item.text, "subject": "Paris", "subject_occurrence": 1}])
+    assert encode(llama, ps, spans=["subject"]).spans["subject"] == [second]
+    whole = tokenize(llama, "Parisian food in Paris")
+    assert token_span(whole, "Paris", prompt_id="x", field_name="subject")[0] > 1  # not the start of "Parisian"
 
 
 def test_chat_format_string_and_tokenizer_template(llama):

@@ -10,6 +10,8 @@ from typing import Any
 from ..errors import PromptError, SpanError
 from .prompt_set import PromptSet, as_prompt_set
 
+INVISIBLE = " \t\n\r\f\v\u00a0\u200b\u200c\u200d\u2060\ufeff"  # whitespace and zero-width characters
+
 
 @dataclass
 class Encoded:
@@ -37,18 +39,46 @@ def tokenize(model: Any, text: str) -> Encoded:
     return Encoded(ids=ids, offsets=offsets, text=text, bos=bos)
 
 
-def token_span(encoded: Encoded, value: str, *, prompt_id: str = "?", field_name: str = "field") -> tuple[int, int]:
-    """Token indices [start, end) of the first occurrence of ``value`` in the prompt.
+def whole_word_occurrences(text: str, value: str) -> list[int]:
+    """Start offsets of ``value`` in ``text`` where it is not glued to a letter or digit on either side (a value
+    that starts or ends with a non-word character is not checked on that side)."""
+    starts, i = [], text.find(value)
+    while i >= 0:
+        j = i + len(value)
+        left_ok = not (value[:1].isalnum() and i > 0 and text[i - 1].isalnum())
+        right_ok = not (value[-1:].isalnum() and j < len(text) and text[j].isalnum())
+        if left_ok and right_ok:
+            starts.append(i)
+        i = text.find(value, i + 1)
+    return starts
 
-    A token that begins with whitespace before the value (" Paris" for "Paris") counts as inside the span;
-    any other character outside the value inside a span token is a cut through a token and an error.
+
+def token_span(encoded: Encoded, value: str, *, prompt_id: str = "?", field_name: str = "field",
+               occurrence: int | None = None) -> tuple[int, int]:
+    """Token indices [start, end) of ``value`` in the prompt, matched as whole words.
+
+    A value that occurs more than once needs ``occurrence`` (0-based; the prompt field ``<field>_occurrence``),
+    else it is refused: silently taking the first would corrupt or read the wrong tokens. A token that begins
+    with whitespace before the value (" Paris" for "Paris") counts as inside the span; any other character
+    outside the value inside a span token is a cut through a token and an error.
     """
     text = encoded.text
-    if not value:
-        raise SpanError(f"Prompt {prompt_id!r}: the {field_name} is empty.")
-    c0 = text.find(value)
-    if c0 < 0:
+    if not value or not value.strip():
+        raise SpanError(f"Prompt {prompt_id!r}: the {field_name} is empty or only whitespace.")
+    found = whole_word_occurrences(text, value)
+    if not found:
+        if value in text:
+            raise SpanError(f"Prompt {prompt_id!r}: the {field_name} {value!r} occurs only inside a word of the prompt "
+                            f"{text!r}; give a whole word (or words).")
         raise SpanError(f"Prompt {prompt_id!r}: the {field_name} {value!r} does not occur in the prompt {text!r}.")
+    if occurrence is None and len(found) > 1:
+        raise SpanError(f"Prompt {prompt_id!r}: the {field_name} {value!r} occurs {len(found)} times in the prompt; "
+                        f"say which with a {field_name + '_occurrence'!r} field (0-based).")
+    k = 0 if occurrence is None else occurrence
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < len(found):
+        raise SpanError(f"Prompt {prompt_id!r}: {field_name}_occurrence={occurrence!r}, but the {field_name} "
+                        f"{value!r} occurs {len(found)} time(s).")
+    c0 = found[k]
     c1 = c0 + len(value)
     first = int(encoded.bos)
     inside = [i for i in range(first, len(encoded.ids)) if encoded.offsets[i][1] > c0 and encoded.offsets[i][0] < c1]
@@ -73,6 +103,9 @@ def target_token(model: Any, encoded: Encoded, target: str, *, prompt_id: str = 
     """The target's first token: the token that follows the prompt when prompt + target is tokenised."""
     if not isinstance(target, str) or not target:
         raise PromptError(f"Prompt {prompt_id!r}: the target is empty.")
+    if not target.strip(INVISIBLE):
+        raise PromptError(f"Prompt {prompt_id!r}: the target {target!r} is only whitespace or invisible characters; "
+                          "give the answer's text (usually with a leading space, e.g. ' Paris').")
     full = tokenize(model, encoded.text + target)
     n = len(encoded.ids)
     if full.ids[:n] != encoded.ids or len(full.ids) <= n:
@@ -103,6 +136,25 @@ def _warn_unless_word_start(model: Any, prompt: str, token_id: int, target: str,
         TargetTokenWarning, stacklevel=3)
 
 
+def context_length(model: Any) -> int | None:
+    """The most tokens the model takes (its ``n_ctx`` / ``max_position_embeddings``), or None if it states none."""
+    n = getattr(getattr(getattr(model, "bridge", model), "cfg", None), "n_ctx", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
+def check_context(model: Any, items: Sequence[Encoded], ids: Sequence[str], *, extra: int = 0) -> None:
+    """Refuse, naming the prompt, a prompt longer than the model's context (plus ``extra`` tokens to generate):
+    RoPE models would run it silently past what they were trained on, GPT-2 would crash mid-compute."""
+    n_ctx = context_length(model)
+    if n_ctx is None:
+        return
+    for e, pid in zip(items, ids):
+        if len(e) + extra > n_ctx:
+            more = f" + {extra} new tokens" if extra else ""
+            raise PromptError(f"Prompt {pid!r} has {len(e)} tokens{more}, more than the model's context of {n_ctx}; "
+                              "shorten it.")
+
+
 @dataclass
 class EncodedSet:
     """A prompt set tokenised for one model, with the token spans and target tokens asked for."""
@@ -130,10 +182,12 @@ def encode(
     prompts = as_prompt_set(prompts)
     prompts.require(*targets, *spans)
     items = [tokenize(model, r["prompt"]) for r in prompts.records]
+    check_context(model, items, prompts.ids)
     out = EncodedSet(prompts=prompts, items=items)
     for name in spans:
         out.spans[name] = [
-            token_span(e, r[name], prompt_id=r["id"], field_name=name) for e, r in zip(items, prompts.records)
+            token_span(e, r[name], prompt_id=r["id"], field_name=name, occurrence=r.get(f"{name}_occurrence"))
+            for e, r in zip(items, prompts.records)
         ]
     for name in targets:
         out.targets[name] = [
