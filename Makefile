@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: on these machines this takes the CPU wheel on disk (a range would pull CUDA builds)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,notebooks,ray]"
+	$(BIN)/python -m pip install -q -e ".[dev,notebooks,ray,figures]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -127,6 +127,9 @@ def method_parser(entry: Any) -> _Parser:
                     help="shard the prompts over a Ray cluster (pip install 'interp[ray]')")
     io.add_argument("--workers", type=int, default=2, help="Ray workers (each loads the model once)")
     io.add_argument("--overwrite", action="store_true", help="replace this method's earlier files in --out")
+    io.add_argument("--figure-format", choices=("html", "png", "svg", "pdf"), default="html",
+                    help="also save the figure in this format (html is always written; png / svg / pdf need "
+                         "pip install 'interp[figures]')")
     group = parser.add_argument_group(f"parameters of {entry.name} (values are JSON where they parse, else text)")
     for name, default in entry.parameters.items():
         kind = entry.annotations.get(name) or "value"
@@ -212,6 +215,9 @@ def run_method(entry: Any, args: argparse.Namespace, params: dict[str, Any], g: 
     if out.exists() and not out.is_dir():
         raise CLIError(f"interp run {entry.name}: --out {str(out)!r} is a file; give a directory.")
     names = [f"{entry.name}{ext}" for ext in (".csv", ".csv.meta.json", ".parquet", ".json", ".html")]
+    if args.figure_format != "html":
+        _check_image_export(args.figure_format)
+        names.append(f"{entry.name}.{args.figure_format}")
     check_result_files([out / n for n in names], overwrite=args.overwrite, what=f"results of {entry.name}")
     prompts = PromptSet(args.prompts)
     if entry.inputs == "pair":
@@ -231,10 +237,23 @@ def run_method(entry: Any, args: argparse.Namespace, params: dict[str, Any], g: 
     else:
         result = entry.function(load_model(args.model, **load_kw), prompts, **params)
     paths = result.save(out, entry.name)
-    fig_path = save_html(result.figure(), out / f"{entry.name}.html")
-    for p in [*paths.values(), fig_path]:
+    fig = result.figure()
+    figures = [save_html(fig, out / f"{entry.name}.html")]
+    if args.figure_format != "html":
+        from .viz import save_figure
+
+        figures.append(save_figure(fig, out / f"{entry.name}.{args.figure_format}"))
+    for p in [*paths.values(), *figures]:
         print(p)
     return 0
+
+
+def _check_image_export(fmt: str) -> None:
+    """Before any compute: an image format needs kaleido."""
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        raise CLIError(f"interp run: --figure-format {fmt} needs kaleido: pip install 'interp[figures]'.") from None
 
 
 def cmd_demo(args: argparse.Namespace, _g: dict[str, Any]) -> int:

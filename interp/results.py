@@ -176,6 +176,13 @@ class Result:
             return bar_top(self, **kwargs)
         return entry.figure(self, **kwargs)
 
+    def save_figure(self, path: str | Path, **kwargs: Any) -> Path:
+        """Save ``figure(**kwargs)`` for a paper: ``.html`` (JavaScript inlined) always; ``.png`` / ``.svg`` /
+        ``.pdf`` with the optional extra ``interp[figures]`` (kaleido, using the system Chromium)."""
+        from .viz import save_figure
+
+        return save_figure(self.figure(**kwargs), path)
+
     # --- export -------------------------------------------------------------------------------------------
     def _dtypes(self) -> dict[str, str]:
         return {c: str(t) for c, t in self.table.dtypes.items()}

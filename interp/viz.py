@@ -33,8 +33,47 @@ def heatmap(z: Any, x: list, y: list, *, title: str, x_title: str, y_title: str,
 
 
 def save_html(fig: go.Figure, path: str | Path) -> Path:
-    """Write the figure as a standalone page with plotly.js inlined (no network needed to view it)."""
+    """Write the figure as a standalone page with plotly.js inlined (no network needed to view it); atomic."""
+    from .atomic import write_text
+
+    return write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
+
+
+IMAGE_FORMATS = ("png", "svg", "pdf")
+
+
+def save_figure(fig: go.Figure, path: str | Path, *, scale: float = 2.0) -> Path:
+    """Save a figure for a paper: ``.html`` (plotly.js inlined, always available) or ``.png`` / ``.svg`` / ``.pdf``
+    through kaleido (the optional extra ``pip install 'interp[figures]'``), which drives a headless Chromium: the
+    system's (``chromium`` on Debian) is used when kaleido has none of its own. Written atomically."""
+    from .atomic import write_bytes
+    from .errors import ParameterError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(str(path), include_plotlyjs=True, full_html=True)
-    return path
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt == "html":
+        return save_html(fig, path)
+    if fmt not in IMAGE_FORMATS:
+        raise ParameterError(f"Cannot save a figure as {path.name!r}: give a .html, .png, .svg or .pdf path.")
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        raise ParameterError(f"Saving {fmt.upper()} needs kaleido: pip install 'interp[figures]' (or save .html, "
+                             "which needs nothing).") from None
+    _use_system_chromium()
+    data = fig.to_image(format=fmt, scale=scale if fmt == "png" else 1)
+    return write_bytes(path, data)
+
+
+def _use_system_chromium() -> None:
+    """Point kaleido's browser lookup at the system Chromium when one is installed and none is configured."""
+    import os
+    import shutil
+
+    if os.environ.get("BROWSER_PATH"):
+        return
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            os.environ["BROWSER_PATH"] = found
+            return

@@ -202,6 +202,8 @@ def test_bad_input_gets_a_clear_error(case, llama, tmp_path, tiny_model_dirs):
     with pytest.raises(error, match=pattern):
         fn(llama, tmp_path, tiny_model_dirs)
     assert not (tmp_path / "o").exists()  # a refused CLI run writes nothing
+    half = [p.name for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".new")) or ".building-" in p.name]
+    assert not half, f"left half-written: {half}"
 
 
 def test_nothing_is_written_when_capture_input_is_bad(llama, tmp_path):
