@@ -1,5 +1,17 @@
-"""Plotly figure builders shared by the methods; :func:`save_html` writes a page with plotly's JavaScript
-inlined, so it works offline from a file:// URL."""
+"""Plotly figure builders shared by the methods, and the one figure convention they follow (docs/figures.md):
+
+- one diverging scale, :data:`DIVERGING` (blue negative, white 0, red positive), centred at 0, for signed values;
+  one sequential scale, :data:`SEQUENTIAL` (white to red), for non-negative values: red always means "more";
+- layer 0 at the bottom of every layer axis (layers increase upwards), heads / positions / experts along x;
+- every axis titled; every colourbar titled with its unit; hovers give the value with its unit (and the token
+  text where there is one); titles say what is averaged, over how many;
+- no fixed width: figures follow their container (the report, a notebook cell).
+
+:func:`check_convention` lists what a figure breaks; ``tests/test_figure_convention.py`` runs it on every
+registered method's default figure. :func:`save_html` writes a page with plotly's JavaScript inlined, so it works
+offline from a file:// URL; :func:`save_figure` also writes PNG / SVG / PDF.
+"""
+
 
 from __future__ import annotations
 
@@ -8,28 +20,114 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+DIVERGING = "RdBu_r"  # low = blue, 0 = white, high = red
+SEQUENTIAL = "Reds"  # 0 = white, high = red
+MAX_TITLE_CHARS = 90  # a title line longer than this is cut at the report's width
+
 
 def bar_top(result: Any, k: int = 20, by: str | None = None, label: str | None = None) -> go.Figure:
     """The default figure: a bar chart of the k rows that matter most (by the schema's value, or ``by``)."""
     table = result.top(k, by=by)
-    by = by or result.schema.value
+    schema = result.schema
+    by = by or schema.value
+    unit = schema.unit if schema is not None and by == schema.value else ""
     cols = [c for c in ("prompt_id", "layer", "head", "expert", "position", "token") if c in table.columns]
     names = [label and str(r[label]) or " ".join(f"{c}={r[c]}" for c in cols) for _, r in table.iterrows()]
-    fig = go.Figure(go.Bar(x=names, y=table[by], hovertemplate="%{x}<br>" + by + "=%{y:.4g}<extra></extra>"))
-    fig.update_layout(title=f"{result.method}: top {k} by {by}", xaxis_title="", yaxis_title=by)
+    fig = go.Figure(go.Bar(x=names, y=table[by], marker_color=_RED,
+                           hovertemplate="%{x}<br>" + by + "=%{y:.4g}" + (f" {unit}" if unit else "")
+                           + "<extra></extra>"))
+    fig.update_layout(title=f"{result.method}: the {len(table)} rows with the largest {by}", xaxis_title="row",
+                      yaxis_title=axis_label(by, unit), autosize=True)
     return fig
+
+
+_RED = "#b2182b"
+
+
+def axis_label(name: str, unit: str = "") -> str:
+    """An axis or colourbar title: the quantity and its unit, e.g. "KL (nats)"."""
+    return f"{name} ({unit})" if unit else name
 
 
 def heatmap(z: Any, x: list, y: list, *, title: str, x_title: str, y_title: str, text: Any = None,
-            hover: str | None = None, colorscale: str = "Viridis", zmid: float | None = None) -> go.Figure:
-    """A heatmap with labelled axes and hover text (cells may carry a text label)."""
-    trace = go.Heatmap(z=z, x=x, y=y, colorscale=colorscale, zmid=zmid, text=text,
+            hover: str | None = None, colorscale: str | None = None, zmid: float | None = None,
+            colorbar_title: str | None = None, unit: str = "", diverging: bool | None = None,
+            customdata: Any = None) -> go.Figure:
+    """A heatmap by the convention: y increases upwards (layer 0 at the bottom when y is a layer axis), both axes
+    titled, the colourbar titled with its unit, the diverging scale centred at 0 for signed values (``diverging``;
+    by default: when the values have both signs) and the sequential one otherwise; hovers give the value with its
+    unit (``hover`` replaces the template; ``customdata`` can carry token text for it)."""
+    import numpy as np
+
+    values = np.asarray(z, dtype=float) if z is not None else np.zeros((0, 0))
+    finite = values[np.isfinite(values)] if values.size else values
+    if diverging is None:
+        diverging = zmid is not None or bool(finite.size and finite.min() < 0 < finite.max())
+    if colorscale is None or colorscale in ("RdBu", "RdBu_r"):
+        colorscale = DIVERGING if diverging else SEQUENTIAL
+    if diverging and zmid is None:
+        zmid = 0.0
+    value = "value" if not colorbar_title else colorbar_title.split(" (")[0]
+    trace = go.Heatmap(z=z, x=x, y=y, colorscale=colorscale, zmid=zmid, text=text, customdata=customdata,
                        texttemplate="%{text}" if text is not None else None,
-                       hovertemplate=hover or f"{y_title}=%{{y}}<br>{x_title}=%{{x}}<br>value=%{{z:.4g}}"
-                       "<extra></extra>")
+                       colorbar={"title": {"text": colorbar_title or axis_label("value", unit)}},
+                       hovertemplate=hover or f"{y_title}=%{{y}}<br>{x_title}=%{{x}}<br>{value}=%{{z:.4g}}"
+                       + (f" {unit}" if unit else "") + "<extra></extra>")
     fig = go.Figure(trace)
-    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title)
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, autosize=True)
+    fig.update_yaxes(autorange=True)
     return fig
+
+
+def check_convention(fig: go.Figure) -> list[str]:
+    """What a figure breaks of the convention (an empty list when it follows it)."""
+    problems = []
+    layout = fig.layout
+    title = (layout.title.text or "") if layout.title else ""
+    if not title.strip():
+        problems.append("no title")
+    for line in title.split("<br>"):
+        if len(_plain_text(line)) > MAX_TITLE_CHARS:
+            problems.append(f"a title line of {len(_plain_text(line))} characters would be cut: {line[:40]!r}...")
+    if layout.width is not None:
+        problems.append(f"a fixed width ({layout.width}px): figures follow their container")
+    used_axes = {(getattr(t, "xaxis", None) or "x", getattr(t, "yaxis", None) or "y") for t in fig.data
+                 if t.type not in ("pie", "table", "indicator")}
+    for xa, ya in used_axes:
+        for name in (xa, ya):
+            axis = layout[("xaxis" if name.startswith("x") else "yaxis") + name[1:]]
+            text = axis.title.text if axis is not None and axis.title is not None else None
+            if not text:
+                problems.append(f"axis {name} has no title")
+            elif name.startswith("y") and "layer" in text.lower() and axis.autorange == "reversed":
+                problems.append(f"axis {name} ({text}) puts layer 0 at the top")
+    for t in fig.data:
+        if t.type == "heatmap":
+            cb = t.colorbar.title.text if t.colorbar is not None and t.colorbar.title is not None else None
+            if t.showscale is not False and not cb:
+                problems.append("a heatmap's colourbar has no title")
+            ys = list(t.y) if t.y is not None else []
+            if ys and all(isinstance(v, (int, float)) for v in ys) and ys != sorted(ys):
+                problems.append("a heatmap's y values do not increase (layer 0 must be at the bottom)")
+            scale = t.colorscale
+            if scale is not None and _is_diverging_but_uncentred(t):
+                problems.append("a diverging colour scale not centred at 0")
+    return problems
+
+
+def _plain_text(text: str) -> str:
+    import re
+
+    return re.sub(r"<[^>]+>", "", text)
+
+
+def _is_diverging_but_uncentred(trace: Any) -> bool:
+    import numpy as np
+
+    z = np.asarray(trace.z, dtype=float) if trace.z is not None else np.zeros(0)
+    finite = z[np.isfinite(z)]
+    signed = bool(finite.size and finite.min() < 0 < finite.max())
+    return signed and trace.zmid is None and trace.zmin is None
 
 
 def save_html(fig: go.Figure, path: str | Path) -> Path:
