@@ -25,6 +25,7 @@ from .errors import (  # noqa: E402
     SpanError,
     TargetTokenWarning,
 )
+from .generation import generate  # noqa: E402
 from .hooks import Edit, Intervention, hook_snapshot, hooked  # noqa: E402
 from .interventions import ablate_heads, add_embedding_noise, gaussian_noise, mask_attention, patch  # noqa: E402
 from .methods.attribution_patching import attribution_patching  # noqa: E402
@@ -68,7 +69,7 @@ __all__ = [
     "ablate_heads", "add_embedding_noise", "apply_final_norm", "as_model", "batches",
     "capture", "decode", "encode", "forward", "gaussian_noise", "get_method", "head_outputs", "hook_snapshot",
     "hooked", "list_methods", "load_model", "make_batch", "make_meta", "mask_attention", "norm_scale", "patch",
-    "predictions", "register_method", "run_variants", "unembed",
+    "predictions", "register_method", "run_variants", "unembed", "generate",
     "activation_patching", "attribution_patching", "context_masking", "cross_task_patching",
     "block_experts", "expert_attribution", "expert_importance", "head_expert_correlation", "moe", "routing_stats",
     "shared_routed_contrast", "top_experts", "run_resumable",

@@ -3,6 +3,12 @@
 ``capture(model, prompts, hooks)`` caches only the hooks asked for, at the positions asked for, moves each batch
 off the device as soon as it is read, and with ``to_dir`` writes one shard per batch so RAM stays bounded
 whatever the number of prompts; :meth:`Capture.open` reopens such a directory.
+
+With ``positions="all"`` or a span field the position axis is left-aligned and padded to the longest prompt (or
+span). Padding can never pass for an activation: padded entries of floating tensors are NaN (integer and bool
+tensors, e.g. MoE expert indices, pad with 0), and :attr:`Capture.mask` (True for real entries),
+:attr:`Capture.lengths`, :meth:`Capture.last` and :meth:`Capture.get` say which entries are real. The same holds
+for captures written with ``to_dir`` and reopened with :meth:`Capture.open`.
 """
 
 from __future__ import annotations
@@ -28,9 +34,13 @@ POSITION_MODES = ("last", "all")
 class Capture:
     """Cached activations: ``cap["blocks.3.hook_resid_post"]`` is a tensor [n_prompts, (positions,) ...].
 
-    With ``positions="all"`` or a field name, the position axis is left-aligned (index p is the prompt's p-th
-    token, or the span's p-th token) and zero-padded to the longest; ``lengths`` gives each prompt's count and
-    :meth:`get` returns one prompt's unpadded slice.
+    With ``positions="last"`` there is no position axis (row i is prompt i's last real token). With
+    ``positions="all"`` or a field name, the position axis is left-aligned (index p is the prompt's p-th token,
+    or the span's p-th token) and padded to the longest: ``lengths[i]`` real entries, then padding, which is NaN
+    for floating tensors (0 for integer / bool ones), so ``cap[name][i, lengths[i]:]`` never looks like an
+    activation. ``mask`` [n_prompts, positions] is True on real entries; :meth:`last` gives every prompt's last
+    real entry [n_prompts, ...] (for "all", what ``positions="last"`` captures); :meth:`get` / :meth:`prompt`
+    give one prompt's unpadded slice [lengths[i], ...].
     """
 
     def __init__(
@@ -70,11 +80,56 @@ class Capture:
     def keys(self) -> list[str]:
         return list(self.names)
 
-    def get(self, name: str, index: int) -> torch.Tensor:
-        value = self[name][index]
+    @property
+    def padded(self) -> bool:
+        """True when the tensors carry a padded position axis (``positions="all"`` or a span field)."""
+        return self.lengths is not None
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        """Bool [n_prompts, positions]: True where an entry is a real token (row i: its first ``lengths[i]``);
+        None for ``positions="last"`` (no position axis, nothing padded)."""
+        if self.lengths is None:
+            return None
+        lengths = torch.tensor(self.lengths, dtype=torch.long)
+        width = int(lengths.max()) if len(lengths) else 0
+        return torch.arange(width)[None, :] < lengths[:, None]
+
+    def last(self, name: str) -> torch.Tensor:
+        """Every prompt's last real entry of ``name`` [n_prompts, ...]: for ``positions="all"`` the last token
+        (equal to what ``positions="last"`` captures), for a span field the span's last token; for
+        ``positions="last"`` the tensor itself."""
+        value = self[name]
+        if self.lengths is None:
+            return value
+        idx = torch.tensor(self.lengths, dtype=torch.long) - 1
+        return value[torch.arange(len(idx)), idx]
+
+    def _index(self, index: int | str) -> int:
+        if isinstance(index, str):
+            if index not in self.prompt_ids:
+                from .errors import close_matches
+
+                near = close_matches(index, self.prompt_ids)
+                hint = f" Close matches: {', '.join(near)}." if near else ""
+                raise PromptError(f"No prompt with id {index!r} in this capture.{hint}")
+            return self.prompt_ids.index(index)
+        if isinstance(index, bool) or not isinstance(index, int) or not -len(self) <= index < len(self):
+            raise ParameterError(f"Prompt index {index!r} is not an integer in [0, {len(self)}).")
+        return index % len(self)
+
+    def get(self, name: str, index: int | str) -> torch.Tensor:
+        """Prompt ``index``'s (an index, or a prompt id) unpadded value of ``name``: [lengths[i], ...] for
+        ``positions="all"`` or a span field (no padding entry), [...] for ``positions="last"``."""
+        i = self._index(index)
+        value = self[name][i]
         if self.lengths is not None:
-            value = value[: self.lengths[index]]
+            value = value[: self.lengths[i]]
         return value
+
+    def prompt(self, name: str, index: int | str) -> torch.Tensor:
+        """The same as :meth:`get`: prompt ``index``'s (an index or a prompt id) unpadded value of ``name``."""
+        return self.get(name, index)
 
     def head_outputs(self, model: Any, layer: int) -> torch.Tensor:
         """Per-head outputs z_h W_O[h] at ``layer`` [n, (pos,) n_heads, d_model], computed from the cached hook_z
@@ -198,7 +253,7 @@ def capture(
                 out = value
             else:
                 longest = max(e - s for s, e in spans)
-                out = value.new_zeros((bsz, longest, *value.shape[2:]))
+                out = value.new_full((bsz, longest, *value.shape[2:]), _pad_value(value.dtype))
                 for r, (s, e) in enumerate(spans):
                     out[r, : e - s] = value[r, s:e]
             out = out.detach().to("cpu", non_blocking=False)
@@ -242,23 +297,36 @@ def capture(
     return Capture(data, names=names, prompt_ids=ps.ids, positions=positions, lengths=lengths, model_name=m.name)
 
 
+def _pad_value(dtype: torch.dtype) -> float | int | bool:
+    """What fills padded entries: NaN for floating tensors (never mistaken for an activation), else 0."""
+    if dtype.is_floating_point or dtype.is_complex:
+        return float("nan")
+    return False if dtype == torch.bool else 0
+
+
 def _left_align(row: torch.Tensor, pad: int, width: int) -> torch.Tensor:
-    out = torch.zeros_like(row)
+    out = torch.full_like(row, _pad_value(row.dtype))
     out[: width - pad] = row[pad:]
     return out
 
 
 def _assemble(parts: list[torch.Tensor], rows: list[int], n: int, lengths: list[int] | None) -> torch.Tensor:
-    """Concatenate batch parts (padding the position axis to the longest) and put rows back in prompt order."""
+    """Concatenate batch parts (padding the position axis to the longest) and put rows back in prompt order;
+    every entry past a row's length is set to the padding value (also in shards written before padding was NaN)."""
     if lengths is not None:
         longest = max(lengths) if lengths else 0
         padded = []
         for p in parts:
             if p.shape[1] < longest:
-                p = torch.cat([p, p.new_zeros((p.shape[0], longest - p.shape[1], *p.shape[2:]))], dim=1)
+                fill = p.new_full((p.shape[0], longest - p.shape[1], *p.shape[2:]), _pad_value(p.dtype))
+                p = torch.cat([p, fill], dim=1)
             padded.append(p[:, :longest])
         parts = padded
     stacked = torch.cat(parts, dim=0)
     out = torch.empty_like(stacked)
     out[torch.tensor(rows, dtype=torch.long)] = stacked
-    return out[:n]
+    out = out[:n]
+    if lengths is not None:
+        real = torch.arange(out.shape[1])[None, :] < torch.tensor(lengths, dtype=torch.long)[:, None]
+        out[~real] = _pad_value(out.dtype)
+    return out

@@ -99,6 +99,8 @@ PARAMETERS: dict[str, str] = {
     "by": "Group by this prompt field (None: one group).",
     "attribution": "A finished expert_attribution Result to reuse (None: computed here).",
     # generation and capture
+    "interventions": "interp.generate: None (the clean model), one interp.Intervention, or a mapping {label: "
+                     "Intervention or None (clean)} generated side by side.",
 }
 
 COLUMNS: dict[str, str] = {
@@ -148,6 +150,7 @@ COLUMNS: dict[str, str] = {
     # tracing
     # moe
     # generation and capture
+    "intervention": "interp.generate: the label of the intervention the row was generated under ('clean': none).",
 }
 
 
