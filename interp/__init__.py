@@ -11,7 +11,7 @@ Research code calls plain functions that return a :class:`Result`::
 
 __version__ = "0.1.0"
 
-from . import metrics, moe, sites  # noqa: E402
+from . import experts, metrics, sites  # noqa: E402
 from .capture import Capture, capture, head_outputs  # noqa: E402
 from .decode import apply_final_norm, decode, norm_scale, unembed  # noqa: E402
 from .errors import (  # noqa: E402
@@ -41,7 +41,7 @@ from .methods.lens import (  # noqa: E402
     logit_lens,
     train_tuned_lens,
 )
-from .methods.moe import expert_attribution, expert_importance, top_experts  # noqa: E402
+from .methods.moe import AttributionResult, expert_attribution, expert_importance, top_experts  # noqa: E402
 from .methods.moe_blocking import block_experts, shared_routed_contrast  # noqa: E402
 from .methods.moe_routing import head_expert_correlation, routing_stats  # noqa: E402
 from .methods.patching import activation_patching  # noqa: E402
@@ -71,8 +71,8 @@ __all__ = [
     "hooked", "list_methods", "load_model", "make_batch", "make_meta", "mask_attention", "norm_scale", "patch",
     "predictions", "register_method", "run_variants", "unembed", "generate",
     "activation_patching", "attribution_patching", "context_masking", "cross_task_patching",
-    "block_experts", "expert_attribution", "expert_importance", "head_expert_correlation", "moe", "routing_stats",
-    "shared_routed_contrast", "top_experts", "run_resumable",
+    "block_experts", "expert_attribution", "expert_importance", "head_expert_correlation", "experts", "routing_stats",
+    "shared_routed_contrast", "top_experts", "AttributionResult", "run_resumable",
     "LensResult", "TunedLens", "lens_curves", "lens_heatmap", "lens_summary", "lens_takeover", "logit_lens",
     "train_tuned_lens", "REFUSAL_KEYWORDS", "asr_summary", "attack_success_rate", "generalized_ships",
     "keyword_judge", "refuses", "sahara", "ships", "causal_trace", "relation_evidence", "trace_summary",

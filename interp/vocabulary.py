@@ -92,8 +92,9 @@ PARAMETERS: dict[str, str] = {
     "attributes": "Relation evidence: tokens related to each relation (A_r), or None to take every target of "
                   "the relation's prompts.",
     # moe
-    "levels": "Expert attribution: which levels to compute ('layer', 'head', 'expert', 'neuron').",
-    "top_neurons": "Expert attribution: neurons kept per expert (by gain).",
+    "levels": "Expert attribution: which levels to compute: 'layer' (rows of level attn and ffn), 'head', "
+              "'expert' (levels expert and shared_expert), 'neuron'.",
+    "top_neurons": "Expert attribution: neuron rows kept per prompt and layer (the largest gains).",
     "controls": "Expert blocking: random expert sets of the same size blocked as controls.",
     "keep": "Shared / routed contrast: how many routed experts each token keeps (0 = the shared expert alone).",
     "by": "Group by this prompt field (None: one group).",
@@ -149,6 +150,28 @@ COLUMNS: dict[str, str] = {
     # patching and internal chain of thought
     # tracing
     # moe
+    "level": "Expert attribution: the component level of a row: 'attn' / 'ffn' (a layer's attention / FFN or MoE "
+             "sublayer), 'head', 'expert', 'shared_expert', 'neuron'.",
+    "component": "Expert attribution: the component's label ('attn', 'ffn', 'L{layer}H{head}', 'E{expert}', "
+                 "'shared', 'E{expert}/N{neuron}', 'shared/N{neuron}').",
+    "routing_weight": "The weight g the routing gives an expert's output (0 off the token's top-k; the shared "
+                      "expert's: its sigmoid gate).",
+    "router_prob": "The router's softmax probability of an expert (before top-k).",
+    "selected": "The expert is in the token's top-k (the shared expert: always).",
+    "neuron_sum": "Expert attribution: the sum of an expert's neurons' log-probability gains, in nats.",
+    "expert_rank": "Expert importance: the expert's rank by mean log-probability gain (1 = largest).",
+    "score_std": "The standard deviation of score over the prompts a row summarises.",
+    "load": "The share of tokens (expert importance: of prompts, at the last token) routed to the expert.",
+    "n_prompts": "The number of prompts a row summarises.",
+    "n_tokens": "The number of tokens a row summarises.",
+    "target_in_top10": "The target token is among the 10 largest logits (target_rank <= 10; HIT@10).",
+    "condition": "The run a row was scored under: 'clean', 'blocked' (the given experts blocked), 'control' (a "
+                 "random expert set blocked), 'keep{n}' (every token keeps its n top routed experts).",
+    "control": "The index of the random control set of a 'control' row (empty otherwise).",
+    "mean_routing_weight": "The mean routing_weight over a group's tokens (0 where not routed).",
+    "mean_router_prob": "The mean router_prob over a group's tokens.",
+    "r_router_prob": "Pearson r across prompts between a head's log-probability gain and an expert's router_prob.",
+    "r_gain": "Pearson r across prompts between a head's and an expert's log-probability gains.",
     # generation and capture
     "intervention": "interp.generate: the label of the intervention the row was generated under ('clean': none).",
 }

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import interp
-from interp import moe
+from interp import experts
 from interp.fixtures import MOE_ARCHITECTURES
 from interp.hooks import hook_snapshot
 from interp.methods.moe import expert_attribution, expert_importance, top_experts
@@ -115,7 +115,7 @@ def test_expert_contributions_sum_to_the_block_output(models, hf_models, arch):
     _, st = forward(m, b, read=names, logits=None)
     for layer in range(m.info.n_layers):
         x = st[f"blocks.{layer}.mlp.hook_in"]
-        eo = moe.expert_outputs(m, layer, x)
+        eo = experts.expert_outputs(m, layer, x)
         torch.testing.assert_close(eo.total(), st[f"blocks.{layer}.hook_mlp_out"], atol=1e-5, rtol=0)
         torch.testing.assert_close(eo.routing.dense, st[f"blocks.{layer}.mlp.hook_expert_weights"], atol=1e-6,
                                    rtol=0)
@@ -126,14 +126,14 @@ def test_expert_contributions_sum_to_the_block_output(models, hf_models, arch):
             ref = hf_expert(hf, layer, flat, e, eo.routing.dense[:, e])
             torch.testing.assert_close(eo.routed[..., e, :].reshape(-1, flat.shape[-1]), ref, atol=1e-5, rtol=0)
             # its neurons add up to it
-            v = moe.neuron_outputs(moe.moe_layer(m, layer), flat, e, eo.routing.dense[:, e])
+            v = experts.neuron_outputs(experts.moe_layer(m, layer), flat, e, eo.routing.dense[:, e])
             torch.testing.assert_close(v.sum(1), ref, atol=1e-5, rtol=0)
         if arch == "qwen2_moe":
             torch.testing.assert_close(eo.shared.reshape(-1, flat.shape[-1]), hf_shared(hf, layer, flat), atol=1e-5,
                                        rtol=0)
         else:
             assert eo.shared is None
-        assert moe.moe_layer(m, layer).renormalize == (arch == "mixtral")
+        assert experts.moe_layer(m, layer).renormalize == (arch == "mixtral")
 
 
 # --- attribution against the direct reference --------------------------------------------------------------
@@ -151,12 +151,14 @@ def test_attribution_equals_direct_reference(models, hf_models, attributions, ar
         lp_true = float(tr["logits"].log_softmax(-1)[target])
         rank = int((tr["logits"].log_softmax(-1) > lp_true).sum()) + 1
         assert (rows["target_rank"] == rank).all()
+        assert (rows["target_id"] == int(target)).all()
+        assert (rows["target_token"] == m.tokenizer.decode([int(target)])).all()
 
-        def got(layer, kind, rows=rows, **kw):
-            sel = rows[(rows["layer"] == layer) & (rows["kind"] == kind)]
+        def got(layer, level, rows=rows, **kw):
+            sel = rows[(rows["layer"] == layer) & (rows["level"] == level)]
             for k, v in kw.items():
                 sel = sel[sel[k] == v]
-            assert len(sel) == 1, (layer, kind, kw)
+            assert len(sel) == 1, (layer, level, kw)
             return sel.iloc[0]
 
         for layer in range(m.info.n_layers):
@@ -174,21 +176,21 @@ def test_attribution_equals_direct_reference(models, hf_models, attributions, ar
             x = tr[("x", layer)][-1:]
             _, weights, indices = tr[("router", layer)]
             wmap = {int(e): float(w) for e, w in zip(indices[-1], weights[-1])}
-            lw = moe.moe_layer(m, layer)
+            lw = experts.moe_layer(m, layer)
             naive_neurons = []
             for e in range(m.info.n_experts):
                 g = wmap.get(e, 0.0)
                 ref = hf_expert(hf, layer, x, e, torch.tensor([g]))[0]
                 row = got(layer, "expert", expert=e)
                 assert row["score"] == pytest.approx(lp(u + ref) - lp(u), abs=1e-5)
-                assert row["weight"] == pytest.approx(g, abs=1e-6)
+                assert row["routing_weight"] == pytest.approx(g, abs=1e-6)
                 assert bool(row["selected"]) == (e in wmap)
                 if e in wmap:  # neurons, one by one from the raw HF weights
-                    experts = hf.model.layers[layer].mlp.experts
-                    gate_up = experts.gate_up_proj[e]
+                    hf_experts = hf.model.layers[layer].mlp.experts
+                    gate_up = hf_experts.gate_up_proj[e]
                     f = lw.expert_width
-                    s = experts.act_fn(gate_up[:f] @ x[0]) * (gate_up[f:] @ x[0])
-                    gains = [lp(u + g * s[k] * experts.down_proj[e][:, k]) - lp(u) for k in range(f)]
+                    s = hf_experts.act_fn(gate_up[:f] @ x[0]) * (gate_up[f:] @ x[0])
+                    gains = [lp(u + g * s[k] * hf_experts.down_proj[e][:, k]) - lp(u) for k in range(f)]
                     assert row["neuron_sum"] == pytest.approx(sum(gains), abs=1e-5)
                     naive_neurons += gains
                 else:
@@ -201,7 +203,7 @@ def test_attribution_equals_direct_reference(models, hf_models, attributions, ar
                 s = se.act_fn(se.gate_proj(x[0])) * se.up_proj(x[0])
                 naive_neurons += [lp(u + gate * s[k] * se.down_proj.weight[:, k]) - lp(u) for k in range(s.shape[0])]
             top = sorted(naive_neurons, reverse=True)[:5]
-            ours = rows[(rows["layer"] == layer) & (rows["kind"] == "neuron")]["score"].sort_values(ascending=False)
+            ours = rows[(rows["layer"] == layer) & (rows["level"] == "neuron")]["score"].sort_values(ascending=False)
             np.testing.assert_allclose(ours.values, top, atol=1e-5)
 
 
@@ -216,7 +218,7 @@ def test_layer_gains_telescope_to_the_model_log_prob(models, attributions, arch)
     lp_final = logits.log_softmax(-1)
     for r, p in enumerate(TASKED):
         tgt = int(b.targets["target"][r])
-        rows = t[(t["prompt_id"] == p["id"]) & t["kind"].isin(["attn", "ffn"])]
+        rows = t[(t["prompt_id"] == p["id"]) & t["level"].isin(["attn", "ffn"])]
         assert rows["score"].sum() == pytest.approx(float(lp_final[r, tgt] - lp0[r, tgt]), abs=1e-4)
 
 
@@ -225,13 +227,13 @@ def test_attribution_batched_equals_one_by_one(models, attributions, arch):
     batched = attributions(arch).table
     single = expert_attribution(models(arch), TASKED, top_neurons=5, batch_size=1).table
     assert list(batched["component"]) == list(single["component"])
-    for col in ("score", "weight", "prob", "neuron_sum"):
+    for col in ("score", "routing_weight", "router_prob", "neuron_sum"):
         np.testing.assert_allclose(batched[col].astype(float), single[col].astype(float), atol=1e-5)
 
 
 def test_dense_model_gets_layer_and_head_levels(attributions):
     t = attributions("llama").table
-    assert set(t["kind"]) == {"attn", "ffn", "head"}
+    assert set(t["level"]) == {"attn", "ffn", "head"}
 
 
 @pytest.mark.parametrize("arch", ["qwen2_moe", "llama"])
@@ -239,7 +241,7 @@ def test_summary_aggregates_recomputed_from_the_table(models, attributions, arch
     res = attributions(arch)
     t, n = res.table, models(arch).info.n_layers
     s = res.meta["summary"]["all"]
-    ffn = t[t["kind"] == "ffn"].groupby("layer")["score"].mean()
+    ffn = t[t["level"] == "ffn"].groupby("layer")["score"].mean()
     assert s["ffn_gain"] == pytest.approx(ffn.sum())
     assert s["ffn_efficiency"] == pytest.approx(ffn.sum() / n)
     assert s["ffn_peak_position"] == pytest.approx((int(ffn.idxmax()) + 1) / n)
@@ -247,7 +249,7 @@ def test_summary_aggregates_recomputed_from_the_table(models, attributions, arch
     assert s["mrr"] == pytest.approx((1 / ranks).mean())
     odd = t[t["task"] == "odd"]
     assert res.meta["summary"]["by_task"]["odd"]["ffn_gain"] == pytest.approx(
-        odd[odd["kind"] == "ffn"].groupby("layer")["score"].mean().sum())
+        odd[odd["level"] == "ffn"].groupby("layer")["score"].mean().sum())
 
 
 # --- importance tables and export ---------------------------------------------------------------------------
@@ -255,37 +257,50 @@ def test_summary_aggregates_recomputed_from_the_table(models, attributions, arch
 def test_importance_table_and_round_trip(attributions, arch, tmp_path):
     res = attributions(arch)
     imp = expert_importance(res, task="odd")
-    ex = res.table[(res.table["kind"] == "expert") & (res.table["task"] == "odd")]
+    ex = res.table[(res.table["level"] == "expert") & (res.table["task"] == "odd")]
     naive = ex.groupby(["layer", "expert"])["score"].mean().sort_values(ascending=False, kind="stable")
     assert top_experts(res, 3, task="odd") == [(int(a), int(b)) for a, b in naive.index[:3]]
-    got = imp.table[imp.table["kind"] == "expert"].set_index(["layer", "expert"])["score"]
+    got = imp.table[imp.table["level"] == "expert"].set_index(["layer", "expert"])["score"]
     for key, value in naive.items():
         assert got.loc[key] == pytest.approx(value)
+    # the view as a method of the attribution's Result class, and the view's own schema
+    assert isinstance(res, interp.AttributionResult)
+    pd.testing.assert_frame_equal(res.expert_importance(task="odd").table, imp.table)
+    assert res.top_experts(3, task="odd") == top_experts(res, 3, task="odd")
+    assert imp.schema.value == "score" and imp.top(1)["score"].item() == pytest.approx(naive.max())
+    grid = imp.pivot()
+    for (layer, e), value in naive.items():
+        assert grid.loc[layer, e] == pytest.approx(value)
+    assert list(imp.table["expert_rank"]) == list(range(1, len(imp.table) + 1))
     for result in (res, imp):
         paths = result.save(tmp_path / result.method)
         for path in paths.values():
             back = interp.Result.read(path)
+            assert type(back) is type(result)
             pd.testing.assert_frame_equal(back.table, result.table)
             assert back.meta == json.loads(json.dumps(result.meta))
+    back = interp.Result.read(tmp_path / "expert_attribution" / "expert_attribution.parquet")
+    pd.testing.assert_frame_equal(back.expert_importance(task="odd").table, imp.table)
 
 
 @pytest.mark.parametrize("arch", ["qwen2_moe", "llama"])
 def test_attribution_figures_show_the_table(attributions, arch):
     res = attributions(arch)
     t = res.table
-    fig = res.figure(kind="layers")
-    ffn = t[t["kind"] == "ffn"].groupby("layer")["score"].mean()
+    fig = res.figure(view="layers")
+    ffn = t[t["level"] == "ffn"].groupby("layer")["score"].mean()
     trace = [d for d in fig.data if d.name == "ffn"][0]
     np.testing.assert_allclose(trace.y, ffn.values)
-    heads = res.figure(kind="heads")
+    heads = res.figure(view="heads")
+    head_rows = t[t["level"] == "head"]
     np.testing.assert_allclose(np.asarray(heads.data[0].z, float),
-                               t[t["kind"] == "head"].pivot_table(index="layer", columns="head", values="score").values)
+                               head_rows.pivot_table(index="layer", columns="head", values="score").values)
     if arch == "qwen2_moe":
-        ex = res.figure(kind="experts")
+        ex = res.figure(view="experts")
         assert list(ex.data[0].x) == ["E0", "E1", "E2", "E3", "S"]
-        shared = t[t["kind"] == "shared_expert"].groupby("layer")["score"].mean()
+        shared = t[t["level"] == "shared_expert"].groupby("layer")["score"].mean()
         np.testing.assert_allclose(np.asarray(ex.data[0].z, float)[:, -1], shared.values)
-        load = res.figure(kind="load")
+        load = res.figure(view="load")
         assert np.asarray(load.data[0].z, float)[:, :4].sum(1) == pytest.approx([2.0] * 3)
 
 
@@ -296,9 +311,9 @@ def test_zero_blocking_drops_exactly_the_expert(models, arch):
     b = batch_of(m)
     names = [f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.hook_mlp_out"]
     _, clean = forward(m, b, read=names, logits=None)
-    iv = moe.block_experts_intervention(m, [(layer, e) for e in blocked], mode="zero")
+    iv = experts.block_experts_intervention(m, [(layer, e) for e in blocked], ablation="zero")
     _, st = forward(m, b, [iv], read=names, logits=None)
-    eo = moe.expert_outputs(m, layer, clean[names[0]])
+    eo = experts.expert_outputs(m, layer, clean[names[0]])
     expected = clean[names[1]] - eo.routed[..., blocked, :].sum(-2)
     torch.testing.assert_close(st[names[1]], expected, atol=1e-5, rtol=0)
     assert (st[names[1]] - clean[names[1]]).abs().max() > 1e-3
@@ -310,7 +325,7 @@ def test_reroute_sends_tokens_to_the_next_best_expert(models, hf_models, arch):
     b = batch_of(m)
     names = [f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.hook_mlp_out", f"blocks.{layer}.mlp.hook_expert_indices"]
     _, clean = forward(m, b, read=names, logits=None)
-    iv = moe.block_experts_intervention(m, [(layer, e) for e in blocked], mode="reroute")
+    iv = experts.block_experts_intervention(m, [(layer, e) for e in blocked], ablation="reroute")
     _, st = forward(m, b, [iv], read=names, logits=None)
     x = st[names[0]].reshape(-1, m.info.d_model)
     torch.testing.assert_close(x, clean[names[0]].reshape(-1, m.info.d_model), atol=0, rtol=0)
@@ -342,10 +357,10 @@ def test_reroute_sends_tokens_to_the_next_best_expert(models, hf_models, arch):
 def test_blocking_in_the_variants_engine_equals_single_forwards(models, arch):
     m = models(arch)
     b = batch_of(m)
-    variants = [moe.block_experts_intervention(m, [(1, 0), (2, 2)], mode="reroute"),
-                moe.block_experts_intervention(m, [(0, 1)], mode="zero"),
-                moe.keep_top_experts_intervention(m, 0),
-                moe.keep_top_experts_intervention(m, 1) + moe.block_experts_intervention(m, [(2, 3)])]
+    variants = [experts.block_experts_intervention(m, [(1, 0), (2, 2)], ablation="reroute"),
+                experts.block_experts_intervention(m, [(0, 1)], ablation="zero"),
+                experts.keep_top_experts_intervention(m, 0),
+                experts.keep_top_experts_intervention(m, 1) + experts.block_experts_intervention(m, [(2, 3)])]
 
     def reduce(lg, _):
         return lg.float().log_softmax(-1)
@@ -364,11 +379,11 @@ def test_keep_top_experts(models, hf_models, arch):
     b = batch_of(m)
     names = [f"blocks.{layer}.mlp.hook_in", f"blocks.{layer}.hook_mlp_out", f"blocks.{layer}.mlp.hook_expert_weights"]
     _, clean = forward(m, b, read=names, logits=None)
-    _, none = forward(m, b, [moe.keep_top_experts_intervention(m, 0, layers=[layer])], read=names, logits=None)
+    _, none = forward(m, b, [experts.keep_top_experts_intervention(m, 0, layers=[layer])], read=names, logits=None)
     x = none[names[0]].reshape(-1, m.info.d_model)
     shared = hf_shared(hf, layer, x) if arch == "qwen2_moe" else torch.zeros_like(x)
     torch.testing.assert_close(none[names[1]].reshape(-1, m.info.d_model), shared, atol=1e-5, rtol=0)
-    _, one = forward(m, b, [moe.keep_top_experts_intervention(m, 1, layers=[layer])], read=names, logits=None)
+    _, one = forward(m, b, [experts.keep_top_experts_intervention(m, 1, layers=[layer])], read=names, logits=None)
     w_clean, w_one = clean[names[2]], one[names[2]]
     best = w_clean.argmax(-1)
     assert ((w_one > 0).sum(-1) == 1).all() and torch.equal(w_one.argmax(-1), best)
@@ -380,30 +395,35 @@ def test_keep_top_experts(models, hf_models, arch):
 def test_block_experts_result(models, arch):
     m = models(arch)
     before = hook_snapshot(m)
-    experts = [(0, 1), (2, 0), (2, 3)]
-    res = block_experts(m, TASKED, experts, mode="reroute", controls=3, seed=1, batch_size=4)
+    pairs = [(0, 1), (2, 0), (2, 3)]
+    res = block_experts(m, TASKED, pairs, ablation="reroute", controls=3, seed=1, batch_size=4)
     assert hook_snapshot(m) == before
     t = res.table
     preds = interp.predictions(m, TASKED, top_k=1)
-    clean = t[t["condition"] == "clean"].set_index("prompt_id")["rank"]
+    clean = t[t["condition"] == "clean"].set_index("prompt_id")["target_rank"]
     for pid, rank in zip(preds.table["prompt_id"], preds.table["target_rank"]):
         assert clean[pid] == rank
-    iv = moe.block_experts_intervention(m, experts, mode="reroute")
+    ids = dict(zip([p["id"] for p in TASKED], encode(m, TASKED, targets=["target"]).targets["target"]))
+    assert list(t["target_id"]) == [ids[pid] for pid in t["prompt_id"]]
+    assert list(t["target_token"]) == [m.tokenizer.decode([i]) for i in t["target_id"]]
+    assert (t["target_in_top10"] == (t["target_rank"] <= 10)).all()
+    iv = experts.block_experts_intervention(m, pairs, ablation="reroute")
     for p in TASKED:
         b = make_batch(m, encode(m, [p], targets=["target"]), [0])
         lg, _ = forward(m, b, [iv])
         lp = lg.log_softmax(-1)[0]
         tgt = int(b.targets["target"][0])
         rank = int((lp > lp[tgt]).sum()) + 1
-        assert t[(t["prompt_id"] == p["id"]) & (t["condition"] == "blocked")]["rank"].item() == rank
+        assert t[(t["prompt_id"] == p["id"]) & (t["condition"] == "blocked")]["target_rank"].item() == rank
     for s in res.meta["control_sets"]:
         assert sorted(layer for layer, _ in s) == [0, 2, 2]
-        assert not set(map(tuple, s)) & set(experts)
-    one = block_experts(m, TASKED, experts, mode="reroute", controls=3, seed=1, batch_size=1).table
+        assert not set(map(tuple, s)) & set(pairs)
+    assert res.meta["blocked_experts"] == [list(p) for p in sorted(pairs)]
+    one = block_experts(m, TASKED, pairs, ablation="reroute", controls=3, seed=1, batch_size=1).table
     pd.testing.assert_frame_equal(one, t)
     summ = res.meta["summary"]["all"]
-    assert summ["mrr_blocked"] == pytest.approx(t[t["condition"] == "blocked"]["rr"].mean())
-    per_ctrl = t[t["condition"] == "control"].groupby("control")["rr"].mean()
+    assert summ["mrr_blocked"] == pytest.approx(t[t["condition"] == "blocked"]["target_rr"].mean())
+    per_ctrl = t[t["condition"] == "control"].groupby("control")["target_rr"].mean()
     assert summ["mrr_control_mean"] == pytest.approx(per_ctrl.mean())
     assert summ["mrr_control_std"] == pytest.approx(per_ctrl.std(ddof=1))
     fig = res.figure()
@@ -414,10 +434,10 @@ def test_block_experts_accepts_the_top_of_an_attribution(models, attributions):
     m = models("qwen2_moe")
     top = top_experts(attributions("qwen2_moe"), 2, task="even")
     imp = expert_importance(attributions("qwen2_moe"), task="even")
-    head = interp.Result(imp.table[imp.table["kind"] == "expert"].head(2), imp.meta)
+    head = interp.Result(imp.table[imp.table["level"] == "expert"].head(2), imp.meta)
     a = block_experts(m, TASKED, top, controls=0)
     b = block_experts(m, TASKED, head, controls=0)
-    assert a.meta["parameters"]["experts"] == b.meta["parameters"]["experts"] == [list(p) for p in sorted(top)]
+    assert a.meta["blocked_experts"] == b.meta["blocked_experts"] == [list(p) for p in sorted(top)]
 
 
 def test_shared_routed_contrast(models):
@@ -425,16 +445,16 @@ def test_shared_routed_contrast(models):
     res = shared_routed_contrast(m, TASKED, keep=[0, 1, 2])
     t = res.table
     for cond, n in (("keep0", 0), ("keep1", 1)):
-        iv = moe.keep_top_experts_intervention(m, n)
+        iv = experts.keep_top_experts_intervention(m, n)
         lg, _ = forward(m, batch_of(m, TASKED), [iv])
         lp = lg.log_softmax(-1)
         b = batch_of(m, TASKED)
         for r, p in enumerate(TASKED):
             tgt = int(b.targets["target"][r])
             rank = int((lp[r] > lp[r, tgt]).sum()) + 1
-            assert t[(t["prompt_id"] == p["id"]) & (t["condition"] == cond)]["rank"].item() == rank
-    full = t[t["condition"] == "keep2"]["rank"].values
-    assert (full == t[t["condition"] == "clean"]["rank"].values).all()
+            assert t[(t["prompt_id"] == p["id"]) & (t["condition"] == cond)]["target_rank"].item() == rank
+    full = t[t["condition"] == "keep2"]["target_rank"].values
+    assert (full == t[t["condition"] == "clean"]["target_rank"].values).all()
 
 
 # --- routing statistics and correlation --------------------------------------------------------------------
@@ -462,8 +482,8 @@ def test_routing_stats_equal_hf_router_counts(models, hf_models, arch, positions
                         weight[e] += w
             rows = t[(t["group"] == group) & (t["layer"] == layer)].sort_values("expert")
             np.testing.assert_allclose(rows["load"], load / n_tok, atol=1e-9)
-            np.testing.assert_allclose(rows["mean_weight"], weight / n_tok, atol=1e-6)
-            np.testing.assert_allclose(rows["mean_prob"], prob / n_tok, atol=1e-6)
+            np.testing.assert_allclose(rows["mean_routing_weight"], weight / n_tok, atol=1e-6)
+            np.testing.assert_allclose(rows["mean_router_prob"], prob / n_tok, atol=1e-6)
             assert rows["load"].sum() == pytest.approx(k)
             assert (rows["n_tokens"] == n_tok).all()
     fig = res.figure(group="odd")
@@ -473,16 +493,16 @@ def test_routing_stats_equal_hf_router_counts(models, hf_models, arch, positions
 @pytest.mark.parametrize("arch", MOE_ARCHITECTURES)
 def test_head_expert_correlation_equals_numpy(models, attributions, arch):
     m, attr = models(arch), attributions(arch)
-    res = head_expert_correlation(m, TASKED, attribution=attr, top=5)
+    res = head_expert_correlation(m, TASKED, attribution=attr, top_k=5)
     t, a = res.table, attr.table
     ids = [p["id"] for p in TASKED]
     checked = 0
     for _, row in t.iterrows():
-        assert row["expert_layer"] >= row["head_layer"]
-        hs = a[(a["kind"] == "head") & (a["layer"] == row["head_layer"]) & (a["head"] == row["head"])]
-        ex = a[(a["kind"] == "expert") & (a["layer"] == row["expert_layer"]) & (a["expert"] == row["expert"])]
+        assert row["expert_layer"] >= row["layer"]
+        hs = a[(a["level"] == "head") & (a["layer"] == row["layer"]) & (a["head"] == row["head"])]
+        ex = a[(a["level"] == "expert") & (a["layer"] == row["expert_layer"]) & (a["expert"] == row["expert"])]
         hs, ex = hs.set_index("prompt_id").loc[ids], ex.set_index("prompt_id").loc[ids]
-        for col, rcol in (("prob", "r_prob"), ("score", "r_gain")):
+        for col, rcol in (("router_prob", "r_router_prob"), ("score", "r_gain")):
             y = ex[col].values.astype(float)
             if np.std(y) == 0:
                 assert np.isnan(row[rcol])
@@ -492,15 +512,15 @@ def test_head_expert_correlation_equals_numpy(models, attributions, arch):
     assert checked > 0
     n_pairs = sum(m.info.n_heads * m.info.n_experts * (m.info.n_layers - hl) for hl in range(m.info.n_layers))
     assert len(t) == n_pairs
-    best = t.dropna(subset=["r_prob"]).sort_values("r_prob", ascending=False).head(5)
-    assert [p["r_prob"] for p in res.meta["top_pairs"]] == pytest.approx(list(best["r_prob"]))
+    best = t.dropna(subset=["r_router_prob"]).sort_values("r_router_prob", ascending=False).head(5)
+    assert [p["r_router_prob"] for p in res.meta["top_pairs"]] == pytest.approx(list(best["r_router_prob"]))
     assert isinstance(res.figure(), go.Figure)
 
 
 def test_hooks_never_leak_on_error(models):
     m = models("mixtral")
     before = hook_snapshot(m)
-    iv = moe.block_experts_intervention(m, [(1, 0)], mode="reroute")
+    iv = experts.block_experts_intervention(m, [(1, 0)], ablation="reroute")
     with pytest.raises(RuntimeError):
         with interp.hooked(m, [iv]):
             raise RuntimeError("boom")
@@ -539,8 +559,8 @@ def test_moe_organism_attribution_and_blocking():
     names = [f"blocks.{layer}.{h}" for layer in range(m.info.n_layers) for h in ("mlp.hook_in", "hook_mlp_out")]
     _, st = forward(m, b, read=names, logits=None)
     for layer in range(m.info.n_layers):
-        if moe.is_moe_layer(m, layer):
-            eo = moe.expert_outputs(m, layer, st[f"blocks.{layer}.mlp.hook_in"])
+        if experts.is_moe_layer(m, layer):
+            eo = experts.expert_outputs(m, layer, st[f"blocks.{layer}.mlp.hook_in"])
             torch.testing.assert_close(eo.total(), st[f"blocks.{layer}.hook_mlp_out"], atol=1e-4, rtol=1e-4)
     attr = expert_attribution(m, ps, levels=("layer", "expert"))
     contrast = shared_routed_contrast(m, ps).meta["summary"]
@@ -555,7 +575,7 @@ def test_moe_organism_attribution_and_blocking():
                      f"{s['mrr_control_mean']:.3f} +- {s['mrr_control_std']:.3f} (min {s['mrr_control_min']:.3f}) | "
                      f"shared only {c['mrr_keep0']:.3f} shared+top-1 {c['mrr_keep1']:.3f} "
                      f"shared+top-2 {c['mrr_clean']:.3f}")
-        assert res.meta["parameters"]["experts"] == [list(p) for p in sorted(top)]
+        assert res.meta["blocked_experts"] == [list(p) for p in sorted(top)]
         assert len(s["mrr_control_each"]) == 20
         assert s["mrr_control_min"] <= s["mrr_control_mean"] <= s["mrr_control_max"]
         assert abs(s["mrr_clean"] - c["mrr_clean"]) < 1e-9  # both clean runs are the same model on the same facts

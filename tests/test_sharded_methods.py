@@ -130,8 +130,9 @@ def test_patching_cuts_clean_and_corrupt_alike(llama, tmp_path):
 
 def test_moe_methods_merge_their_summaries(qwen_moe, tmp_path):
     attr = expert_attribution(qwen_moe, FACTS, levels=("layer", "head", "expert"))
-    assert_same(sharded("expert_attribution", qwen_moe, FACTS, tmp_path / "a", levels=("layer", "head", "expert")),
-                attr, "summary")
+    part = sharded("expert_attribution", qwen_moe, FACTS, tmp_path / "a", levels=("layer", "head", "expert"))
+    assert_same(part, attr, "summary")
+    assert isinstance(part, interp.AttributionResult) and part.top_experts(3) == attr.top_experts(3)
     experts = top_experts(attr, 3)
     whole = moe_blocking.block_experts(qwen_moe, FACTS, experts, controls=3)
     assert_same(sharded("block_experts", qwen_moe, FACTS, tmp_path / "b", experts=experts, controls=3), whole,
@@ -145,9 +146,10 @@ def test_moe_statistics_of_the_whole_set(qwen_moe, tmp_path):
         whole = moe_routing.routing_stats(qwen_moe, FACTS, by="task", positions=positions)
         assert_same(sharded("routing_stats", qwen_moe, FACTS, tmp_path / positions, by="task", positions=positions),
                     whole)
-    whole = moe_routing.head_expert_correlation(qwen_moe, FACTS, top=5)
-    part = sharded("head_expert_correlation", qwen_moe, FACTS, tmp_path / "corr", top=5)
+    whole = moe_routing.head_expert_correlation(qwen_moe, FACTS, top_k=5)
+    part = sharded("head_expert_correlation", qwen_moe, FACTS, tmp_path / "corr", top_k=5)
     assert_same(part, whole, "top_pairs")
+    assert type(part) is interp.Result and part.schema.value == "r_router_prob"
     with pytest.raises(interp.ParameterError, match="attribution"):
         sharded("head_expert_correlation", qwen_moe, FACTS, tmp_path / "x", attribution=whole)
 

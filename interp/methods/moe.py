@@ -1,6 +1,6 @@
 """MoE cross-level attribution: the log-probability increase (LPI) of the target's first token, read at layer,
 head, expert and neuron level for the same prompts (Li et al., ACL 2025, arXiv 2505.24593; the LPI of Yu &
-Ananiadou, EMNLP 2024), and expert importance tables.
+Ananiadou, EMNLP 2024, arXiv 2312.12141), and its expert importance view.
 
 For prompt p with target first token w, every vector is decoded at the last position through the final norm
 with its scale frozen at the real final residual's (sigma_fin) and its weight applied:
@@ -13,7 +13,10 @@ u = resid_mid, m = mlp_out of layer l:
   same with ``sigmoid(gate) S(x)``;
 * neuron k of expert j: ``logP(w | u + g_j s_k W_out[:, k]) - logP(w | u)``.
 
-Blocking and routing statistics live in :mod:`interp.methods.moe_blocking` and :mod:`interp.methods.moe_routing`.
+:func:`expert_attribution` returns an :class:`AttributionResult`, whose views :meth:`~AttributionResult.
+expert_importance` and :meth:`~AttributionResult.top_experts` (also plain functions) rank the experts. The
+per-expert recomputation lives in :mod:`interp.experts`; blocking and routing statistics in
+:mod:`interp.methods.moe_blocking` and :mod:`interp.methods.moe_routing`.
 """
 
 from __future__ import annotations
@@ -24,22 +27,47 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
-from .. import moe
+from .. import experts
 from ..capture import head_outputs
 from ..decode import apply_final_norm, decode, norm_scale, unembed
 from ..errors import ArchitectureError, ParameterError, check_positive_int
 from ..model import as_model
 from ..prompts import as_prompt_set, batches, encode
-from ..registry import ShardPlan, register_method
+from ..registry import Schema, ShardPlan, register_method
 from ..results import Result, concat_tables, make_meta
+from ..sites import hook_name
 from ..variants import forward
 
-LEVELS = ("layer", "head", "expert", "neuron")
-KINDS = ("attn", "ffn", "head", "expert", "shared_expert", "neuron")
+LEVELS = ("layer", "head", "expert", "neuron")  # what ``levels`` selects
+# the ``level`` of a row, and the ``levels`` entry that computes it
+ROW_LEVELS = {"attn": "layer", "ffn": "layer", "head": "head", "expert": "expert", "shared_expert": "expert",
+              "neuron": "neuron"}
 HIT_AT = 10
 PAPER = ("Li et al., Decoding Knowledge Attribution in Mixture-of-Experts (ACL 2025, arXiv 2505.24593); "
-         "LPI from Yu & Ananiadou, Neuron-Level Knowledge Attribution in LLMs (EMNLP 2024)")
+         "LPI from Yu & Ananiadou, Neuron-Level Knowledge Attribution in Large Language Models (EMNLP 2024, "
+         "arXiv 2312.12141)")
+
+ATTRIBUTION_SCHEMA = Schema(
+    keys=("prompt_id", "layer", "component"), value="score", unit="nats", sign="higher",
+    columns={"prompt_id": "str", "layer": "int", "level": "str", "component": "str", "head": "int", "expert": "int",
+             "neuron": "int", "score": "float", "routing_weight": "float", "router_prob": "float",
+             "selected": "bool", "neuron_sum": "float", "target_token": "str", "target_id": "int",
+             "target_rank": "int"},
+    optional={"task": "str"},
+    units={"routing_weight": "weight", "router_prob": "probability", "neuron_sum": "nats", "target_rank": "rank"},
+    grid=("layer", "component"),
+)
+IMPORTANCE_SCHEMA = Schema(
+    keys=("task", "layer", "level", "expert"), value="score", unit="nats", sign="higher",
+    columns={"task": "str", "expert_rank": "int", "layer": "int", "level": "str", "expert": "int", "score": "float",
+             "neuron_sum": "float", "load": "float", "routing_weight": "float", "router_prob": "float",
+             "score_std": "float", "n_prompts": "int"},
+    units={"neuron_sum": "nats", "load": "share of prompts", "routing_weight": "weight",
+           "router_prob": "probability", "score_std": "nats", "expert_rank": "rank"},
+    grid=("layer", "expert"),
+)
 
 
 # --- checks -----------------------------------------------------------------------------------------------
@@ -58,7 +86,7 @@ def check_levels(model: Any, levels: Sequence[str] | None) -> tuple[str, ...]:
             raise ParameterError(f"levels: {lv!r} is not one of {', '.join(repr(x) for x in LEVELS)}.")
     wanted = [lv for lv in levels if lv in ("expert", "neuron")]
     if wanted and not m.info.is_moe:
-        moe.require_moe(m, f"The {wanted[0]} level")
+        experts.require_moe(m, f"The {wanted[0]} level")
     if "head" in levels and "ln1_post" in dict(m.bridge.blocks[0].named_children()):
         raise ArchitectureError(
             f"The head level needs head outputs that add up to attn_out; {m.info.architecture} normalises the "
@@ -99,8 +127,21 @@ def _ranks(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 # --- the method -------------------------------------------------------------------------------------------
-def attribution_figure(result: Result, kind: str = "layers", task: str | None = None) -> Any:
-    """kind: "layers" (attention vs FFN gain per layer), "experts" (layer x expert mean gain), "load" (layer x
+class AttributionResult(Result):
+    """An :func:`expert_attribution` Result, with its expert views (:meth:`expert_importance`,
+    :meth:`top_experts`). Survives :meth:`Result.read` and sharded merges as this class."""
+
+    def expert_importance(self, *, task: str | None = None) -> Result:
+        """Per (layer, expert): mean LPI over the (task's) prompts and its rank; see :func:`expert_importance`."""
+        return expert_importance(self, task=task)
+
+    def top_experts(self, k: int = 10, *, task: str | None = None) -> list[tuple[int, int]]:
+        """The k routed experts with the largest mean LPI; see :func:`top_experts`."""
+        return top_experts(self, k, task=task)
+
+
+def attribution_figure(result: Result, view: str = "layers", task: str | None = None) -> Any:
+    """view: "layers" (attention vs FFN gain per layer), "experts" (layer x expert mean gain), "load" (layer x
     expert share of prompts routed at the last token), "heads" (layer x head mean gain)."""
     import plotly.graph_objects as go
 
@@ -108,40 +149,43 @@ def attribution_figure(result: Result, kind: str = "layers", task: str | None = 
 
     t = result.table if task is None else result.table[result.table["task"] == task]
     where = "" if task is None else f" ({task})"
-    if kind == "layers":
-        g = t[t["kind"].isin(["attn", "ffn"])].groupby(["layer", "kind"])["score"].mean().unstack()
+    if view == "layers":
+        g = t[t["level"].isin(["attn", "ffn"])].groupby(["layer", "level"])["score"].mean().unstack()
         fig = go.Figure()
         for k in ("attn", "ffn"):
             if k in g:
                 fig.add_trace(go.Bar(name=k, x=list(g.index), y=g[k].tolist()))
         fig.update_layout(title=f"Attention vs FFN log-probability gain per layer{where}", xaxis_title="layer",
-                          yaxis_title="mean LPI of the target", barmode="group")
+                          yaxis_title="mean LPI of the target (nats)", barmode="group")
         return fig
-    if kind == "heads":
-        g = t[t["kind"] == "head"].pivot_table(index="layer", columns="head", values="score", aggfunc="mean")
+    if view == "heads":
+        g = t[t["level"] == "head"].pivot_table(index="layer", columns="head", values="score", aggfunc="mean")
         return heatmap(g.values, [str(c) for c in g.columns], [str(i) for i in g.index], x_title="head",
-                       y_title="layer", title=f"Head LPI (mean over prompts){where}", colorscale="RdBu", zmid=0)
-    if kind in ("experts", "load"):
-        ex = t[t["kind"].isin(["expert", "shared_expert"])].copy()
-        ex["col"] = [("S" if k == "shared_expert" else f"E{int(e)}") for k, e in zip(ex["kind"], ex["expert"])]
-        value = "score" if kind == "experts" else "selected"
+                       y_title="layer", title=f"Head LPI (mean over prompts, nats){where}", colorscale="RdBu",
+                       zmid=0)
+    if view in ("experts", "load"):
+        ex = t[t["level"].isin(["expert", "shared_expert"])].copy()
+        ex["col"] = [("S" if k == "shared_expert" else f"E{int(e)}") for k, e in zip(ex["level"], ex["expert"])]
+        value = "score" if view == "experts" else "selected"
         ex[value] = ex[value].astype(float)
         g = ex.pivot_table(index="layer", columns="col", values=value, aggfunc="mean")
         cols = sorted(g.columns, key=lambda c: (c == "S", int(c[1:]) if c != "S" else 0))
         g = g[cols]
-        title = "Expert LPI (mean over prompts)" if kind == "experts" else "Expert load at the last token"
+        title = "Expert LPI (mean over prompts, nats)" if view == "experts" else "Expert load at the last token"
         return heatmap(g.values, cols, [str(i) for i in g.index], x_title="expert", y_title="layer",
-                       title=title + where, colorscale="RdBu" if kind == "experts" else "Viridis",
-                       zmid=0 if kind == "experts" else None)
-    raise ParameterError(f"kind={kind!r} is not one of 'layers', 'heads', 'experts', 'load'.")
+                       title=title + where, colorscale="RdBu" if view == "experts" else "Viridis",
+                       zmid=0 if view == "experts" else None)
+    raise ParameterError(f"view={view!r} is not one of 'layers', 'heads', 'experts', 'load'.")
 
 
 def _merge_attribution(parts: list[Result], meta: dict, _params: dict) -> Result:
     table = concat_tables(parts)
-    return Result(table, {**meta, "summary": attribution_summary(table, meta["n_layers"])})
+    return AttributionResult(table, {**meta, "summary": attribution_summary(table, meta["n_layers"])})
 
 
 @register_method("expert_attribution", paper=PAPER, family="moe", figure=attribution_figure,
+                 schema=ATTRIBUTION_SCHEMA, inputs="prompts", fields=("target", "task"), organism="moe",
+                 corpus="factual", example={"top_neurons": 3, "batch_size": 4}, result_class=AttributionResult,
                  cost="1 forward per prompt (batched), then unembeddings only (no backward)",
                  shards=ShardPlan(merge=_merge_attribution))
 def expert_attribution(
@@ -151,20 +195,32 @@ def expert_attribution(
     levels: Sequence[str] | None = None,
     top_neurons: int = 10,
     batch_size: int = 16,
-) -> Result:
-    """Log-probability increase of the target's first token at the last position, per layer (attention and
-    FFN/MoE), head, routed and shared expert, and expert neuron.
+    progress: bool = False,
+) -> AttributionResult:
+    """Log-probability increase (LPI) of the target's first token at the last position, per layer (attention
+    and FFN/MoE sublayer), head, routed and shared expert, and expert neuron (Li et al., ACL 2025, arXiv
+    2505.24593; the LPI of Yu & Ananiadou, EMNLP 2024, arXiv 2312.12141).
 
-    ``levels``: any of "layer", "head", "expert", "neuron"; None = all the model has (a dense model: layer and
-    head; expert/neuron on a dense model is an ArchitectureError). ``top_neurons``: neuron rows kept per prompt
-    and layer (the largest gains, over the active experts and the shared expert).
+    Args:
+        levels: any of "layer" (rows of level attn and ffn), "head", "expert" (levels expert and shared_expert),
+            "neuron"; None = all the model has (a dense model: layer and head; expert / neuron on a dense model
+            is an ArchitectureError).
+        top_neurons: neuron rows kept per prompt and layer (the largest gains, over the active experts and the
+            shared expert).
+        batch_size: prompts per forward.
+        progress: show a progress bar over batches.
 
-    Table: one row per prompt x layer x component: prompt_id, (task), layer, kind (attn, ffn, head, expert,
-    shared_expert, neuron), component, head, expert, neuron, score (the LPI), weight (routing weight g, or
-    the shared expert's sigmoid gate), prob (router softmax probability), selected (in the token's top-k),
-    neuron_sum (sum of the expert's neuron gains), target_rank. ``meta["summary"]``: the paper's aggregates
-    (FFN gain, attention gain, per-layer efficiency, peak-gain position, layer shares, HIT@10, MRR) over all
-    prompts and per task. Cost: one forward per prompt (batched), then unembeddings, no backward.
+    Returns:
+        An :class:`AttributionResult`; one row per prompt x layer x component: prompt_id, (task), layer, level
+        (attn, ffn, head, expert, shared_expert, neuron), component (its label: attn, ffn, L{l}H{h}, E{e},
+        shared, E{e}/N{k}, shared/N{k}), head, expert, neuron, score (the LPI, nats), routing_weight (routing
+        weight g, or the shared expert's sigmoid gate), router_prob (router softmax probability), selected (in
+        the token's top-k), neuron_sum (sum of the expert's neuron gains, nats), target_token, target_id,
+        target_rank (in the model's own output). ``meta["summary"]``: the paper's aggregates (FFN gain,
+        attention gain, per-layer efficiency, peak-gain position, layer shares, HIT@10, MRR) over all prompts
+        and per task.
+
+    Cost: one forward per prompt (batched), then unembeddings, no backward.
     """
     m = as_model(model)
     ps = as_prompt_set(prompts)
@@ -174,43 +230,45 @@ def expert_attribution(
     enc = encode(m, ps, targets=["target"])
     info = m.info
     n_layers = info.n_layers
-    moe_layers = [layer for layer in range(n_layers) if moe.is_moe_layer(m, layer)]
+    moe_layers = [layer for layer in range(n_layers) if experts.is_moe_layer(m, layer)]
     want_experts = "expert" in levels or "neuron" in levels
     reads = []
     for layer in range(n_layers):
-        reads += [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_resid_mid",
-                  f"blocks.{layer}.hook_mlp_out"]
+        reads += [hook_name(site, layer) for site in ("resid_pre", "attn_out", "resid_mid", "mlp_out")]
         if "head" in levels:
-            reads.append(f"blocks.{layer}.attn.hook_z")
+            reads.append(hook_name("z", layer))
         if want_experts and layer in moe_layers:
-            reads.append(f"blocks.{layer}.mlp.hook_in")
-    final = f"blocks.{n_layers - 1}.hook_resid_post"
+            reads.append(hook_name("mlp_in", layer))
+    final = hook_name("resid_post", n_layers - 1)
     reads.append(final)
     has_task = "task" in ps.fields
 
     rows: list[dict[str, Any]] = []
-    for batch in batches(m, enc, batch_size):
+    n_batches = -(-len(ps) // batch_size)
+    for batch in tqdm(batches(m, enc, batch_size), total=n_batches, desc="expert_attribution",
+                      disable=not progress):
         logits, st = forward(m, batch, read=reads, read_fn=lambda _n, v: v[:, -1])
         target = batch.targets["target"].to(m.device)
         ranks = _ranks(logits, target).cpu()
         sigma = norm_scale(m, st[final])
         gain = lambda b_, c_, sigma=sigma, target=target: _lpi(m, b_, c_, sigma, target)  # noqa: E731
         base = [{"prompt_id": ps[i]["id"], **({"task": ps[i].get("task")} if has_task else {}),
+                 "target_token": m.tokenizer.decode([int(target[r])]), "target_id": int(target[r]),
                  "target_rank": int(ranks[r])} for r, i in enumerate(batch.indices)]
 
-        def add(r: int, layer: int, kind: str, component: str, score: float, base=base, **extra: Any) -> None:
-            rows.append({**base[r], "layer": layer, "kind": kind, "component": component, "score": float(score),
+        def add(r: int, layer: int, level: str, component: str, score: float, base=base, **extra: Any) -> None:
+            rows.append({**base[r], "layer": layer, "level": level, "component": component, "score": float(score),
                          **extra})
 
         for layer in range(n_layers):
-            h = st[f"blocks.{layer}.hook_resid_pre"]
-            a = st[f"blocks.{layer}.hook_attn_out"]
-            u = st[f"blocks.{layer}.hook_resid_mid"]
-            mo = st[f"blocks.{layer}.hook_mlp_out"]
+            h = st[hook_name("resid_pre", layer)]
+            a = st[hook_name("attn_out", layer)]
+            u = st[hook_name("resid_mid", layer)]
+            mo = st[hook_name("mlp_out", layer)]
             layer_gain = gain(h, a[:, None])[:, 0], gain(u, mo[:, None])[:, 0]
             head_gain = None
             if "head" in levels:
-                head_gain = gain(h, head_outputs(m, st[f"blocks.{layer}.attn.hook_z"], layer))  # [B, H]
+                head_gain = gain(h, head_outputs(m, st[hook_name("z", layer)], layer))  # [B, H]
             for r in range(batch.size):
                 if "layer" in levels:
                     add(r, layer, "attn", "attn", layer_gain[0][r])
@@ -219,20 +277,19 @@ def expert_attribution(
                     for hd in range(info.n_heads):
                         add(r, layer, "head", f"L{layer}H{hd}", head_gain[r, hd], head=hd)
             if want_experts and layer in moe_layers:
-                _expert_rows(m, layer, st[f"blocks.{layer}.mlp.hook_in"], u, gain, levels, top_neurons, add,
+                _expert_rows(m, layer, st[hook_name("mlp_in", layer)], u, gain, levels, top_neurons, add,
                              batch.size)
     table = _tidy(pd.DataFrame(rows), ps, has_task)
-    params = {"levels": list(levels), "top_neurons": top_neurons, "batch_size": batch_size}
     summary = attribution_summary(table, n_layers)
-    return Result(table, make_meta("expert_attribution", m, ps, params, summary=summary,
-                                   n_layers=n_layers, n_experts=info.n_experts, top_k=info.top_k))
+    return AttributionResult(table, make_meta(model=m, prompts=ps, summary=summary, n_layers=n_layers,
+                                              n_experts=info.n_experts, experts_per_token=info.top_k))
 
 
 def _expert_rows(m: Any, layer: int, x: torch.Tensor, u: torch.Tensor, gain: Any,
                  levels: tuple[str, ...], top_neurons: int, add: Any, bsz: int) -> None:
     """Expert, shared-expert and neuron rows of one MoE layer (x: block input, u: resid_mid, both [B, d])."""
-    lw = moe.moe_layer(m, layer)
-    eo = moe.expert_outputs(m, layer, x)
+    lw = experts.moe_layer(m, layer)
+    eo = experts.expert_outputs(m, layer, x)
     r_ = eo.routing
     n_exp = lw.n_experts
     comps = [eo.routed[:, e] for e in range(n_exp)]
@@ -247,7 +304,7 @@ def _expert_rows(m: Any, layer: int, x: torch.Tensor, u: torch.Tensor, gain: Any
         slots.append(("shared", eo.shared_weight))
     neuron: dict[tuple[int, int | str], torch.Tensor] = {}
     for unit, w in slots:
-        v = moe.neuron_outputs(lw, x, unit, w)  # [B, F, d]
+        v = experts.neuron_outputs(lw, x, unit, w)  # [B, F, d]
         gains_n = gain(u, v)  # [B, F]
         for r in range(bsz):
             neuron[(r, unit if isinstance(unit, str) else int(unit[r]))] = gains_n[r]
@@ -255,25 +312,26 @@ def _expert_rows(m: Any, layer: int, x: torch.Tensor, u: torch.Tensor, gain: Any
         if "expert" in levels:
             for e in range(n_exp):
                 ns = neuron.get((r, e))
-                add(r, layer, "expert", f"E{e}", gains[r, e], expert=e, weight=float(r_.dense[r, e]),
-                    prob=float(r_.probs[r, e]), selected=bool(selected[r, e]),
+                add(r, layer, "expert", f"E{e}", gains[r, e], expert=e, routing_weight=float(r_.dense[r, e]),
+                    router_prob=float(r_.probs[r, e]), selected=bool(selected[r, e]),
                     neuron_sum=float(ns.sum()) if ns is not None else 0.0)
             if lw.has_shared:
-                add(r, layer, "shared_expert", "shared", gains[r, n_exp], weight=float(eo.shared_weight[r]),
+                add(r, layer, "shared_expert", "shared", gains[r, n_exp], routing_weight=float(eo.shared_weight[r]),
                     selected=True, neuron_sum=float(neuron[(r, "shared")].sum()))
         if "neuron" in levels:
             cand = [(float(g), unit, k) for (rr, unit), gs in neuron.items() if rr == r for k, g in enumerate(gs)]
             cand.sort(key=lambda c: -c[0])
             for g, unit, k in cand[:top_neurons]:
                 if unit == "shared":
-                    add(r, layer, "neuron", f"shared/N{k}", g, neuron=k, weight=float(eo.shared_weight[r]))
+                    add(r, layer, "neuron", f"shared/N{k}", g, neuron=k, routing_weight=float(eo.shared_weight[r]))
                 else:
                     add(r, layer, "neuron", f"E{unit}/N{k}", g, expert=int(unit), neuron=k,
-                        weight=float(r_.dense[r, int(unit)]), prob=float(r_.probs[r, int(unit)]), selected=True)
+                        routing_weight=float(r_.dense[r, int(unit)]), router_prob=float(r_.probs[r, int(unit)]),
+                        selected=True)
 
 
-_COLUMNS = ["prompt_id", "task", "layer", "kind", "component", "head", "expert", "neuron", "score", "weight", "prob",
-            "selected", "neuron_sum", "target_rank"]
+_COLUMNS = ["prompt_id", "task", "layer", "level", "component", "head", "expert", "neuron", "score",
+            "routing_weight", "router_prob", "selected", "neuron_sum", "target_token", "target_id", "target_rank"]
 
 
 def _tidy(table: pd.DataFrame, ps: Any, has_task: bool) -> pd.DataFrame:
@@ -284,12 +342,12 @@ def _tidy(table: pd.DataFrame, ps: Any, has_task: bool) -> pd.DataFrame:
     table = table[cols].copy()
     for col in ("head", "expert", "neuron"):
         table[col] = pd.array(table[col].tolist(), dtype="Int64")
-    for col in ("weight", "prob", "neuron_sum"):
+    for col in ("routing_weight", "router_prob", "neuron_sum"):
         table[col] = table[col].astype(float)
     table["selected"] = pd.array([None if v is None or v != v else bool(v) for v in table["selected"]],
                                  dtype="boolean")
-    table["layer"] = table["layer"].astype(int)
-    table["target_rank"] = table["target_rank"].astype(int)
+    for col in ("layer", "target_id", "target_rank"):
+        table[col] = table[col].astype(int)
     order = {pid: i for i, pid in enumerate(ps.ids)}
     table["_o"] = table["prompt_id"].map(order)
     table = table.sort_values(["_o", "layer"], kind="stable").drop(columns="_o")
@@ -301,16 +359,16 @@ def _summary_of(t: pd.DataFrame, n_layers: int) -> dict[str, Any]:
     ranks = t.groupby("prompt_id", sort=False)["target_rank"].first()
     out: dict[str, Any] = {"n_prompts": int(len(ranks)), "mrr": float((1.0 / ranks).mean()),
                            "hit@10": float((ranks <= HIT_AT).mean())}
-    for kind, name in (("ffn", "ffn"), ("attn", "attn")):
-        per_layer = t[t["kind"] == kind].groupby("layer")["score"].mean().reindex(range(n_layers))
+    for level in ("ffn", "attn"):
+        per_layer = t[t["level"] == level].groupby("layer")["score"].mean().reindex(range(n_layers))
         if per_layer.isna().all():
             continue
         total = float(per_layer.sum())
-        out[f"{name}_gain"] = total
-        out[f"{name}_efficiency"] = total / n_layers
-        out[f"{name}_gain_per_layer"] = [float(v) for v in per_layer]
-        out[f"{name}_layer_share"] = [float(v / total) if total else float("nan") for v in per_layer]
-        out[f"{name}_peak_position"] = float((int(np.nanargmax(per_layer.values)) + 1) / n_layers)
+        out[f"{level}_gain"] = total
+        out[f"{level}_efficiency"] = total / n_layers
+        out[f"{level}_gain_per_layer"] = [float(v) for v in per_layer]
+        out[f"{level}_layer_share"] = [float(v / total) if total else float("nan") for v in per_layer]
+        out[f"{level}_peak_position"] = float((int(np.nanargmax(per_layer.values)) + 1) / n_layers)
     return out
 
 
@@ -324,14 +382,30 @@ def attribution_summary(table: pd.DataFrame, n_layers: int) -> dict[str, Any]:
     return out
 
 
-@register_method("expert_importance", paper=PAPER, family="moe",
-                 cost="none (a view of an expert_attribution result)")
-def expert_importance(attribution: Result, prompts: Any = None, *, task: str | None = None) -> Result:
-    """Expert importance table: per (layer, expert), the mean LPI over the (task's) prompts, the mean sum of
-    its neuron gains, its load (share of prompts that route the last token to it), mean routing weight and
-    probability, and its rank by mean LPI. The shared expert has kind "shared_expert" and no expert index.
-    Cost: no forward pass (reads an expert_attribution result). ``prompts`` is unused (registry signature)."""
-    if not isinstance(attribution, Result) or attribution.method != "expert_attribution":
+# --- views of an attribution result -----------------------------------------------------------------------
+def _is_attribution(result: Any) -> bool:
+    return isinstance(result, Result) and (isinstance(result, AttributionResult)
+                                           or result.method == "expert_attribution")
+
+
+def expert_importance(attribution: Result, *, task: str | None = None) -> Result:
+    """Expert importance, a view of an :func:`expert_attribution` result (also
+    :meth:`AttributionResult.expert_importance`).
+
+    Args:
+        attribution: an expert_attribution Result with expert rows (levels including "expert").
+        task: keep only this task's prompts (None: all prompts).
+
+    Returns:
+        One row per (layer, expert), largest mean LPI first: task ("all" when None), expert_rank (1 = the
+        largest mean LPI), layer, level ("expert", or "shared_expert" with no expert index), expert, score (mean
+        LPI over the prompts, nats), neuron_sum (mean sum of its neuron gains, nats), load (share of prompts
+        that route the last token to it), routing_weight and router_prob (means), score_std, n_prompts.
+        ``meta["schema"]`` declares this table, so ``top()`` and ``pivot()`` (layer x expert) work on it.
+
+    Cost: no forward pass (reads the attribution table).
+    """
+    if not _is_attribution(attribution):
         raise ParameterError("expert_importance needs the Result of interp.expert_attribution.")
     t = attribution.table
     if task is not None:
@@ -339,32 +413,36 @@ def expert_importance(attribution: Result, prompts: Any = None, *, task: str | N
             known = sorted(set(t["task"])) if "task" in t.columns else []
             raise ParameterError(f"task={task!r} is not among the result's tasks ({', '.join(map(str, known))}).")
         t = t[t["task"] == task]
-    ex = t[t["kind"].isin(["expert", "shared_expert"])]
+    ex = t[t["level"].isin(["expert", "shared_expert"])]
     if ex.empty:
         raise ParameterError("The attribution result has no expert rows; run it with levels including 'expert'.")
     ex = ex.assign(selected=ex["selected"].astype(float), expert=ex["expert"].fillna(-1).astype(int))
-    g = ex.groupby(["layer", "kind", "expert"], sort=True).agg(
+    g = ex.groupby(["layer", "level", "expert"], sort=True).agg(
         score=("score", "mean"), neuron_sum=("neuron_sum", "mean"), load=("selected", "mean"),
-        weight=("weight", "mean"), prob=("prob", "mean"), score_std=("score", "std"),
-        n_prompts=("prompt_id", "nunique")).reset_index()
+        routing_weight=("routing_weight", "mean"), router_prob=("router_prob", "mean"),
+        score_std=("score", "std"), n_prompts=("prompt_id", "nunique")).reset_index()
     g["expert"] = pd.array([None if e < 0 else e for e in g["expert"]], dtype="Int64")
+    g["layer"] = g["layer"].astype(int)
+    g["n_prompts"] = g["n_prompts"].astype(int)
     g = g.sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
-    g.insert(0, "rank", np.arange(1, len(g) + 1))
+    g.insert(0, "expert_rank", np.arange(1, len(g) + 1))
     g.insert(0, "task", task if task is not None else "all")
+    IMPORTANCE_SCHEMA.check(g, where="expert_importance's table")
     src = attribution.meta
-    meta = make_meta("expert_importance", None, None, {"task": task}, source_parameters=src.get("parameters"))
-    meta.update({k: src[k] for k in ("model", "architecture", "dataset_fingerprint", "n_prompts") if k in src})
+    meta = {k: v for k, v in src.items() if k not in ("method", "parameters", "schema", "summary")}
+    meta.update(method="expert_importance", parameters={"task": task}, source_method="expert_attribution",
+                source_parameters=src.get("parameters"), schema=IMPORTANCE_SCHEMA.to_dict())
     return Result(g, meta)
 
 
 def top_experts(result: Result, k: int = 10, *, task: str | None = None) -> list[tuple[int, int]]:
     """The k routed experts (layer, expert) with the largest mean LPI over the (task's) prompts, from an
-    expert_attribution or expert_importance result (the shared expert is never included)."""
+    expert_attribution result or its expert_importance view (the shared expert is never included). Cost: none."""
     k = check_positive_int("k", k)
-    imp = expert_importance(result, task=task) if result.method == "expert_attribution" else result
-    if imp.method != "expert_importance":
-        raise ParameterError("top_experts needs an expert_attribution or expert_importance result.")
-    routed = imp.table[imp.table["kind"] == "expert"]
-    if task is not None and result.method == "expert_importance" and (routed["task"] != task).any():
+    imp = expert_importance(result, task=task) if _is_attribution(result) else result
+    if not isinstance(imp, Result) or imp.method != "expert_importance":
+        raise ParameterError("top_experts needs an expert_attribution result or its expert_importance view.")
+    routed = imp.table[imp.table["level"] == "expert"]
+    if task is not None and not _is_attribution(result) and (routed["task"] != task).any():
         raise ParameterError(f"This importance table is for task {routed['task'].iloc[0]!r}, not {task!r}.")
     return [(int(a), int(b)) for a, b in zip(routed["layer"].head(k), routed["expert"].head(k))]

@@ -1,9 +1,9 @@
 """Expert blocking with random controls, and the shared-only / shared + top-n routed contrast (Li et al., ACL
 2025, arXiv 2505.24593, Table 2 and the expert-blocking experiment; the random-expert control is ours).
 
-Blocking is an :class:`~interp.hooks.Intervention` on ``blocks.{l}.mlp.hook_expert_weights`` built by
-:func:`interp.moe.block_experts_intervention`; every condition runs through the variants engine, so hooks never
-leak and conditions are batched.
+Blocking is an :class:`~interp.hooks.Intervention` on the routing weights (site ``expert_weights``) built by
+:func:`interp.experts.block_experts_intervention`; every condition runs through the variants engine, so hooks
+never leak and conditions are batched.
 """
 
 from __future__ import annotations
@@ -14,18 +14,31 @@ from typing import Any
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
-from .. import moe
 from ..errors import ParameterError, check_choice, check_positive_int
+from ..experts import (
+    ABLATIONS,
+    block_experts_intervention,
+    check_experts,
+    keep_top_experts_intervention,
+    moe_layer,
+    require_moe,
+)
 from ..hooks import Intervention
-from ..model import as_model
 from ..prompts import as_prompt_set, batches, encode
-from ..registry import ShardPlan, register_method
+from ..registry import Schema, ShardPlan, register_method
 from ..results import Result, concat_tables, make_meta
 from ..variants import run_variants
 from .moe import HIT_AT, PAPER
 
 CONDITION_ORDER = ("clean", "blocked", "control")
+BLOCKING_SCHEMA = Schema(
+    keys=("prompt_id", "condition", "control"), value="target_rr", unit="1/rank", sign="higher",
+    columns={"prompt_id": "str", "condition": "str", "control": "int", "target_token": "str", "target_id": "int",
+             "target_rank": "int", "target_rr": "float", "target_in_top10": "bool"},
+    optional={"task": "str"}, units={"target_rank": "rank"}, grid=("condition", None),
+)
 
 
 def _rank_reduce(targets: torch.Tensor):
@@ -38,22 +51,26 @@ def _rank_reduce(targets: torch.Tensor):
 
 
 def _run_conditions(m: Any, ps: Any, conditions: Sequence[tuple[str, int | None, Intervention]],
-                    batch_size: int) -> pd.DataFrame:
+                    batch_size: int, max_rows: int | None, progress: bool, desc: str) -> pd.DataFrame:
     """Target rank of every prompt under the clean run and each (condition, control index, intervention)."""
     enc = encode(m, ps, targets=["target"])
     has_task = "task" in ps.fields
     rows = []
-    for batch in batches(m, enc, batch_size):
-        clean, results = run_variants(m, batch, [c[2] for c in conditions], _rank_reduce(batch.targets["target"]))
+    n_batches = -(-len(ps) // batch_size)
+    for batch in tqdm(batches(m, enc, batch_size), total=n_batches, desc=desc, disable=not progress):
+        target = batch.targets["target"]
+        clean, results = run_variants(m, batch, [c[2] for c in conditions], _rank_reduce(target),
+                                      max_rows=max_rows)
         for r, i in enumerate(batch.indices):
             base = {"prompt_id": ps[i]["id"], **({"task": ps[i].get("task")} if has_task else {})}
-            rows.append({**base, "condition": "clean", "control": None, "rank": int(clean[r])})
+            tgt = {"target_token": m.tokenizer.decode([int(target[r])]), "target_id": int(target[r])}
+            rows.append({**base, "condition": "clean", "control": None, **tgt, "target_rank": int(clean[r])})
             for (name, ctrl, _), res in zip(conditions, results):
-                rows.append({**base, "condition": name, "control": ctrl, "rank": int(res[r])})
+                rows.append({**base, "condition": name, "control": ctrl, **tgt, "target_rank": int(res[r])})
     table = pd.DataFrame(rows)
     table["control"] = pd.array(table["control"].tolist(), dtype="Int64")
-    table["rr"] = 1.0 / table["rank"]
-    table["hit@10"] = table["rank"] <= HIT_AT
+    table["target_rr"] = 1.0 / table["target_rank"]
+    table["target_in_top10"] = table["target_rank"] <= HIT_AT
     order = {pid: k for k, pid in enumerate(ps.ids)}
     table["_o"] = table["prompt_id"].map(order)
     return table.sort_values("_o", kind="stable").drop(columns="_o").reset_index(drop=True)
@@ -61,8 +78,8 @@ def _run_conditions(m: Any, ps: Any, conditions: Sequence[tuple[str, int | None,
 
 def _metric_summary(t: pd.DataFrame) -> dict[str, Any]:
     out: dict[str, Any] = {"n_prompts": int(t["prompt_id"].nunique())}
-    for metric in ("rr", "hit@10"):
-        name = "mrr" if metric == "rr" else "hit@10"
+    for metric in ("target_rr", "target_in_top10"):
+        name = "mrr" if metric == "target_rr" else "hit@10"
         for cond in t["condition"].unique():
             part = t[t["condition"] == cond]
             if cond == "control":
@@ -125,7 +142,7 @@ def _control_sets(m: Any, pairs: list[tuple[int, int]], controls: int, seed: int
     for _ in range(controls):
         chosen = []
         for layer, es in sorted(by_layer.items()):
-            n_exp = moe.moe_layer(m, layer).n_experts
+            n_exp = moe_layer(m, layer).n_experts
             pool = [e for e in range(n_exp) if e not in es]
             if len(pool) < len(es):
                 pool = list(range(n_exp))
@@ -137,9 +154,9 @@ def _control_sets(m: Any, pairs: list[tuple[int, int]], controls: int, seed: int
 def _expert_list(experts: Any) -> list[Any]:
     if isinstance(experts, Result):
         if experts.method != "expert_importance":
-            raise ParameterError("Pass expert pairs, or an expert_importance result (e.g. its top rows); for an "
-                                 "expert_attribution result use interp.top_experts(result, k, task=...).")
-        t = experts.table[experts.table["kind"] == "expert"]
+            raise ParameterError("Pass expert pairs, or an expert_importance view (e.g. its top rows); for an "
+                                 "expert_attribution result use result.top_experts(k, task=...).")
+        t = experts.table[experts.table["level"] == "expert"]
         return [(int(a), int(b)) for a, b in zip(t["layer"], t["expert"])]
     if isinstance(experts, pd.DataFrame):
         return [(int(a), int(b)) for a, b in zip(experts["layer"], experts["expert"]) if b is not pd.NA]
@@ -148,72 +165,105 @@ def _expert_list(experts: Any) -> list[Any]:
     return list(experts)
 
 
-@register_method("block_experts", paper=PAPER, family="moe", figure=blocking_figure,
+@register_method("block_experts", paper=PAPER, family="moe", figure=blocking_figure, schema=BLOCKING_SCHEMA,
+                 inputs="prompts", fields=("target", "task"), organism="moe", corpus="factual",
+                 example={"experts": [(0, 0), (1, 1)], "controls": 2, "batch_size": 4},
                  shards=ShardPlan(merge=_merge_blocking),
-                 cost="(1 + 1 + controls) forwards per prompt (batched; each starts at the first blocked layer)")
+                 cost="(2 + controls) forwards per prompt (batched; each starts at the first blocked layer)")
 def block_experts(
     model: Any,
     prompts: Any,
-    experts: Any,
+    experts: Sequence[tuple[int, int]] | Result | pd.DataFrame,
     *,
-    mode: str = "zero",
+    ablation: str = "zero",
     controls: int = 20,
     seed: int = 0,
     batch_size: int = 16,
+    max_rows: int | None = None,
+    progress: bool = False,
 ) -> Result:
     """MRR and HIT@10 of the target before and after blocking a set of (layer, expert) pairs, and after
-    blocking ``controls`` random sets with the same number of experts per layer.
+    blocking ``controls`` random sets with the same number of experts per layer (Li et al., ACL 2025, arXiv
+    2505.24593; the random control is ours).
 
-    ``experts``: (layer, expert) pairs, e.g. ``interp.top_experts(attribution, 10, task="country_capital")``, or
-    an expert_importance result / DataFrame with layer and expert columns. ``mode``: "zero" drops the experts'
-    contributions (other routing weights unchanged); "reroute" sets their router logits to -inf before top-k so
-    tokens go to their next-best experts (renormalised as the architecture does). Table: one row per prompt x
-    condition (clean, blocked, control with its index): rank, rr, hit@10; ``meta["summary"]`` has MRR/HIT@10
-    per condition (controls: mean, std, min, max) over all prompts and per task. Cost: (2 + controls)
-    forwards per prompt, batched.
+    Args:
+        experts: (layer, expert) integer pairs, e.g. ``attribution.top_experts(10, task="country_capital")``, or an
+            expert_importance view / DataFrame with layer and expert columns.
+        ablation: "zero" drops the experts' contributions (other routing weights unchanged); "reroute" sets their
+            router logits to -inf before top-k so tokens go to their next-best experts (renormalised as the
+            architecture does).
+        controls: random expert sets blocked as controls (0: none).
+        seed: the seed of the random control sets.
+        batch_size: prompts per forward batch.
+        max_rows: at most this many rows (prompt x condition) in one forward (None: from a memory budget).
+        progress: show a progress bar over batches.
+
+    Returns:
+        One row per prompt x condition (clean, blocked, control with its index in ``control``): prompt_id,
+        (task), condition, control, target_token, target_id, target_rank, target_rr (1 / target_rank),
+        target_in_top10 (HIT@10). ``meta["summary"]``: MRR / HIT@10 per condition (controls: mean, std, min,
+        max over the sets) over all prompts and per task; ``meta["blocked_experts"]``: the pairs blocked;
+        ``meta["control_sets"]``: the random sets.
+
+    Cost: (2 + controls) forwards per prompt, batched.
     """
-    m = moe.require_moe(model, "block_experts")
+    m = require_moe(model, "block_experts")
     ps = as_prompt_set(prompts)
-    check_choice("mode", mode, moe.BLOCK_MODES)
-    pairs = moe.check_experts(m, _expert_list(experts))
+    check_choice("ablation", ablation, ABLATIONS)
+    pairs = check_experts(m, _expert_list(experts))
     controls = check_positive_int("controls", controls, minimum=0)
     batch_size = check_positive_int("batch_size", batch_size)
+    if max_rows is not None:
+        max_rows = check_positive_int("max_rows", max_rows)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ParameterError(f"seed must be an integer; got {seed!r}.")
     encode(m, ps, targets=["target"])  # every prompt and target checked before any forward
     sets = _control_sets(m, pairs, controls, seed)
-    conditions = [("blocked", None, moe.block_experts_intervention(m, pairs, mode=mode))]
-    conditions += [("control", k, moe.block_experts_intervention(m, s, mode=mode)) for k, s in enumerate(sets)]
-    table = _run_conditions(m, ps, conditions, batch_size)
-    params = {"experts": pairs, "mode": mode, "controls": controls, "seed": seed, "batch_size": batch_size}
-    return Result(table, make_meta("block_experts", m, ps, params, summary=blocking_summary(table),
+    conditions = [("blocked", None, block_experts_intervention(m, pairs, ablation=ablation))]
+    conditions += [("control", k, block_experts_intervention(m, s, ablation=ablation)) for k, s in enumerate(sets)]
+    table = _run_conditions(m, ps, conditions, batch_size, max_rows, progress, "block_experts")
+    return Result(table, make_meta(model=m, prompts=ps, summary=blocking_summary(table), blocked_experts=pairs,
                                    control_sets=sets))
 
 
 @register_method("shared_routed_contrast", paper=PAPER, family="moe", figure=blocking_figure,
-                 shards=ShardPlan(merge=_merge_blocking),
+                 schema=BLOCKING_SCHEMA, inputs="prompts", fields=("target", "task"), organism="moe",
+                 corpus="factual", example={"keep": [0, 1], "batch_size": 4}, shards=ShardPlan(merge=_merge_blocking),
                  cost="(1 + len(keep)) forwards per prompt (batched)")
-def shared_routed_contrast(model: Any, prompts: Any, *, keep: Sequence[int] | None = None,
-                           batch_size: int = 16) -> Result:
+def shared_routed_contrast(model: Any, prompts: Any, *, keep: Sequence[int] | None = None, batch_size: int = 16,
+                           max_rows: int | None = None, progress: bool = False) -> Result:
     """MRR and HIT@10 when every MoE block keeps only each token's top-n routed experts (n in ``keep``; 0 =
-    the shared expert alone), as the paper's Table 2 (shared only / shared + top-1 / ...). Kept weights are
-    renormalised over the kept experts where the architecture renormalises. Default keep: 0 .. top_k - 1 (top_k
-    is the clean run). Table: one row per prompt x condition ("clean", "keep0", "keep1", ...). Cost: one forward
-    per prompt and condition, batched.
+    the shared expert alone), as Li et al.'s Table 2 (ACL 2025, arXiv 2505.24593: shared only / shared + top-1
+    / ...). Kept weights are renormalised over the kept experts where the architecture renormalises.
+
+    Args:
+        keep: numbers of routed experts each token keeps, each in 0 .. experts per token (default: 0 .. experts
+            per token - 1; keeping all of them is the clean run).
+        batch_size: prompts per forward batch.
+        max_rows: at most this many rows (prompt x condition) in one forward (None: from a memory budget).
+        progress: show a progress bar over batches.
+
+    Returns:
+        The table of :func:`block_experts`, one row per prompt x condition ("clean", "keep0", "keep1", ...;
+        ``control`` is empty). ``meta["summary"]``: MRR / HIT@10 per condition, all prompts and per task.
+
+    Cost: one forward per prompt and condition, batched.
     """
-    m = moe.require_moe(model, "shared_routed_contrast")
+    m = require_moe(model, "shared_routed_contrast")
     ps = as_prompt_set(prompts)
-    top_k = int(m.info.top_k or 0)
-    keep = list(range(top_k)) if keep is None else list(keep)
+    per_token = int(m.info.top_k or 0)
+    keep = list(range(per_token)) if keep is None else list(keep)
     if not keep:
         raise ParameterError("keep is empty; give the numbers of routed experts to keep, e.g. [0, 1].")
     for n in keep:
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= top_k:
-            raise ParameterError(f"keep: {n!r} must be an integer between 0 and top_k={top_k}.")
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= per_token:
+            raise ParameterError(f"keep: {n!r} must be an integer between 0 and {per_token} (the model's experts "
+                                 "per token).")
     batch_size = check_positive_int("batch_size", batch_size)
+    if max_rows is not None:
+        max_rows = check_positive_int("max_rows", max_rows)
     encode(m, ps, targets=["target"])
-    conditions = [(f"keep{n}", None, moe.keep_top_experts_intervention(m, n)) for n in keep]
-    table = _run_conditions(m, ps, conditions, batch_size)
-    summary = blocking_summary(table)
-    return Result(table, make_meta("shared_routed_contrast", m, ps, {"keep": keep, "batch_size": batch_size},
-                                   summary=summary, shared_experts=as_model(m).info.n_shared_experts, top_k=top_k))
+    conditions = [(f"keep{n}", None, keep_top_experts_intervention(m, n)) for n in keep]
+    table = _run_conditions(m, ps, conditions, batch_size, max_rows, progress, "shared_routed_contrast")
+    return Result(table, make_meta(model=m, prompts=ps, summary=blocking_summary(table),
+                                   shared_experts=m.info.n_shared_experts, experts_per_token=per_token))

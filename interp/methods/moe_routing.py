@@ -8,22 +8,40 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
-from .. import moe
 from ..errors import ParameterError, check_choice, check_positive_int
+from ..experts import is_moe_layer, moe_layer, require_moe
 from ..prompts import as_prompt_set, batches, encode
-from ..registry import ShardPlan, register_method
+from ..registry import Schema, ShardPlan, register_method
 from ..results import Result, concat_tables, make_meta
+from ..sites import hook_name
 from ..variants import forward
 from .moe import PAPER, expert_attribution
 
 POSITIONS = ("all", "last")
+ROUTING_VALUES = ("load", "mean_routing_weight", "mean_router_prob")
+ROUTING_SCHEMA = Schema(
+    keys=("group", "layer", "expert"), value="load", unit="share of tokens", sign="higher",
+    columns={"group": "str", "layer": "int", "expert": "int", "load": "float", "mean_routing_weight": "float",
+             "mean_router_prob": "float", "n_tokens": "int"},
+    units={"mean_routing_weight": "weight", "mean_router_prob": "probability", "n_tokens": "tokens"},
+    grid=("layer", "expert"),
+)
+CORRELATION_SCHEMA = Schema(
+    keys=("layer", "head", "expert_layer", "expert"), value="r_router_prob", unit="Pearson r", sign="higher",
+    columns={"layer": "int", "head": "int", "expert_layer": "int", "expert": "int", "r_router_prob": "float",
+             "r_gain": "float", "n_prompts": "int"},
+    units={"r_gain": "Pearson r", "n_prompts": "prompts"},
+    grid=("layer", "head"),
+)
 
 
 def routing_figure(result: Result, group: str = "all", value: str = "load") -> Any:
-    """Layer x expert heatmap of the load (or mean_weight, mean_prob) of one group."""
+    """Layer x expert heatmap of the load (or mean_routing_weight, mean_router_prob) of one group."""
     from ..viz import heatmap
 
+    check_choice("value", value, ROUTING_VALUES)
     t = result.table[result.table["group"] == group]
     if t.empty:
         known = ", ".join(sorted(set(result.table["group"])))
@@ -37,7 +55,7 @@ def routing_figure(result: Result, group: str = "all", value: str = "load") -> A
 def _merge_routing(parts: list[Result], meta: dict, _params: dict) -> Result:
     """Token-weighted means of the shards' per-group statistics (each shard's rows are means over its tokens)."""
     t = concat_tables(parts)
-    values = ["load", "mean_weight", "mean_prob"]
+    values = list(ROUTING_VALUES)
     sums = t[values].mul(t["n_tokens"], axis=0).assign(n_tokens=t["n_tokens"])
     sums[["group", "layer", "expert"]] = t[["group", "layer", "expert"]]
     g = sums.groupby(["group", "layer", "expert"], sort=False).sum()
@@ -49,33 +67,46 @@ def _merge_routing(parts: list[Result], meta: dict, _params: dict) -> Result:
     return Result(out[["group", "layer", "expert", *values, "n_tokens"]], meta)
 
 
-@register_method("routing_stats", paper=PAPER, family="moe", figure=routing_figure,
+@register_method("routing_stats", paper=PAPER, family="moe", figure=routing_figure, schema=ROUTING_SCHEMA,
+                 inputs="prompts", fields=("task",), organism="moe", corpus="factual",
+                 example={"by": "task", "batch_size": 4},
                  cost="1 forward per prompt (batched)", shards=ShardPlan(merge=_merge_routing))
 def routing_stats(model: Any, prompts: Any, *, by: str | None = "task", positions: str = "all",
-                  batch_size: int = 16) -> Result:
-    """Expert load per layer: the share of tokens routed to each expert (in its top-k; loads sum to top_k over
-    a layer's experts), its mean routing weight and mean router probability, over all prompts and per value of
-    the prompts' field ``by`` (e.g. task; None: overall only). ``positions``: "all" real tokens (padding
-    excluded) or the "last" token only. Read from the model's own routing hooks. Table: group, layer, expert,
-    load, mean_weight, mean_prob, n_tokens. Cost: one forward per prompt, batched.
+                  batch_size: int = 16, progress: bool = False) -> Result:
+    """Expert load per layer: the share of tokens routed to each expert (in its top-k; loads sum to the experts
+    per token over a layer's experts), its mean routing weight and mean router probability, over all prompts and
+    per value of the prompts' field ``by`` (Li et al., ACL 2025, arXiv 2505.24593). Read from the model's own
+    routing hooks (sites ``expert_indices``, ``expert_weights``, ``router_logits``).
+
+    Args:
+        by: the prompt field to group by (e.g. "task"; None: overall only).
+        positions: "all" real tokens (padding excluded) or the "last" token only.
+        batch_size: prompts per forward batch.
+        progress: show a progress bar over batches.
+
+    Returns:
+        One row per group x layer x expert: group ("all" or the field's value), layer, expert, load (share of the
+        group's tokens routed to it), mean_routing_weight (0 where not routed), mean_router_prob (router
+        softmax), n_tokens (the group's tokens).
+
+    Cost: one forward per prompt, batched.
     """
-    m = moe.require_moe(model, "routing_stats")
+    m = require_moe(model, "routing_stats")
     ps = as_prompt_set(prompts)
     check_choice("positions", positions, POSITIONS)
     batch_size = check_positive_int("batch_size", batch_size)
     if by is not None and by not in ps.fields:
         raise ParameterError(f"by={by!r} is not a field of the prompts ({', '.join(ps.fields)}).")
     enc = encode(m, ps)
-    layers = [layer for layer in range(m.info.n_layers) if moe.is_moe_layer(m, layer)]
-    names = []
-    for layer in layers:
-        names += [f"blocks.{layer}.mlp.hook_expert_indices", f"blocks.{layer}.mlp.hook_expert_weights",
-                  f"blocks.{layer}.mlp.gate.hook_out"]
+    layers = [layer for layer in range(m.info.n_layers) if is_moe_layer(m, layer)]
+    sites = ("expert_indices", "expert_weights", "router_logits")
+    names = [hook_name(site, layer) for layer in layers for site in sites]
     groups = ["all"] + (sorted({str(r.get(by)) for r in ps.records}) if by is not None else [])
-    n_exp = {layer: moe.moe_layer(m, layer).n_experts for layer in layers}
+    n_exp = {layer: moe_layer(m, layer).n_experts for layer in layers}
     acc = {(g, layer): np.zeros((3, n_exp[layer])) for g in groups for layer in layers}
     count = dict.fromkeys(groups, 0)
-    for batch in batches(m, enc, batch_size):
+    n_batches = -(-len(ps) // batch_size)
+    for batch in tqdm(batches(m, enc, batch_size), total=n_batches, desc="routing_stats", disable=not progress):
         _, st = forward(m, batch, read=names, logits=None)
         bsz, width = batch.size, batch.width
         mask = batch.attention_mask.bool()
@@ -88,11 +119,10 @@ def routing_stats(model: Any, prompts: Any, *, by: str | None = "task", position
             for g in gs:
                 count[g] += int(keep.sum())
             for layer in layers:
-                idx = st[f"blocks.{layer}.mlp.hook_expert_indices"].reshape(bsz, width, -1)[r].cpu()[keep]
-                w = st[f"blocks.{layer}.mlp.hook_expert_weights"].reshape(bsz, width, -1)[r].cpu()[keep]
-                p = st[f"blocks.{layer}.mlp.gate.hook_out"].reshape(bsz, width, -1)[r].cpu()[keep].float()
+                idx, w, p = (st[hook_name(site, layer)].reshape(bsz, width, -1)[r].cpu()[keep] for site in sites)
                 sel = torch.zeros(w.shape, dtype=torch.float64).scatter(-1, idx.long(), 1.0).sum(0)
-                part = np.stack([sel.numpy(), w.double().sum(0).numpy(), p.softmax(-1).double().sum(0).numpy()])
+                part = np.stack([sel.numpy(), w.double().sum(0).numpy(),
+                                 p.float().softmax(-1).double().sum(0).numpy()])
                 for g in gs:
                     acc[(g, layer)] += part
     rows = []
@@ -101,10 +131,10 @@ def routing_stats(model: Any, prompts: Any, *, by: str | None = "task", position
             n = max(count[g], 1)
             for e in range(n_exp[layer]):
                 s = acc[(g, layer)][:, e] / n
-                rows.append({"group": g, "layer": layer, "expert": e, "load": float(s[0]), "mean_weight": float(s[1]),
-                             "mean_prob": float(s[2]), "n_tokens": int(count[g])})
-    params = {"by": by, "positions": positions, "batch_size": batch_size}
-    return Result(pd.DataFrame(rows), make_meta("routing_stats", m, ps, params))
+                rows.append({"group": g, "layer": layer, "expert": e, "load": float(s[0]),
+                             "mean_routing_weight": float(s[1]), "mean_router_prob": float(s[2]),
+                             "n_tokens": int(count[g])})
+    return Result(pd.DataFrame(rows), make_meta(model=m, prompts=ps))
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -119,12 +149,13 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return r
 
 
-def correlation_figure(result: Result, value: str = "r_prob") -> Any:
+def correlation_figure(result: Result, value: str = "r_router_prob") -> Any:
     """Heatmap of Pearson r: heads (rows) x experts at the same or later layers (columns)."""
     from ..viz import heatmap
 
+    check_choice("value", value, ("r_router_prob", "r_gain"))
     t = result.table.copy()
-    t["h"] = [f"L{a}H{b}" for a, b in zip(t["head_layer"], t["head"])]
+    t["h"] = [f"L{a}H{b}" for a, b in zip(t["layer"], t["head"])]
     t["e"] = [f"L{a}E{b}" for a, b in zip(t["expert_layer"], t["expert"])]
     g = t.pivot_table(index="h", columns="e", values=value, aggfunc="mean", dropna=False)
     rows = sorted(g.index, key=lambda s: tuple(int(x) for x in s[1:].split("H")))
@@ -135,19 +166,21 @@ def correlation_figure(result: Result, value: str = "r_prob") -> Any:
 
 
 def _correlation_prepare(m: Any, ps: Any, params: dict) -> dict:
-    moe.require_moe(m, "head_expert_correlation")
+    require_moe(m, "head_expert_correlation")
     if params.get("attribution") is not None:
         raise ParameterError("A sharded head_expert_correlation computes the attribution shard by shard; do not pass "
                              "attribution= (or run head_expert_correlation on it directly, without shards).")
     if len(ps) < 3:
         raise ParameterError(f"A correlation across prompts needs at least 3 prompts; got {len(ps)}.")
-    return {"top": check_positive_int("top", params.get("top", 20)),
+    return {"top_k": check_positive_int("top_k", params.get("top_k", 20)),
             "batch_size": check_positive_int("batch_size", params.get("batch_size", 16))}
 
 
-def _correlation_shard(model: Any, prompts: Any, *, top: int = 20, batch_size: int = 16) -> Result:
-    """A shard's piece of head_expert_correlation: the head- and expert-level attribution of its prompts."""
-    return expert_attribution(model, prompts, levels=("head", "expert"), batch_size=batch_size)
+def _correlation_shard(model: Any, prompts: Any, *, top_k: int = 20, batch_size: int = 16) -> Result:
+    """A shard's piece of head_expert_correlation: the head- and expert-level attribution of its prompts (as a
+    plain Result, so that the merge is not taken for an attribution)."""
+    attr = expert_attribution(model, prompts, levels=("head", "expert"), batch_size=batch_size)
+    return Result(attr.table, attr.meta)
 
 
 def _correlation_merge(parts: list[Result], meta: dict, params: dict) -> Result:
@@ -155,49 +188,59 @@ def _correlation_merge(parts: list[Result], meta: dict, params: dict) -> Result:
     order = list(dict.fromkeys(t["prompt_id"]))
     table = _correlation_table(t, order)
     meta = {**meta, "method": "head_expert_correlation", "parameters": params,
-            "top_pairs": _top_pairs(table, params["top"])}
-    for key in ("summary", "n_layers", "n_experts", "top_k"):  # the attribution shards' fields
+            "schema": CORRELATION_SCHEMA.to_dict(), "top_pairs": _top_pairs(table, params["top_k"])}
+    for key in ("summary", "n_layers", "n_experts", "experts_per_token"):  # the attribution shards' fields
         meta.pop(key, None)
     return Result(table, meta)
 
 
 @register_method("head_expert_correlation", paper=PAPER, family="moe", figure=correlation_figure,
+                 schema=CORRELATION_SCHEMA, inputs="prompts", fields=("target",), organism="moe",
+                 corpus="factual", example={"top_k": 5, "batch_size": 4},
                  shards=ShardPlan(prepare=_correlation_prepare, merge=_correlation_merge,
                                   shard_function=_correlation_shard),
                  cost="that of expert_attribution (1 forward per prompt), or none given an attribution result")
-def head_expert_correlation(model: Any, prompts: Any, *, attribution: Result | None = None, top: int = 20,
-                            batch_size: int = 16) -> Result:
+def head_expert_correlation(model: Any, prompts: Any, *, attribution: Result | None = None, top_k: int = 20,
+                            batch_size: int = 16, progress: bool = False) -> Result:
     """Pearson r across prompts between each head's LPI at layer l and each routed expert's router
-    probability (r_prob) and LPI (r_gain) at layers >= l, at the last position.
+    probability (r_router_prob) and LPI (r_gain) at layers >= l, at the last position (our reconstruction of
+    Li et al.'s head-expert analysis, ACL 2025, arXiv 2505.24593; they report r = 0.68).
 
-    ``attribution``: an expert_attribution result with head and expert rows for these prompts (computed when
-    None). Table: one row per (head, expert) pair: head_layer, head, expert_layer, expert, r_prob, r_gain,
-    n_prompts (NaN r where a series is constant). ``meta["top_pairs"]``: the ``top`` pairs by r_prob.
-    Cost: that of expert_attribution, or none when given.
+    Args:
+        attribution: an expert_attribution result with head and expert rows for these prompts (None: computed
+            here, levels "head" and "expert").
+        top_k: how many pairs ``meta["top_pairs"]`` keeps (largest r_router_prob first).
+        batch_size: prompts per forward batch of the attribution computed here.
+        progress: show a progress bar over the attribution's batches.
+
+    Returns:
+        One row per (head, expert) pair: layer and head (the head), expert_layer and expert (the expert, at
+        expert_layer >= layer), r_router_prob, r_gain (NaN where a series is constant), n_prompts.
+
+    Cost: that of expert_attribution (one forward per prompt), or none when ``attribution`` is given.
     """
-    m = moe.require_moe(model, "head_expert_correlation")
+    m = require_moe(model, "head_expert_correlation")
     ps = as_prompt_set(prompts)
-    top = check_positive_int("top", top)
+    top_k = check_positive_int("top_k", top_k)
     if len(ps) < 3:
         raise ParameterError(f"A correlation across prompts needs at least 3 prompts; got {len(ps)}.")
     if attribution is None:
-        attribution = expert_attribution(m, ps, levels=("head", "expert"), batch_size=batch_size)
+        attribution = expert_attribution(m, ps, levels=("head", "expert"), batch_size=batch_size, progress=progress)
     elif not isinstance(attribution, Result) or attribution.method != "expert_attribution":
         raise ParameterError("attribution must be an interp.expert_attribution result.")
     t = attribution.table
-    if not {"head", "expert"} <= set(t["kind"]):
+    if not {"head", "expert"} <= set(t["level"]):
         raise ParameterError("The attribution result needs head and expert rows (levels 'head' and 'expert').")
     if sorted(set(t["prompt_id"])) != sorted(ps.ids):
         raise ParameterError("The attribution result was computed on other prompts than these.")
     table = _correlation_table(t, ps.ids)
-    meta = make_meta("head_expert_correlation", m, ps, {"top": top, "batch_size": batch_size})
-    return Result(table, {**meta, "top_pairs": _top_pairs(table, top)})
+    return Result(table, make_meta(model=m, prompts=ps, top_pairs=_top_pairs(table, top_k)))
 
 
 def _correlation_table(t: pd.DataFrame, order: list[str]) -> pd.DataFrame:
-    heads = t[t["kind"] == "head"].pivot_table(index="prompt_id", columns=["layer", "head"], values="score")
-    ex = t[t["kind"] == "expert"]
-    probs = ex.pivot_table(index="prompt_id", columns=["layer", "expert"], values="prob")
+    heads = t[t["level"] == "head"].pivot_table(index="prompt_id", columns=["layer", "head"], values="score")
+    ex = t[t["level"] == "expert"]
+    probs = ex.pivot_table(index="prompt_id", columns=["layer", "expert"], values="router_prob")
     gains = ex.pivot_table(index="prompt_id", columns=["layer", "expert"], values="score")
     heads, probs, gains = heads.loc[order], probs.loc[order], gains.loc[order]
     r_prob = _pearson(heads.values.astype(float), probs.values.astype(float))
@@ -206,11 +249,12 @@ def _correlation_table(t: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     for i, (hl, h) in enumerate(heads.columns):
         for j, (el, e) in enumerate(probs.columns):
             if el >= hl:
-                rows.append({"head_layer": int(hl), "head": int(h), "expert_layer": int(el), "expert": int(e),
-                             "r_prob": float(r_prob[i, j]), "r_gain": float(r_gain[i, j]), "n_prompts": len(order)})
+                rows.append({"layer": int(hl), "head": int(h), "expert_layer": int(el), "expert": int(e),
+                             "r_router_prob": float(r_prob[i, j]), "r_gain": float(r_gain[i, j]),
+                             "n_prompts": len(order)})
     return pd.DataFrame(rows)
 
 
-def _top_pairs(table: pd.DataFrame, top: int) -> list[dict]:
-    return table.dropna(subset=["r_prob"]).sort_values("r_prob", ascending=False, kind="stable").head(top).to_dict(
-        orient="records")
+def _top_pairs(table: pd.DataFrame, top_k: int) -> list[dict]:
+    return table.dropna(subset=["r_router_prob"]).sort_values("r_router_prob", ascending=False,
+                                                               kind="stable").head(top_k).to_dict(orient="records")

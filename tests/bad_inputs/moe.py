@@ -4,13 +4,14 @@
 import functools
 
 import interp
-from interp import moe
+from interp import experts
 from interp.errors import ArchitectureError, ParameterError
 from interp.methods.moe import expert_attribution, expert_importance
 from interp.methods.moe_blocking import block_experts, shared_routed_contrast
 from interp.methods.moe_routing import head_expert_correlation, routing_stats
 
 GOOD = [{"id": "paris", "prompt": "The capital of France is", "target": " Paris", "task": "capital"}]
+THREE = [dict(GOOD[0], id=f"p{i}") for i in range(3)]
 
 
 @functools.cache
@@ -42,7 +43,7 @@ CASES = [
      r"Expert \(0, 4\): expert 4 is out of range \(layer 0 has 4 experts\)"),
     ("expert layer out of range", lambda m, t, d: block_experts(mixtral(d), GOOD, [(3, 0)]), ParameterError,
      r"Expert \(3, 0\): layer 3 is out of range \(the model has 3 layers\)"),
-    ("negative expert", lambda m, t, d: moe.block_experts_intervention(mixtral(d), [(0, -1)]), ParameterError,
+    ("negative expert", lambda m, t, d: experts.block_experts_intervention(mixtral(d), [(0, -1)]), ParameterError,
      "expert -1 is out of range"),
     ("expert not a pair", lambda m, t, d: block_experts(mixtral(d), GOOD, [(0,)]), ParameterError,
      r"must be a \(layer, expert\) pair"),
@@ -50,15 +51,15 @@ CASES = [
      "list of \\(layer, expert\\) pairs"),
     ("empty expert set", lambda m, t, d: block_experts(mixtral(d), GOOD, []), ParameterError,
      "expert set is empty"),
-    ("unknown blocking mode", lambda m, t, d: block_experts(mixtral(d), GOOD, [(0, 0)], mode="drop"),
-     ParameterError, "mode='drop' is not one of 'zero', 'reroute'"),
+    ("unknown blocking ablation", lambda m, t, d: block_experts(mixtral(d), GOOD, [(0, 0)], ablation="drop"),
+     ParameterError, "ablation='drop' is not one of 'zero', 'reroute'"),
     ("negative controls", lambda m, t, d: block_experts(mixtral(d), GOOD, [(0, 0)], controls=-1), ParameterError,
      "controls must be an integer >= 0"),
     ("blocking prompts without target", lambda m, t, d: block_experts(mixtral(d), [{"id": "q", "prompt": "a b"}],
                                                                       [(0, 0)]),
      interp.PromptError, "Prompt 'q' has no 'target'"),
     ("keep above top_k", lambda m, t, d: shared_routed_contrast(mixtral(d), GOOD, keep=[3]), ParameterError,
-     "keep: 3 must be an integer between 0 and top_k=2"),
+     r"keep: 3 must be an integer between 0 and 2 \(the model's experts per token\)"),
     ("keep empty", lambda m, t, d: shared_routed_contrast(mixtral(d), GOOD, keep=[]), ParameterError,
      "keep is empty"),
     ("routing stats unknown field", lambda m, t, d: routing_stats(mixtral(d), GOOD, by="relation_id"),
@@ -69,4 +70,11 @@ CASES = [
      "at least 3 prompts"),
     ("importance of a wrong result", lambda m, t, d: expert_importance(interp.predictions(m, GOOD)), ParameterError,
      "needs the Result of interp.expert_attribution"),
+    ("importance without expert rows",
+     lambda m, t, d: expert_attribution(mixtral(d), GOOD, levels=("layer",)).expert_importance(), ParameterError,
+     "no expert rows"),
+    ("correlation top_k zero", lambda m, t, d: head_expert_correlation(mixtral(d), THREE, top_k=0),
+     ParameterError, "top_k must be an integer >= 1"),
+    ("blocking max_rows zero", lambda m, t, d: block_experts(mixtral(d), GOOD, [(0, 0)], max_rows=0),
+     ParameterError, "max_rows must be an integer >= 1"),
 ]

@@ -1,9 +1,11 @@
-"""Mixture-of-experts blocks, expert by expert: routing, per-expert and per-neuron outputs, expert blocking.
+"""Mixture-of-experts blocks, expert by expert: routing, per-expert and per-neuron outputs, expert blocking (the
+machinery under the MoE methods of :mod:`interp.methods.moe`, :mod:`~interp.methods.moe_blocking` and
+:mod:`~interp.methods.moe_routing`).
 
 TransformerLens's bridge hooks the MoE block's input and output and the router, but not the individual experts
 (Hugging Face keeps them as batched 3-D weights). This module recomputes each routed expert's and the shared
-expert's contribution to the block output from the block input (``blocks.{l}.mlp.hook_in``), the routing and
-the raw expert weights, following each architecture's rule (see docs/bridge_facts.md section 8):
+expert's contribution to the block output from the block input (site ``mlp_in`` of :mod:`interp.sites`), the
+routing and the raw expert weights, following each architecture's rule (see docs/bridge_facts.md section 8):
 
 * router: ``probs = softmax(x W_r^T)`` (float32), top-k, renormalised over the top-k for Mixtral (always) and
   for Qwen/OLMoE when ``norm_topk_prob`` is set;
@@ -13,9 +15,9 @@ the raw expert weights, following each architecture's rule (see docs/bridge_fact
 The contributions sum to the block's real output (``hook_mlp_out``) up to float32 reordering (~1e-6).
 Only raw tensors are used: calling the bridge-wrapped submodules would fire hooks.
 
-The blocking interventions edit ``blocks.{l}.mlp.hook_expert_weights`` (the [tokens, n_experts] routing
-weights; the bridge re-runs top-k on the edited tensor and uses the edited values as they are), because patching
-the router logits (``mlp.gate.hook_out``) has no effect on the bridge.
+The blocking interventions edit the site ``expert_weights`` (the [tokens, n_experts] routing weights; the bridge
+re-runs top-k on the edited tensor and uses the edited values as they are), because patching the router logits
+(site ``router_logits``) has no effect on the bridge.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ import torch
 from .errors import ArchitectureError, ParameterError, check_choice
 from .hooks import Edit, Intervention
 from .model import Model, as_model
+from .sites import hook_name
 
-BLOCK_MODES = ("zero", "reroute")
+ABLATIONS = ("zero", "reroute")  # how an expert is blocked (the ``ablation`` parameter)
 
 
 @dataclass(frozen=True)
@@ -321,10 +324,10 @@ def _routing_edits(layer: int, lw: MoELayer, change: Callable[[torch.Tensor, tor
         xs = x.reshape(-1, x.shape[-1])[tok]
         t[tok] = change(xs, t[tok]).to(t.dtype)
 
-    return (Edit(f"blocks.{layer}.mlp.hook_in", remember), Edit(f"blocks.{layer}.mlp.hook_expert_weights", edit))
+    return (Edit(hook_name("mlp_in", layer), remember), Edit(hook_name("expert_weights", layer), edit))
 
 
-def block_experts_intervention(model: Any, experts: Iterable[Any], *, mode: str = "zero") -> Intervention:
+def block_experts_intervention(model: Any, experts: Iterable[Any], *, ablation: str = "zero") -> Intervention:
     """An Intervention that blocks the given (layer, expert) pairs at every token.
 
     ``zero``: drop the experts' contributions and keep the other routing weights as they are. ``reroute``: set
@@ -332,7 +335,7 @@ def block_experts_intervention(model: Any, experts: Iterable[Any], *, mode: str 
     architecture's renormalisation rule (weights recomputed from the block input by :func:`route`).
     Composes with other interventions; two reroutes of the same block compose as the later one alone.
     """
-    check_choice("mode", mode, BLOCK_MODES)
+    check_choice("ablation", ablation, ABLATIONS)
     pairs = check_experts(model, experts)
     by_layer: dict[int, list[int]] = {}
     for layer, e in pairs:
@@ -340,7 +343,7 @@ def block_experts_intervention(model: Any, experts: Iterable[Any], *, mode: str 
     edits: list[Edit] = []
     for layer, es in by_layer.items():
         lw = moe_layer(model, layer)
-        if mode == "zero":
+        if ablation == "zero":
             def change(xs, w, es=es):
                 w = w.clone()
                 w[:, es] = 0
@@ -349,8 +352,8 @@ def block_experts_intervention(model: Any, experts: Iterable[Any], *, mode: str 
             def change(xs, w, es=es, lw=lw):
                 return route(lw, xs, blocked=es).dense
         edits.extend(_routing_edits(layer, lw, change))
-    label = f"{mode}-block " + ", ".join(f"L{layer}E{e}" for layer, e in pairs)
-    return Intervention(tuple(edits), label, {"experts": pairs, "mode": mode})
+    label = f"{ablation}-block " + ", ".join(f"L{layer}E{e}" for layer, e in pairs)
+    return Intervention(tuple(edits), label, {"experts": pairs, "ablation": ablation})
 
 
 def keep_top_experts_intervention(model: Any, keep: int, *, layers: Sequence[int] | None = None) -> Intervention:
