@@ -33,8 +33,9 @@ PARAMETERS: dict[str, str] = {
               "default 'target'.",
     "wrong": "The prompt field whose first token is the contrast answer of a logit difference (None: the target "
              "of the other prompt of the pair).",
-    "metric": "What is scored: a name from interp.metrics ('logit_diff', 'prob', 'logprob', 'rank', 'kl') or a "
-              "callable metric (see interp.metrics.MetricFn).",
+    "metric": "What is scored: a name from interp.metrics ('logit_diff', 'prob', 'logprob', 'rank', 'kl'), "
+              "patching's 'norm_logit_diff' ((LD - LD_corrupt) / (LD_clean - LD_corrupt) per pair: 1 = clean, "
+              "0 = corrupt), or a callable metric (see interp.metrics.MetricFn).",
     "ablation": "How a component is ablated: for heads 'query' (scale the query by eps: undifferentiated "
                 "attention), 'z' (scale the head's output by eps), 'key', 'mean_value', 'zero'; for experts "
                 "'zero' (drop its output) or 'reroute' (its router logit to -inf before top-k).",
@@ -73,7 +74,8 @@ PARAMETERS: dict[str, str] = {
     "verify_top": "Attribution patching: also patch exactly the k places with the largest estimates.",
     "ig_steps": "Attribution patching: points of the embedding path the gradient is averaged over (EAP-IG; 1 is "
                 "Nanda's attribution patching).",
-    "align": "The prompt field whose token span aligns clean and corrupt prompts of different lengths.",
+    "align": "Patching: None (clean and corrupt prompts of equal token length, paired position by position) or "
+             "'end' (tokens paired counting from the last one, for prompts of different lengths).",
     "span": "The prompt field whose token span is masked (context masking: the demonstrations).",
     "from_layers": "Context masking: the layers l from which on (l' >= l) the span is masked.",
     "subtask_prompts": "Cross-task patching: the held-out subtask prompts (N-shot, with their zero-shot "
@@ -148,6 +150,31 @@ COLUMNS: dict[str, str] = {
     # safety heads
     # lens
     # patching and internal chain of thought
+    "effect": "Activation patching: the metric after patching minus the destination run's own metric (raw, "
+              "before norm_logit_diff's normalisation; 0 = the patch changed nothing).",
+    "attribution": "Attribution patching: the first-order estimate of `effect`, (a_source - a_destination) . "
+                   "dM/da at the destination run (averaged along the embedding path with ig_steps > 1).",
+    "estimate": "Attribution patching: the estimated score after patching (the destination's metric + "
+                "attribution, normalised as the metric says).",
+    "exact": "Attribution patching: the exact score after patching, at the verify_top places (NaN elsewhere).",
+    "patched_metric": "Activation patching: the raw metric of the destination run with the row's place patched.",
+    "clean_metric": "Patching: the raw metric of the clean run (the target scored after the clean prompt).",
+    "corrupt_metric": "Patching: the raw metric of the corrupt run (the same target and wrong tokens).",
+    "from_layer": "Context masking: the first masked layer l (the span is masked in every layer >= l; "
+                  "n_layers = no masking).",
+    "composite": "Cross-task patching: the composite task whose task vector is patched in.",
+    "subtask": "Cross-task patching: the subtask (the value of the subtask prompts' `subtask` field).",
+    "strength": "Cross-task patching: (acc_patch - acc_0) / (acc_icl - acc_0) (NaN where acc_icl = acc_0).",
+    "acc_patch": "Cross-task patching: top-1 accuracy of the zero-shot subtask prompts with the task vector "
+                 "written into resid_post[layer] at the last position.",
+    "acc_0": "Cross-task patching: top-1 accuracy of the zero-shot subtask prompts.",
+    "acc_icl": "Cross-task patching: top-1 accuracy of the N-shot subtask prompts.",
+    "prob_patch": "Cross-task patching: mean target probability of the patched zero-shot prompts.",
+    "prob_0": "Cross-task patching: mean target probability of the zero-shot prompts.",
+    "prob_icl": "Cross-task patching: mean target probability of the N-shot prompts.",
+    "n_zero": "Cross-task patching: the number of zero-shot subtask prompts.",
+    "n_icl": "Cross-task patching: the number of N-shot subtask prompts.",
+    "n_vectors": "Cross-task patching: the number of composite prompts averaged into the task vector.",
     # tracing
     # moe
     "level": "Expert attribution: the component level of a row: 'attn' / 'ffn' (a layer's attention / FFN or MoE "

@@ -14,6 +14,7 @@ from interp.hooks import Edit, Intervention, hook_snapshot, hooked
 from interp.methods.icot import context_masking, cross_task_patching
 from interp.organisms import CORPUS_DIR, organism_dir
 from interp.prompts import tokenize
+from interp.sites import hook_name
 
 from .helpers import answer_id, ids_of
 
@@ -74,14 +75,16 @@ def test_context_masking_equals_one_forward_per_layer(models, arch):
         forbidden = span_of(m, rec)
         assert forbidden
         for layer in range(n + 1):
-            edits = [naive_mask_edit(f"blocks.{j}.attn.hook_attn_scores", forbidden) for j in range(layer, n)]
+            edits = [naive_mask_edit(hook_name("attn_scores", j), forbidden) for j in range(layer, n)]
             lp = run_last(m, ids, edits)
             for field in ("y_t", "y_s1", "y_s2"):
                 tid = answer_id(m, rec["prompt"], rec[field])
-                row = t[(t["prompt_id"] == rec["id"]) & (t["from_layer"] == layer) & (t["target"] == field)]
+                row = t[(t["prompt_id"] == rec["id"]) & (t["from_layer"] == layer) & (t["target_field"] == field)]
                 assert len(row) == 1
-                assert float(row["prob"].iloc[0]) == pytest.approx(float(lp[tid].exp()), abs=1e-5)
+                assert float(row["target_prob"].iloc[0]) == pytest.approx(float(lp[tid].exp()), abs=1e-5)
                 assert bool(row["correct"].iloc[0]) == (int(lp.argmax()) == tid)
+                assert int(row["target_id"].iloc[0]) == tid
+                assert row["target_token"].iloc[0] == m.tokenizer.decode([tid])
             if layer == 0:
                 moved = max(moved, float((lp - run_last(m, ids)).abs().max()))
     assert moved > 1e-3  # masking does change the prediction
@@ -90,12 +93,12 @@ def test_context_masking_equals_one_forward_per_layer(models, arch):
 def test_context_masking_figure_and_no_leak(models):
     m = models["llama"]
     before = hook_snapshot(m)
-    res = context_masking(m, COMPOSITE, from_layers=[0, 2, 3], targets=["y_t", "y_s1"])
+    res = context_masking(m, COMPOSITE, from_layers=[0, 2, 3], target=["y_t", "y_s1"])
     assert hook_snapshot(m) == before
-    assert set(res.table["target"]) == {"y_t", "y_s1"}
+    assert set(res.table["target_field"]) == {"y_t", "y_s1"}
     fig = res.figure()
     assert len(fig.data) == 2 and list(fig.data[0].x) == [0, 2, 3]
-    acc = res.table[res.table["target"] == "y_t"].groupby("from_layer")["correct"].mean()
+    acc = res.table[res.table["target_field"] == "y_t"].groupby("from_layer")["correct"].mean()
     assert list(fig.data[0].y) == pytest.approx(list(acc.values))
 
 
@@ -118,7 +121,7 @@ def test_cross_task_patching_equals_one_forward_per_layer(models, arch):
         for rec in COMPOSITE[:3]:
             with torch.no_grad():
                 _, cache = m.bridge.run_with_cache(torch.tensor([ids_of(m, rec["prompt"])]))
-            vs.append(cache[f"blocks.{layer}.hook_resid_post"][0, -1])
+            vs.append(cache[hook_name("resid_post", layer)][0, -1])
         theta[layer] = torch.stack(vs).mean(0)
     subs = subtask_sets()
     for s in ("s1", "s2"):
@@ -136,7 +139,7 @@ def test_cross_task_patching_equals_one_forward_per_layer(models, arch):
             def put(tt, rows, layer=layer):
                 tt[0, -1] = theta[layer]
 
-            p_s = stats(zero, [Edit(f"blocks.{layer}.hook_resid_post", put)])
+            p_s = stats(zero, [Edit(hook_name("resid_post", layer), put)])
             acc_p = sum(c for c, _ in p_s) / len(p_s)
             row = t[(t["subtask"] == s) & (t["layer"] == layer)]
             assert len(row) == 1
@@ -152,6 +155,50 @@ def test_cross_task_patching_equals_one_forward_per_layer(models, arch):
             assert r["n_zero"] == len(zero) and r["n_icl"] == len(icl)
     assert (t["prob_patch"] - t["prob_0"]).abs().max() > 1e-4  # the patch does act
     assert len(res.figure().data) == 2
+
+
+def test_cross_task_stages_come_from_the_runners_directory(models, tmp_path, monkeypatch):
+    """The stage directory is a shard input set by the runner (run_resumable), not a parameter: with it the
+    task vectors and each subtask are saved, and a rerun reads them instead of computing them again."""
+    from interp.methods import icot
+    from interp.registry import shard_inputs
+
+    m = models["llama"]
+    kw = {"n_vectors": 3, "layers": [0, 2], "batch_size": 3}
+    assert "checkpoint_dir" not in icot.cross_task_patching.registry_entry.parameters
+    plain = cross_task_patching(m, COMPOSITE, subtask_sets(), **kw)
+    with shard_inputs(checkpoint_dir=str(tmp_path)):
+        first = cross_task_patching(m, COMPOSITE, subtask_sets(), **kw)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix) == sorted(
+        ["task_vectors_000.safetensors", "subtask_000.parquet", "subtask_001.parquet"])
+    calls = []
+    monkeypatch.setattr(icot, "_target_stats", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(icot, "_mean_last_resid", lambda *a, **k: calls.append(1))
+    with shard_inputs(checkpoint_dir=str(tmp_path)):
+        again = cross_task_patching(m, COMPOSITE, subtask_sets(), **kw)
+    assert calls == []
+    for r in (first, again):
+        assert r.table.equals(plain.table)
+
+
+def test_an_error_mid_run_leaves_no_hook(models, monkeypatch):
+    from interp.methods import icot
+
+    m = models["llama"]
+    before = hook_snapshot(m)
+
+    def failing(_targets):
+        def reduce(logits, _store):
+            raise RuntimeError("boom")
+
+        return reduce
+
+    monkeypatch.setattr(icot, "_accuracy_reduce", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        context_masking(m, COMPOSITE, from_layers=[0, 1])
+    with pytest.raises(RuntimeError, match="boom"):
+        cross_task_patching(m, COMPOSITE, subtask_sets(), n_vectors=2, layers=[1])
+    assert hook_snapshot(m) == before
 
 
 # --- organism ---------------------------------------------------------------------------------------------
@@ -191,7 +238,7 @@ def test_dense_context_masking_and_cross_task_curves():
     for comp in composites:
         prompts = sets[(comp, "composite", True)]
         cm = context_masking(m, prompts).table
-        acc = cm.groupby(["target", "from_layer"])["correct"].mean().unstack(0)
+        acc = cm.groupby(["target_field", "from_layer"])["correct"].mean().unstack(0)
         # sanity that can fail: the unmasked row equals the model's own accuracy
         plain = interp.predictions(m, [{**r, "target": r["y_t"]} for r in prompts], top_k=1).table
         assert acc.loc[n, "y_t"] == pytest.approx(float((plain["target_rank"] == 1).mean()))

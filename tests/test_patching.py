@@ -13,10 +13,12 @@ import pytest
 import torch
 
 import interp
+from interp.errors import ParameterError
 from interp.hooks import Edit, Intervention, hook_snapshot, hooked
 from interp.methods.attribution_patching import attribution_patching
-from interp.methods.patching import SITES, activation_patching
+from interp.methods.patching import activation_patching
 from interp.organisms import organism_dir
+from interp.sites import hook_name
 
 from .helpers import answer_id, ids_of
 
@@ -72,7 +74,7 @@ def naive_patching(m, clean, corrupt, sites, direction="denoising", src_shift=0,
         a, w = answer_id(m, c["prompt"], c["target"]), answer_id(m, c["prompt"], k["target"])
         ld = lambda lg, a=a, w=w: float(lg[a] - lg[w])
         src, dst = (ci, ki) if direction == "denoising" else (ki, ci)
-        names = [SITES[s].format(layer=layer) for s in sites for layer in range(m.info.n_layers)]
+        names = [hook_name(s, layer) for s in sites for layer in range(m.info.n_layers)]
         cache = cache_of(m, src, names)
         ld_clean, ld_corr = ld(last_logits(m, ci)), ld(last_logits(m, ki))
         shift = src_shift(len(src), len(dst)) if callable(src_shift) else src_shift
@@ -80,7 +82,7 @@ def naive_patching(m, clean, corrupt, sites, direction="denoising", src_shift=0,
             sp = p + shift
             if not 0 <= sp < len(src):
                 continue
-            hook = SITES[site].format(layer=layer)
+            hook = hook_name(site, layer)
             value = cache[hook][sp] if head is None else cache[hook][sp, head]
             out[(c["id"], site, layer, head, p)] = (ld(last_logits(m, dst, [replace_at(hook, p, head, value)])),
                                                     ld_clean, ld_corr)
@@ -101,14 +103,20 @@ def test_activation_patching_equals_one_forward_per_place(models, arch):
     sites = ("resid_pre", "attn_out", "mlp_out", "z")
     res = activation_patching(m, CLEAN, CORRUPT, sites=sites, batch_size=2, layers=[0, 2])
     ref = naive_patching(m, CLEAN, CORRUPT, sites, layers=[0, 2])
-    got = keyed(res.table, "patched")
+    got, effect = keyed(res.table, "patched_metric"), keyed(res.table, "effect")
     assert set(got) == set(ref)
-    for key, (val, _, _) in ref.items():
+    for key, (val, _, k) in ref.items():
         assert got[key] == pytest.approx(val, abs=1e-5, rel=0), key
-    clean_ld = dict(zip(res.table["prompt_id"], res.table["clean"]))
+        assert effect[key] == pytest.approx(val - k, abs=1e-5, rel=0), key  # denoising: the corrupt run's own LD
+    for rec in CLEAN:  # the scored token: the clean target's first token after the clean prompt
+        rows = res.table[res.table["prompt_id"] == rec["id"]]
+        tid = answer_id(m, rec["prompt"], rec["target"])
+        assert set(rows["target_id"]) == {tid}
+        assert set(rows["target_token"]) == {m.tokenizer.decode([tid])}
+    clean_ld = dict(zip(res.table["prompt_id"], res.table["clean_metric"]))
     assert clean_ld["fr"] == pytest.approx(ref[("fr", "resid_pre", 0, None, 0)][1], abs=1e-5)
     # the table carries a real signal: some places move the metric
-    assert (res.table["patched"] - res.table["corrupt"]).abs().max() > 1e-2
+    assert (res.table["patched_metric"] - res.table["corrupt_metric"]).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -118,10 +126,11 @@ def test_noising_and_normalised_logit_difference(models, arch):
     res = activation_patching(m, CLEAN, CORRUPT, sites=sites, direction="noising", metric="norm_logit_diff",
                               positions=[1, 4, -1])
     ref = naive_patching(m, CLEAN, CORRUPT, sites, direction="noising", positions=[1, 4, -1])
-    got = keyed(res.table, "score")
+    got, effect = keyed(res.table, "score"), keyed(res.table, "effect")
     assert set(got) == set(ref)
     for key, (val, c, k) in ref.items():
         assert got[key] == pytest.approx((val - k) / (c - k), abs=1e-5), key
+        assert effect[key] == pytest.approx(val - c, abs=1e-5), key  # noising: the clean run's own LD, raw
 
 
 def test_batched_equals_prompt_by_prompt(models):
@@ -142,9 +151,10 @@ def test_restoring_the_only_differing_embedding_restores_the_clean_run(models):
         t = res.table
         for pid in ("fr", "mary"):
             rows = t[t["prompt_id"] == pid]
-            moved = rows[(rows["patched"] - rows["corrupt"]).abs() > 1e-5]
+            moved = rows[(rows["patched_metric"] - rows["corrupt_metric"]).abs() > 1e-5]
             assert len(moved) == 1, (arch, pid)  # only the position whose token differs
-            assert float(moved["patched"].iloc[0]) == pytest.approx(float(moved["clean"].iloc[0]), abs=1e-5)
+            assert float(moved["patched_metric"].iloc[0]) == pytest.approx(float(moved["clean_metric"].iloc[0]),
+                                                                           abs=1e-5)
 
 
 def test_end_aligned_pairs_of_different_lengths(models):
@@ -154,7 +164,7 @@ def test_end_aligned_pairs_of_different_lengths(models):
     res = activation_patching(m, clean, corrupt, sites=("resid_pre", "z"), align="end", layers=[1])
     n_c, n_k = len(ids_of(m, clean[0]["prompt"])), len(ids_of(m, corrupt[0]["prompt"]))
     ref = naive_patching(m, clean, corrupt, ("resid_pre", "z"), src_shift=n_c - n_k, layers=[1])
-    got = keyed(res.table, "patched")
+    got = keyed(res.table, "patched_metric")
     assert set(got) == set(ref)
     for key, (val, _, _) in ref.items():
         assert got[key] == pytest.approx(val, abs=1e-5), key
@@ -162,7 +172,7 @@ def test_end_aligned_pairs_of_different_lengths(models):
 
 def test_custom_metric_and_figures(models):
     m = models["gpt2"]
-    metric = lambda logits, answer, wrong: logits.log_softmax(-1).gather(-1, answer[:, None])[:, 0]
+    metric = lambda logits, target, wrong: logits.log_softmax(-1).gather(-1, target[:, None])[:, 0]
     a = activation_patching(m, CLEAN, CORRUPT, sites=("attn_out", "z"), metric=metric)
     b = activation_patching(m, CLEAN, CORRUPT, sites=("attn_out", "z"), metric="logprob")
     pd.testing.assert_series_equal(a.table["score"], b.table["score"], atol=1e-6, rtol=0)
@@ -170,6 +180,8 @@ def test_custom_metric_and_figures(models):
         fig = a.figure(site=site)
         assert len(fig.data) == 1 and fig.data[0].z is not None
     assert len(a.figure(site="z").data[0].x) == m.info.n_heads
+    default = a.figure()  # the schema's value (effect) at the first site
+    assert "effect" in default.layout.title.text and default.data[0].z is not None
 
 
 # --- attribution patching ---------------------------------------------------------------------------------
@@ -186,7 +198,7 @@ def naive_attribution(m, clean, corrupt, sites, direction, ig_steps=1):
         e_src, e_dst = cache_of(m, src, [embed])[embed], cache_of(m, dst, [embed])[embed]
         for site in sites:
             for layer in range(m.info.n_layers):
-                hook = SITES[site].format(layer=layer)
+                hook = hook_name(site, layer)
                 a_src, a_dst = cache_of(m, src, [hook])[hook], cache_of(m, dst, [hook])[hook]
                 grad = torch.zeros_like(a_dst)
                 for j in range(ig_steps):
@@ -223,7 +235,7 @@ def test_attribution_equals_one_backward_per_site(models, arch, direction):
     for key, val in ref.items():
         assert got[key] == pytest.approx(val, abs=1e-5, rel=1e-5), key
     assert max(abs(v) for v in ref.values()) > 1e-2
-    base = res.table["corrupt"] if direction == "denoising" else res.table["clean"]
+    base = res.table["corrupt_metric"] if direction == "denoising" else res.table["clean_metric"]
     pd.testing.assert_series_equal(res.table["estimate"], base + res.table["attribution"], check_names=False,
                                    atol=1e-9, rtol=0)
 
@@ -255,8 +267,8 @@ def test_ig_attribution_at_the_embeddings_is_complete(models, arch):
     errors = {}
     for k in (1, 64):
         t = attribution_patching(m, CLEAN, CORRUPT, sites="resid_pre", layers=[0], ig_steps=k).table
-        g = t.groupby("prompt_id").agg(attr=("attribution", "sum"), clean=("clean", "first"),
-                                       corrupt=("corrupt", "first"))
+        g = t.groupby("prompt_id").agg(attr=("attribution", "sum"), clean=("clean_metric", "first"),
+                                       corrupt=("corrupt_metric", "first"))
         total = g["clean"] - g["corrupt"]
         errors[k] = (g["attr"] - total).abs()
     assert (errors[64] <= 0.05 * total.abs()).all(), (errors, total)
@@ -273,7 +285,7 @@ def test_attribution_is_the_derivative_of_the_metric(models):
     for site in ("resid_pre", "z", "mlp_out"):
         rows = res.table[res.table["site"] == site]
         top = rows.loc[rows["attribution"].abs().idxmax()]
-        hook = SITES[site].format(layer=int(top["layer"]))
+        hook = hook_name(site, int(top["layer"]))
         head = None if pd.isna(top["head"]) else int(top["head"])
         p = int(top["position"])
         a_src, a_dst = cache_of(m, ci, [hook])[hook][p], cache_of(m, ki, [hook])[hook][p]
@@ -332,11 +344,13 @@ def test_hooks_never_leak(models):
             raise RuntimeError("boom")
         return logits[:, 0]
 
-    # the metric's 1st call is the check on zero logits; ig_steps=3 fails at the 2nd point of the path
-    for fn, kwargs, limit in ((activation_patching, {}, 2), (attribution_patching, {}, 2),
-                              (attribution_patching, {"ig_steps": 3}, 3)):
+    # the metric's 1st call is the check on zero logits; activation patching fails at the destination run
+    # (limit 2) or inside the variants engine (limit 3); ig_steps=3 fails at the 2nd point of the path. The error
+    # names the batch's prompts and what the metric raised.
+    for fn, kwargs, limit in ((activation_patching, {}, 2), (activation_patching, {}, 3),
+                              (attribution_patching, {}, 2), (attribution_patching, {"ig_steps": 3}, 3)):
         calls.update(n=0, limit=limit)
-        with pytest.raises(RuntimeError, match="boom"):
+        with pytest.raises(ParameterError, match=r"metric raised on the batch of prompts \[.*'fr'.*RuntimeError: boom"):
             fn(m, CLEAN, CORRUPT, sites=("resid_pre",), metric=flaky, **kwargs)
         assert calls["n"] == limit + 1
         assert hook_snapshot(m) == before
@@ -367,11 +381,11 @@ def attribution_vs_exact(site: str, pairs: str = "factual") -> tuple[float, floa
     est = attribution_patching(m, clean, corrupt, sites=site).table
     j = exact.merge(est, on=["prompt_id", "site", "layer", "head", "position"], suffixes=("", "_est"))
     assert len(j) == len(exact) == len(est)
-    per_row = spearman(j["score"] - j["corrupt"], j["attribution"])
+    per_row = spearman(j["effect"], j["attribution"])
     keys = ["layer", "head", "position"] if site == "z" else ["layer", "position"]
-    mean = j.groupby(keys, dropna=False)[["score", "corrupt", "attribution"]].mean()
-    per_place = spearman(mean["score"] - mean["corrupt"], mean["attribution"])
-    by_layer = j.groupby("layer").apply(lambda g: spearman(g["score"] - g["corrupt"], g["attribution"]))
+    mean = j.groupby(keys, dropna=False)[["effect", "attribution"]].mean()
+    per_place = spearman(mean["effect"], mean["attribution"])
+    by_layer = j.groupby("layer").apply(lambda g: spearman(g["effect"], g["attribution"]))
     print(f"\n[organism dense, {pairs} pairs] attribution vs exact patching, site {site}: Spearman per pair x place "
           f"{per_row:.3f} ({len(j)} rows), per place (mean over {len(clean)} pairs) {per_place:.3f}; per layer "
           + " ".join(f"L{k}={v:.2f}" for k, v in by_layer.items()))

@@ -4,13 +4,13 @@ For a site with activation a, patching the source value into the destination run
 ``attr = (a_source - a_destination) . dM/da`` (the gradient taken in the destination run). Denoising: the
 destination is the corrupt run; noising: the clean run. One clean forward, one corrupt forward and one backward
 give every site x layer (x head) x position. Known failure modes (attention saturation, cancellation between
-paths; Kramar et al. 2024, "AtP*") are why ``verify_top=k`` re-runs exact patching on the k largest estimates
-and reports both numbers side by side.
+paths; Kramar et al. 2024, "AtP*", arXiv 2403.00745) are why ``verify_top=k`` re-runs exact patching on the k
+largest estimates and reports both numbers side by side.
 
 ``ig_steps=k > 1`` averages the gradient over k points of the straight path between the two runs' input
-embeddings (EAP-IG; Hanna et al. 2024, "Have Faith in Faithfulness"): dM/da is taken in the runs whose
-``blocks.0.hook_resid_pre`` is ``e_dest + (j / k) (e_source - e_dest)``, j = 0 .. k-1 (a left Riemann sum of the
-integrated gradient, so k = 1 is plain attribution patching and k -> infinity is the integral). It estimates
+embeddings (EAP-IG; Hanna et al. 2024, "Have Faith in Faithfulness", arXiv 2403.17806): dM/da is taken in the
+runs whose ``resid_pre`` of block 0 is ``e_dest + (j / k) (e_source - e_dest)``, j = 0 .. k-1 (a left Riemann
+sum of the integrated gradient, so k = 1 is plain attribution patching and k -> infinity is the integral). It estimates
 each site's share of the whole clean-corrupt change, which is not the same question as patching one site alone:
 on the dense organism it tracks exact resid_pre patching better and exact head patching worse (README). On MoE
 models the path crosses switches of the top-k routing, which no gradient sees, so the path sum need not reach the
@@ -25,27 +25,34 @@ from typing import Any
 import pandas as pd
 import torch
 
+from .. import sites as S
 from ..errors import ParameterError, PromptError, check_positive_int
 from ..hooks import Edit, Intervention
+from ..metrics import MetricFn
 from ..model import Model
 from ..prompts import Batch
 from ..registry import ShardPlan, register_method
 from ..results import Result, make_meta
 from ..variants import forward
-from .patching import (
+from .patching_core import (
     DEFAULT_SITES,
-    SITES,
-    MetricFn,
+    KEY_COLUMNS,
+    PATCH_SITES,
+    SCORE_UNIT,
     Pairs,
     Slot,
     TokenNames,
+    batch_bar,
     check_common,
     check_layers,
+    example,
     finish_table,
     make_slots,
     merge_pairs,
+    metric_unit,
     pair_batches,
     patching_figure,
+    patching_schema,
     prepare_pairs,
     raw_metric,
     run_exact,
@@ -53,17 +60,24 @@ from .patching import (
     slot_rows,
 )
 
-EMBED_HOOK = "blocks.0.hook_resid_pre"
+EMBED_HOOK = S.hook_name("resid_pre", 0)  # the input embeddings, where the EAP-IG path is taken
+PAPERS = ("Nanda 2023, 'Attribution patching: activation patching at industrial scale'; Kramar et al. 2024, "
+          "arXiv 2403.00745 (AtP*); Hanna et al. 2024, arXiv 2403.17806 (EAP-IG: ig_steps)")
+COLUMNS = ("attribution", "estimate", "exact", "clean_metric", "corrupt_metric")
+SCHEMA = patching_schema(
+    "attribution", "magnitude",
+    {"attribution": "float", "estimate": "float", "exact": "float"},
+    {"estimate": SCORE_UNIT, "exact": SCORE_UNIT})
 
 
-def gradients(m: Model, batch: Batch, hooks: list[str], metric: str | MetricFn, answer: torch.Tensor,
-              wrong: torch.Tensor | None, *, embed: torch.Tensor | None = None
+def gradients(m: Model, batch: Batch, hooks: list[str], metric: str | MetricFn, target: torch.Tensor,
+              wrong: torch.Tensor | None, prompt_ids: Sequence[str], *, embed: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """One forward and one backward of ``batch``: (metric [B], activations, dMetric/dActivation) at ``hooks``.
 
     A zero tensor that requires grad is added at each hook (inside :func:`interp.hooks.hooked`, so no hook
     outlives the forward); the gradient of the summed metric with respect to it is dM/da of each row (rows do
-    not interact). ``embed`` [B, T, d_model], if given, replaces the input embeddings (``blocks.0.hook_resid_pre``)
+    not interact). ``embed`` [B, T, d_model], if given, replaces the input embeddings (``resid_pre`` of block 0)
     before anything else reads them."""
     deltas: dict[str, torch.Tensor] = {}
 
@@ -82,7 +96,7 @@ def gradients(m: Model, batch: Batch, hooks: list[str], metric: str | MetricFn, 
     iv = Intervention(first + tuple(Edit(h, adder(h)) for h in hooks), "gradient probe")
     logits, store = forward(m, batch, [iv], read=hooks, keep_grad=True)
     with torch.enable_grad():
-        value = raw_metric(metric, logits, answer, wrong)
+        value = raw_metric(metric, logits, target, wrong, prompt_ids)
         missing = [h for h in hooks if h not in deltas]
         if missing:
             raise RuntimeError(f"The forward pass never reached {missing[0]!r}.")
@@ -92,8 +106,8 @@ def gradients(m: Model, batch: Batch, hooks: list[str], metric: str | MetricFn, 
     return value.detach(), acts, out
 
 
-def path_gradients(m: Model, src: Batch, dst: Batch, hooks: list[str], metric: str | MetricFn, answer: torch.Tensor,
-                   wrong: torch.Tensor | None, steps: int
+def path_gradients(m: Model, src: Batch, dst: Batch, hooks: list[str], metric: str | MetricFn, target: torch.Tensor,
+                   wrong: torch.Tensor | None, prompt_ids: Sequence[str], steps: int
                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor],
                               dict[str, torch.Tensor]]:
     """The source run's last logits and activations; the destination's metric and activations, and dM/da averaged
@@ -102,13 +116,14 @@ def path_gradients(m: Model, src: Batch, dst: Batch, hooks: list[str], metric: s
     Cost: 1 source forward + ``steps`` x (1 forward + 1 backward)."""
     read = hooks if steps == 1 else sorted({*hooks, EMBED_HOOK})
     src_logits, src_store = forward(m, src, read=read)
-    dst_metric, dst_acts, grads = gradients(m, dst, hooks, metric, answer, wrong)
+    dst_metric, dst_acts, grads = gradients(m, dst, hooks, metric, target, wrong, prompt_ids)
     if steps > 1:
         _, dst_embed = forward(m, dst, read=[EMBED_HOOK], logits=None, stop_after=EMBED_HOOK)
         e_dst, e_src = dst_embed[EMBED_HOOK], src_store[EMBED_HOOK]
         total = {h: g.clone() for h, g in grads.items()}
         for j in range(1, steps):
-            _, _, g = gradients(m, dst, hooks, metric, answer, wrong, embed=e_dst + (j / steps) * (e_src - e_dst))
+            _, _, g = gradients(m, dst, hooks, metric, target, wrong, prompt_ids,
+                                embed=e_dst + (j / steps) * (e_src - e_dst))
             for h in hooks:
                 total[h] += g[h]
         grads = {h: t / steps for h, t in total.items()}
@@ -143,13 +158,12 @@ def _prepare(m: Model, ps: Any, params: dict) -> dict:
     return prepare_pairs(m, ps, params)
 
 
-@register_method("attribution_patching",
-                 shards=ShardPlan(prepare=_prepare, paired=("corrupt",), merge=merge_pairs),
-                 paper="Nanda 2023, 'Attribution patching'; Kramar et al. 2024 (AtP*); "
-                 "Hanna et al. 2024 (EAP-IG: ig_steps)",
-                 cost="1 clean forward + 1 corrupt forward + 1 backward per batch (all sites at once); "
-                 "ig_steps=k makes it k forwards + k backwards; verify_top=k adds exact patching of k places",
-                 family="patching", figure=patching_figure)
+@register_method("attribution_patching", inputs="pair", schema=SCHEMA,
+                 shards=ShardPlan(prepare=_prepare, paired=("corrupt",), merge=merge_pairs), paper=PAPERS,
+                 cost="1 source forward + 1 destination forward + 1 backward per batch (every place at once); "
+                 "ig_steps=k: 1 + k forwards + k backwards; verify_top=k adds exact patching of k places",
+                 family="patching", figure=patching_figure, fields=("target",), organism="dense",
+                 corpus="composite", example=example)
 def attribution_patching(
     model: Any,
     clean: Any,
@@ -158,7 +172,7 @@ def attribution_patching(
     sites: Sequence[str] | str = DEFAULT_SITES,
     positions: str | Sequence[int] = "all",
     metric: str | MetricFn = "logit_diff",
-    answer: str = "target",
+    target: str = "target",
     wrong: str | None = None,
     direction: str = "denoising",
     verify_top: int = 0,
@@ -167,24 +181,35 @@ def attribution_patching(
     align: str | None = None,
     batch_size: int = 8,
     max_rows: int | None = None,
+    progress: bool = True,
 ) -> Result:
-    """Estimate the activation-patching table with one gradient: attr = (a_source - a_dest) . dM/da at dest.
+    """Estimate the activation-patching table with one gradient: attr = (a_source - a_dest) . dM/da at dest
+    (Nanda 2023; Kramar et al. 2024, arXiv 2403.00745; EAP-IG: Hanna et al. 2024, arXiv 2403.17806).
 
     Same arguments and pairing as :func:`interp.activation_patching` (denoising: source = clean, destination =
-    corrupt; noising: the reverse). ``metric`` must be differentiable in the logits. ``verify_top=k``: the k
-    places (site, layer, head, position) with the largest mean |attribution| over pairs are patched exactly, and
-    their ``exact`` score sits next to the ``estimate``. ``ig_steps=k``: the gradient is averaged over k points of
-    the input-embedding path from the destination run to the source run (EAP-IG, see the module docstring); it
-    needs every pair to have the same token length, since the path mixes the two runs' embeddings column by column.
+    corrupt; noising: the reverse), plus:
 
-    Table: the keys of activation_patching plus attribution (the estimated change of the raw metric), estimate
-    (the estimated score after patching: the raw metric of the destination + attribution, normalised as the
-    metric says), exact (the exact score; NaN unless verified), clean / corrupt (raw metric values). Cost per
-    batch: 1 source forward, ig_steps x (1 destination forward + 1 backward); verify_top adds exact patching of k
-    places.
+    Args:
+        metric: as in activation_patching, differentiable in the logits (not "rank").
+        verify_top: the k places (site, layer, head, position) with the largest mean |attribution| over pairs
+            are patched exactly, and their ``exact`` score sits next to the ``estimate`` (0: none).
+        ig_steps: the gradient is averaged over k points of the input-embedding path from the destination run to
+            the source run (EAP-IG, see the module docstring); k > 1 needs every pair to have the same token
+            length, since the path mixes the two runs' embeddings column by column.
+        progress: a progress bar over the pair batches.
+
+    Returns:
+        A Result with the keys and token columns of activation_patching plus attribution (the estimated change
+        of the raw metric, i.e. of activation_patching's ``effect``; the schema's value, larger magnitude
+        matters more), estimate (the estimated score after patching: the raw metric of the destination +
+        attribution, normalised as the metric says), exact (the exact score; NaN unless verified), clean_metric
+        / corrupt_metric (raw metric values).
+
+    Cost per batch: 1 source forward, ig_steps x (1 destination forward + 1 backward); verify_top adds exact
+    patching of k places (activation_patching's cost for them).
     """
     m, pairs, site_list, pos, metric_v = check_common(
-        model, clean, corrupt, sites=sites, positions=positions, metric=metric, answer=answer, wrong=wrong,
+        model, clean, corrupt, sites=sites, positions=positions, metric=metric, target=target, wrong=wrong,
         direction=direction, align=align, batch_size=batch_size, need_grad=True)
     verify_top = check_positive_int("verify_top", verify_top, minimum=0)
     ig_steps = check_positive_int("ig_steps", ig_steps)
@@ -194,15 +219,16 @@ def attribution_patching(
     names = TokenNames(m.tokenizer)
     rows: list[dict[str, Any]] = []
     batches = pair_batches(m, pairs, batch_size)
-    for cb, kb in batches:
+    for cb, kb in batch_bar(batches, "attribution_patching", progress):
         src, dst = (cb, kb) if direction == "denoising" else (kb, cb)
         slots = make_slots(m, site_list, layer_list, pos, src, dst)
         hooks = sorted({s.hook for s in slots})
-        ans = pairs.answer[dst.indices].to(m.device)
+        tgt = pairs.target[dst.indices].to(m.device)
         wr = None if pairs.wrong is None else pairs.wrong[dst.indices].to(m.device)
-        src_logits, src_store, dst_metric, dst_acts, grads = path_gradients(m, src, dst, hooks, metric_v, ans, wr,
-                                                                            ig_steps)
-        src_metric = raw_metric(metric_v, src_logits, ans, wr).detach()
+        ids = [pairs.clean.ids[i] for i in dst.indices]
+        src_logits, src_store, dst_metric, dst_acts, grads = path_gradients(m, src, dst, hooks, metric_v, tgt, wr,
+                                                                            ids, ig_steps)
+        src_metric = raw_metric(metric_v, src_logits, tgt, wr, ids).detach()
         clean_m, corr_m = (src_metric, dst_metric) if direction == "denoising" else (dst_metric, src_metric)
         cm, km, dm = clean_m.double().cpu(), corr_m.double().cpu(), dst_metric.double().cpu()
         for slot in slots:
@@ -210,15 +236,12 @@ def attribution_patching(
             for r, key in slot_rows(slot, dst, pairs, names):
                 a, c, k = float(attr[r]), float(cm[r]), float(km[r])
                 rows.append({**key, "attribution": a, "estimate": float(score_of(metric_v, float(dm[r]) + a, c, k)),
-                             "exact": float("nan"), "clean": c, "corrupt": k})
-    table = finish_table(rows, pairs.clean.ids)
+                             "exact": float("nan"), "clean_metric": c, "corrupt_metric": k})
+    table = finish_table(rows, pairs.clean.ids, [*KEY_COLUMNS, *COLUMNS])
     if verify_top:
         table = _verify(m, pairs, table, batches, metric_v, direction, verify_top, max_rows)
-    params = {"sites": site_list, "positions": pos, "metric": metric if isinstance(metric, str) else "custom",
-              "answer": answer, "wrong": wrong, "direction": direction, "verify_top": verify_top,
-              "ig_steps": ig_steps, "layers": layer_list, "align": align}
-    return Result(table, make_meta("attribution_patching", m, pairs.clean, params,
-                                   corrupt_fingerprint=pairs.corrupt.fingerprint()))
+    return Result(table, make_meta(model=m, prompts=pairs.clean, corrupt_fingerprint=pairs.corrupt.fingerprint(),
+                                   metric_unit=metric_unit(metric_v)))
 
 
 def _verify(m: Model, pairs: Pairs, table: pd.DataFrame, batches: list[tuple[Batch, Batch]], metric: str | MetricFn,
@@ -232,7 +255,7 @@ def _verify(m: Model, pairs: Pairs, table: pd.DataFrame, batches: list[tuple[Bat
     for cb, kb in batches:
         src, dst = (cb, kb) if direction == "denoising" else (kb, cb)
         slots = []
-        for site, layer, head, p in sorted(chosen, key=lambda x: (list(SITES).index(x[0]), x[1], x[2] or 0, x[3])):
+        for site, layer, head, p in sorted(chosen, key=lambda x: (PATCH_SITES.index(x[0]), x[1], x[2] or 0, x[3])):
             cols = dst.offsets + p
             first_real = torch.maximum(src.offsets, dst.offsets)
             valid = (cols >= first_real) & (cols < dst.width)

@@ -16,20 +16,37 @@ from typing import Any
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
+from .. import sites as S
 from ..checkpoints import StageCheckpoints
 from ..errors import ParameterError, PromptError, check_layer_list, check_positive_int
 from ..hooks import Edit, Intervention
 from ..interventions import mask_attention
 from ..model import Model, as_model
 from ..prompts import PromptSet, as_prompt_set, batches, encode
-from ..registry import ShardPlan, register_method
+from ..registry import Schema, ShardPlan, register_method, shard_input
 from ..results import Result, make_meta
 from ..variants import forward, run_variants
-from .patching import TokenNames, check_layers
+from .patching_core import TokenNames, check_layers
 
 ICOT_PAPER = "Yang et al., EMNLP 2025, arXiv 2505.14530 (Internal Chain-of-Thought)"
 ICOT_TARGETS = ("y_t", "y_s1", "y_s2")
+
+MASKING_SCHEMA = Schema(
+    keys=("prompt_id", "from_layer", "target_field"), value="score", unit="accuracy (1 = the top-1 prediction is "
+    "the target token)", sign="higher",
+    columns={"prompt_id": "str", "from_layer": "int", "target_field": "str", "target_token": "str",
+             "target_id": "int", "correct": "bool", "target_prob": "float", "score": "float"},
+    optional={"task": "str"}, units={"target_prob": "probability"}, grid=("from_layer", "target_field"))
+CROSS_TASK_SCHEMA = Schema(
+    keys=("composite", "subtask", "layer"), value="strength", unit="fraction of the ICL gain, (acc_patch - acc_0) / "
+    "(acc_icl - acc_0)", sign="higher",
+    columns={"composite": "str", "subtask": "str", "layer": "int", "strength": "float", "acc_patch": "float",
+             "acc_0": "float", "acc_icl": "float", "prob_patch": "float", "prob_0": "float", "prob_icl": "float",
+             "n_zero": "int", "n_icl": "int", "n_vectors": "int"},
+    units={"acc_patch": "accuracy", "acc_0": "accuracy", "acc_icl": "accuracy", "prob_patch": "probability",
+           "prob_0": "probability", "prob_icl": "probability"}, grid=("layer", "subtask"))
 
 
 def _check_from_layers(m: Model, from_layers: Sequence[int] | None) -> list[int]:
@@ -37,14 +54,16 @@ def _check_from_layers(m: Model, from_layers: Sequence[int] | None) -> list[int]
     return check_layer_list("from_layers", from_layers, n + 1, out_of_range=f"is not in [0, {n}] ({n} = no masking)")
 
 
-def _check_targets(ps: PromptSet, targets: Sequence[str] | str) -> list[str]:
-    targets = [targets] if isinstance(targets, str) else list(targets)
-    if not targets:
-        raise ParameterError("targets is empty; name at least one answer field (e.g. 'y_t').")
-    for t in targets:
+def _check_targets(ps: PromptSet, target: Sequence[str] | str) -> list[str]:
+    fields = [target] if isinstance(target, str) else list(target)
+    if not fields:
+        raise ParameterError("target is empty; name at least one answer field (e.g. 'y_t').")
+    for t in fields:
         if not isinstance(t, str) or t not in ps.fields:
             raise PromptError(f"The prompts have no {t!r} field to score against (fields: {', '.join(ps.fields)}).")
-    return targets
+    if len(set(fields)) != len(fields):
+        raise ParameterError(f"target names a field twice: {fields}.")
+    return fields
 
 
 def _accuracy_reduce(targets: torch.Tensor):
@@ -66,7 +85,7 @@ def context_masking_figure(result: Result) -> Any:
     import plotly.graph_objects as go
 
     t = result.table
-    keys = ["task", "target"] if "task" in t.columns and t["task"].nunique() > 1 else ["target"]
+    keys = ["task", "target_field"] if "task" in t.columns and t["task"].nunique() > 1 else ["target_field"]
     fig = go.Figure()
     acc = t.groupby([*keys, "from_layer"], sort=False)["correct"].mean().reset_index()
     for key, g in acc.groupby(keys, sort=False):
@@ -79,26 +98,51 @@ def context_masking_figure(result: Result) -> Any:
     return fig
 
 
-@register_method("context_masking", paper=ICOT_PAPER, cost="1 forward per prompt + 1 prompt row per masked layer "
-                 "(batched, each started at its first masked layer)", family="patching", figure=context_masking_figure)
+def _masking_example(model: Any, prompts: Any) -> dict[str, Any]:
+    """Cheap parameters for a check run: two masked layers and the unmasked model."""
+    n = as_model(model).info.n_layers
+    return {"from_layers": sorted({0, min(1, n - 1), n})}
+
+
+@register_method("context_masking", schema=MASKING_SCHEMA, paper=ICOT_PAPER,
+                 cost="1 forward per prompt + 1 prompt row per masked layer (batched, each started at its first "
+                 "masked layer)", family="patching", figure=context_masking_figure,
+                 fields=("demonstrations", *ICOT_TARGETS), organism="dense", corpus="composite",
+                 example=_masking_example)
 def context_masking(
     model: Any,
     prompts: Any,
     *,
     span: str = "demonstrations",
     from_layers: Sequence[int] | None = None,
-    targets: Sequence[str] | str = ICOT_TARGETS,
+    target: Sequence[str] | str = ICOT_TARGETS,
     batch_size: int = 8,
     max_rows: int | None = None,
+    progress: bool = True,
 ) -> Result:
-    """Layer-from context masking: for each l, no query may attend to the ``span`` field's tokens in any layer
-    >= l (-inf added to those key columns of the scores before the softmax, in every head and query row; a row
-    that would have no key left is left alone). l = n_layers is the unmasked model.
+    """Layer-from context masking (Yang et al., EMNLP 2025, arXiv 2505.14530): for each l, no query may attend
+    to the ``span`` field's tokens in any layer >= l (-inf added to those key columns of the scores before the
+    softmax, in every head and query row; a row that would have no key left is left alone). l = n_layers is the
+    unmasked model.
 
-    Table: one row per prompt x l x target field: prompt_id, task (if the prompts have one), from_layer, target
-    (field name), answer (its text), token (first answer token), correct (top-1 prediction == that token),
-    prob, score (= correct as 0/1). Cost: 1 forward per prompt + 1 prompt row per l < n_layers, batched by the
-    variants engine (chunks start at their first masked layer).
+    Args:
+        model: an interp.Model or a TransformerBridge.
+        prompts: N-shot prompts with the ``span`` field and the ``target`` field(s).
+        span: the prompt field whose token span is masked (the demonstrations).
+        from_layers: the first masked layers l, in [0, n_layers] (n_layers: no masking); None: all of them.
+        target: the prompt field, or list of fields, whose first token's top-1 accuracy and probability are
+            read (default: the composite answer y_t, the intermediate answer y_s1, the distractor y_s2).
+        batch_size: prompts per batch; max_rows: at most this many masked rows per forward.
+        progress: a progress bar over the batches.
+
+    Returns:
+        A Result with one row per prompt x l x target field: prompt_id, task (if the prompts have one),
+        from_layer, target_field (the field's name), target_token (its first token's text), target_id, correct
+        (top-1 prediction == that token), target_prob, score (= correct as 0/1: the schema's value, its mean is
+        the accuracy).
+
+    Cost: 1 forward per prompt + 1 prompt row per l < n_layers, batched by the variants engine (chunks start at
+    their first masked layer).
     """
     m = as_model(model)
     ps = as_prompt_set(prompts)
@@ -107,13 +151,14 @@ def context_masking(
     if span not in ps.fields:
         raise PromptError(f"The prompts have no {span!r} field to mask (fields: {', '.join(ps.fields)}).")
     layers = _check_from_layers(m, from_layers)
-    tnames = _check_targets(ps, targets)
+    tnames = _check_targets(ps, target)
     check_positive_int("batch_size", batch_size)
     enc = encode(m, ps, targets=tnames, spans=[span])
     n = m.info.n_layers
     names = TokenNames(m.tokenizer)
     rows = []
-    for batch in batches(m, enc, batch_size):
+    n_batches = -(-len(ps) // batch_size)
+    for batch in tqdm(batches(m, enc, batch_size), desc="context_masking", total=n_batches, disable=not progress):
         key_mask = torch.zeros(batch.size, batch.width, dtype=torch.bool)
         for r, (s, e) in enumerate(batch.spans[span]):
             key_mask[r, s:e] = True
@@ -132,14 +177,16 @@ def context_masking(
                     tid = int(tg[r, j])
                     ok = int(out[r, 0]) == tid
                     rows.append({"prompt_id": rec["id"], **({"task": rec.get("task")} if "task" in ps.fields else {}),
-                                 "from_layer": layer, "target": t, "answer": rec[t], "token": names(tid),
-                                 "correct": ok, "prob": float(out[r, 1 + j].exp()), "score": float(ok)})
-    table = pd.DataFrame(rows)
+                                 "from_layer": layer, "target_field": t, "target_token": names(tid),
+                                 "target_id": tid, "correct": ok, "target_prob": float(out[r, 1 + j].exp()),
+                                 "score": float(ok)})
+    columns = [c for c in MASKING_SCHEMA.columns if c != "prompt_id"]
+    table = pd.DataFrame(rows, columns=["prompt_id", *(["task"] if "task" in ps.fields else []), *columns])
     order = {pid: k for k, pid in enumerate(ps.ids)}
-    table = table.sort_values(["from_layer", "prompt_id"], key=lambda s: s.map(order) if s.name == "prompt_id" else s,
+    # prompt by prompt (as given), so that the shards of a sharded run concatenate to this table
+    table = table.sort_values(["prompt_id", "from_layer"], key=lambda s: s.map(order) if s.name == "prompt_id" else s,
                               kind="stable").reset_index(drop=True)
-    params = {"span": span, "from_layers": layers, "targets": tnames}
-    return Result(table, make_meta("context_masking", m, ps, params, n_layers=n))
+    return Result(table, make_meta(model=m, prompts=ps, n_layers=n))
 
 
 # --- cross-task patching --------------------------------------------------------------------------------
@@ -193,7 +240,7 @@ def split_subtasks(composite: PromptSet, subtask_prompts: PromptSet, *, subtask:
 
 
 def _mean_last_resid(m: Model, ps: PromptSet, layers: list[int], batch_size: int) -> dict[int, torch.Tensor]:
-    names = [f"blocks.{layer}.hook_resid_post" for layer in layers]
+    names = [S.hook_name("resid_post", layer) for layer in layers]
     total = {layer: torch.zeros(m.info.d_model, dtype=torch.float64) for layer in layers}
     enc = encode(m, ps)
     for batch in batches(m, enc, batch_size):
@@ -250,13 +297,22 @@ def cross_task_figure(result: Result) -> Any:
     return fig
 
 
-@register_method("cross_task_patching", shards=ShardPlan(checkpoint="checkpoint_dir"), paper=ICOT_PAPER,
-                 cost="1 forward per composite prompt (up to n_vectors) + "
-                 "1 per N-shot and zero-shot subtask prompt + 1 zero-shot row per layer (batched)", family="patching",
-                 figure=cross_task_figure)
+def _cross_task_example(model: Any, prompts: Any) -> dict[str, Any]:
+    """Cheap parameters for a check run: 4 held-out subtask prompts, the first two layers, 2 vectors per task."""
+    from ..checks import corpus_prompts
+
+    n = as_model(model).info.n_layers
+    return {"subtask_prompts": corpus_prompts("subtasks", 4), "layers": list(range(min(2, n))), "n_vectors": 2}
+
+
+@register_method("cross_task_patching", schema=CROSS_TASK_SCHEMA, shards=ShardPlan(checkpoint=True),
+                 paper=ICOT_PAPER, cost="1 forward per composite prompt (up to n_vectors) + 1 per N-shot and "
+                 "zero-shot subtask prompt + 1 zero-shot row per layer (batched)", family="patching",
+                 figure=cross_task_figure, fields=("task", "target", "demonstrations"), organism="dense",
+                 corpus="composite", example=_cross_task_example)
 def cross_task_patching(
     model: Any,
-    composite_prompts: Any,
+    prompts: Any,
     subtask_prompts: Any,
     *,
     layers: Sequence[int] | None = None,
@@ -266,28 +322,41 @@ def cross_task_patching(
     demonstrations: str = "demonstrations",
     batch_size: int = 8,
     max_rows: int | None = None,
-    checkpoint_dir: str | None = None,
+    progress: bool = True,
 ) -> Result:
-    """Cross-task patching: theta^l = mean over the first ``n_vectors`` composite N-shot prompts of resid_post[l]
-    at the last position; for each subtask, acc_patch(l) = accuracy of its zero-shot prompts with resid_post[l]
-    at the last position REPLACED by theta^l, and strength(l) = (acc_patch - acc_0) / (acc_ICL - acc_0)
-    (NaN where acc_ICL = acc_0).
+    """Cross-task patching (Yang et al., EMNLP 2025, arXiv 2505.14530): theta^l = mean over the first
+    ``n_vectors`` composite N-shot prompts of resid_post[l] at the last position; for each subtask,
+    acc_patch(l) = accuracy of its zero-shot prompts with resid_post[l] at the last position REPLACED by
+    theta^l, and strength(l) = (acc_patch - acc_0) / (acc_ICL - acc_0) (NaN where acc_ICL = acc_0).
 
-    ``composite_prompts``: N-shot prompts of one or more composite tasks (grouped by their ``task`` field).
-    ``subtask_prompts``: prompts of the subtasks, grouped by the ``subtask`` field; a record with a non-empty
-    ``demonstrations`` field is N-shot (gives acc_ICL), one without is zero-shot (gives acc_0 and acc_patch);
-    a subtask given only N-shot prompts gets zero-shot ones by cutting the demonstrations (and the whitespace
-    after them) out of each prompt. With several composites, each subtask record names its composite in
-    ``subtask_of``. Accuracy is top-1 against the first token of the ``target`` field.
+    Args:
+        model: an interp.Model or a TransformerBridge.
+        prompts: N-shot prompts of one or more composite tasks (grouped by their ``task`` field).
+        subtask_prompts: prompts of the subtasks, grouped by the ``subtask`` field; a record with a non-empty
+            ``demonstrations`` field is N-shot (gives acc_ICL), one without is zero-shot (gives acc_0 and
+            acc_patch); a subtask given only N-shot prompts gets zero-shot ones by cutting the demonstrations (and
+            the whitespace after them) out of each prompt. With several composites, each subtask record names its
+            composite in ``subtask_of``.
+        layers: the layers whose resid_post is replaced (None: all).
+        n_vectors: composite prompts averaged into each task vector (the first ones of each task).
+        subtask: the subtask prompts' field naming their subtask.
+        target: the field whose first token is scored (top-1 accuracy and probability).
+        demonstrations: the field holding a prompt's demonstrations.
+        batch_size: prompts per batch; max_rows: at most this many patched rows per forward.
+        progress: a progress bar over the subtasks.
 
-    Table: one row per composite x subtask x layer: composite, subtask, layer, strength, acc_patch, acc_0,
-    acc_icl, prob_patch / prob_0 / prob_icl (mean target probability), n_zero, n_icl, n_vectors. Cost: 1
-    forward per composite prompt used + 1 per subtask prompt + 1 zero-shot row per layer (batched, started at
-    that layer). ``checkpoint_dir``: the task vectors and each finished subtask are saved there, and a rerun with
-    the same arguments computes only what is missing (:mod:`interp.checkpoints`).
+    Returns:
+        A Result with one row per composite x subtask x layer: composite, subtask, layer, strength (the schema's
+        value), acc_patch, acc_0, acc_icl, prob_patch / prob_0 / prob_icl (mean target probability), n_zero,
+        n_icl, n_vectors (the composite prompts averaged).
+
+    Cost: 1 forward per composite prompt used + 1 per subtask prompt + 1 zero-shot row per layer (batched,
+    started at that layer). In a resumable run (:func:`interp.run_resumable`) the task vectors and each finished
+    subtask are saved in the run's stage directory, and a rerun computes only what is missing
+    (:mod:`interp.checkpoints`).
     """
     m = as_model(model)
-    comp = as_prompt_set(composite_prompts)
+    comp = as_prompt_set(prompts)
     subs = as_prompt_set(subtask_prompts)
     layer_list = check_layers(m, layers)
     n_vectors = check_positive_int("n_vectors", n_vectors)
@@ -299,7 +368,7 @@ def cross_task_patching(
         encode(m, zero, targets=[target])
     for c in comp_sets.values():
         encode(m, c)
-    saved = StageCheckpoints(checkpoint_dir)
+    saved = StageCheckpoints(shard_input("checkpoint_dir"))
     thetas = {}
     for ci, (c, ps) in enumerate(comp_sets.items()):
         stored = saved.load_tensors(f"task_vectors_{ci:03d}")
@@ -309,7 +378,8 @@ def cross_task_patching(
         else:
             thetas[c] = {int(layer): v for layer, v in stored.items()}
     rows = []
-    for si, (s, (parent, icl, zero)) in enumerate(groups.items()):
+    bar = tqdm(list(enumerate(groups.items())), desc="cross_task_patching", disable=not progress, unit="subtask")
+    for si, (s, (parent, icl, zero)) in bar:
         done = saved.load_result(f"subtask_{si:03d}")
         if done is not None:
             rows.extend(done.table.to_dict(orient="records"))
@@ -317,7 +387,7 @@ def cross_task_patching(
         first = len(rows)
         theta = thetas[parent]
         icl_c, icl_p, _ = _target_stats(m, icl, target, batch_size)
-        mk = lambda th=theta: [_replace_last(f"blocks.{layer}.hook_resid_post", th[layer]) for layer in layer_list]
+        mk = lambda th=theta: [_replace_last(S.hook_name("resid_post", layer), th[layer]) for layer in layer_list]
         z_c, z_p, patched = _target_stats(m, zero, target, batch_size, mk, max_rows)
         acc_icl, acc_0 = float(icl_c.mean()), float(z_c.mean())
         for layer, (pc, pp) in zip(layer_list, patched):
@@ -329,8 +399,5 @@ def cross_task_patching(
                          "prob_0": float(z_p.mean()), "prob_icl": float(icl_p.mean()), "n_zero": len(zero),
                          "n_icl": len(icl), "n_vectors": min(n_vectors, len(comp_sets[parent]))})
         saved.save_result(f"subtask_{si:03d}", Result(pd.DataFrame(rows[first:]), {"method": "cross_task/subtask"}))
-    table = pd.DataFrame(rows)
-    params = {"layers": layer_list, "n_vectors": n_vectors, "subtask": subtask, "target": target,
-              "demonstrations": demonstrations}
-    return Result(table, make_meta("cross_task_patching", m, comp, params,
-                                   subtask_fingerprint=subs.fingerprint()))
+    table = pd.DataFrame(rows, columns=list(CROSS_TASK_SCHEMA.columns))
+    return Result(table, make_meta(model=m, prompts=comp, subtask_fingerprint=subs.fingerprint()))

@@ -14,16 +14,16 @@ ICL = [{"id": "c0", "prompt": "Q: red\nA: RED\n\nQ: cat\nA:", "demonstrations": 
 NO_DEMOS = [{**ICL[0], "demonstrations": ""}]
 
 
-def _vector_metric(logits, answer, wrong):
+def _vector_metric(logits, target, wrong):
     return logits[:, :3]
 
 
-def _no_tensor_metric(logits, answer, wrong):
+def _no_tensor_metric(logits, target, wrong):
     return 1.0
 
 
-def _argmax_metric(logits, answer, wrong):
-    return (logits.argmax(-1) == answer).float()
+def _argmax_metric(logits, target, wrong):
+    return (logits.argmax(-1) == target).float()
 
 
 CASES = [
@@ -38,19 +38,25 @@ CASES = [
      ParameterError, "Unknown site 'mlp'"),
     ("empty site list", lambda m, t, d: activation_patching(m, CLEAN, CORRUPT, sites=()), ParameterError,
      "sites is empty"),
-    ("answer field missing", lambda m, t, d: activation_patching(m, [{"id": "fr", "prompt": CLEAN[0]["prompt"]}],
+    ("target field missing", lambda m, t, d: activation_patching(m, [{"id": "fr", "prompt": CLEAN[0]["prompt"]}],
                                                                  CORRUPT), PromptError,
      "Prompt 'fr' has no 'target' field"),
     ("wrong answer missing", lambda m, t, d: activation_patching(m, CLEAN, [{"id": "es", "prompt": "The capital of "
                                                                             "Spain is"}]),
      PromptError, "needs a wrong answer.*wrong='<field>'"),
-    ("answer merges with the prompt", lambda m, t, d: activation_patching(
+    ("target merges with the prompt", lambda m, t, d: activation_patching(
         m, [{"id": "fr", "prompt": "The capital of Fr", "target": "ance"}],
         [{"id": "es", "prompt": "The capital of Sp", "target": "ain"}]),
      SpanError, "Prompt 'fr'.*merges with the end of the prompt"),
-    ("answer equals the wrong answer", lambda m, t, d: activation_patching(m, CLEAN, [{**CORRUPT[0],
+    ("target equals the wrong answer", lambda m, t, d: activation_patching(m, CLEAN, [{**CORRUPT[0],
                                                                                       "target": " Paris"}]),
-     PromptError, "Pair 0 \\(clean 'fr'\\): the answer and the wrong answer start with the same token"),
+     PromptError, "Pair 0 \\(clean 'fr'\\): the target and the wrong answer start with the same token"),
+    ("answer= is now target=", lambda m, t, d: activation_patching(m, CLEAN, CORRUPT, answer="target"),
+     ParameterError, "unexpected keyword argument 'answer'"),
+    ("target not a field name", lambda m, t, d: attribution_patching(m, CLEAN, CORRUPT, target=""), ParameterError,
+     "target='' must name a field of the clean prompts"),
+    ("rank is not differentiable", lambda m, t, d: attribution_patching(m, CLEAN, CORRUPT, metric="rank"),
+     ParameterError, "metric='rank' is not one of"),
     ("metric returns a vector per prompt", lambda m, t, d: activation_patching(m, CLEAN, CORRUPT,
                                                                                metric=_vector_metric),
      ParameterError, r"metric must return one scalar per prompt.*\(1,\).*returned \(1, 3\)"),
@@ -82,8 +88,11 @@ CASES = [
      SpanError, "Prompt 'c0'.*'Q: dog' does not occur"),
     ("span field unknown", lambda m, t, d: context_masking(m, ICL, span="context"), PromptError,
      "no 'context' field to mask"),
-    ("target field unknown", lambda m, t, d: context_masking(m, ICL, targets=["y_final"]), PromptError,
+    ("target field unknown", lambda m, t, d: context_masking(m, ICL, target=["y_final"]), PromptError,
      "no 'y_final' field to score against"),
+    ("no target field", lambda m, t, d: context_masking(m, ICL, target=[]), ParameterError, "target is empty"),
+    ("target field twice", lambda m, t, d: context_masking(m, ICL, target=["y_t", "y_t"]), ParameterError,
+     "target names a field twice"),
     ("from layer past the model", lambda m, t, d: context_masking(m, ICL, from_layers=[4]), ParameterError,
      r"from_layers: 4 is not in \[0, 3\]"),
     # --- cross-task patching ---
@@ -93,6 +102,9 @@ CASES = [
      PromptError, "Subtask 'comp' has no N-shot prompt"),
     ("subtask field unknown", lambda m, t, d: cross_task_patching(m, ICL, ICL, subtask="kind"), PromptError,
      "no 'kind' field naming their subtask"),
+    ("checkpoint_dir is the runner's, not a parameter",
+     lambda m, t, d: cross_task_patching(m, ICL, ICL, checkpoint_dir=str(t)), ParameterError,
+     "unexpected keyword argument 'checkpoint_dir'"),
     ("n_vectors zero", lambda m, t, d: cross_task_patching(m, ICL, ICL, n_vectors=0), ParameterError,
      "n_vectors must be an integer >= 1"),
     ("cross-task hook of a missing layer", lambda m, t, d: cross_task_patching(m, ICL, ICL, layers=[-1]),

@@ -1,0 +1,443 @@
+"""What activation patching and attribution patching share: the clean / corrupt pairing, the patched places
+(*slots*: a site at a layer, and head, at per-row columns), the metric and its normalisation, exact patching
+of a list of slots, the table's keys and row order, the figure, and the sharded-run plan.
+
+Clean and corrupt prompt sets pair row by row (row i of one with row i of the other). ``direction="denoising"``
+(the default) patches CLEAN activations into the CORRUPT run: a place scores high when restoring it alone
+restores the clean behaviour. ``direction="noising"`` patches CORRUPT activations into the CLEAN run: a place
+scores low when corrupting it alone destroys the behaviour. Heimersheim & Nanda, "How to use and interpret
+activation patching" (2024, arXiv 2404.15255); Zhang & Nanda, "Towards best practices of activation patching"
+(ICLR 2024, arXiv 2309.16042).
+
+Metrics come from :mod:`interp.metrics`; patching adds one, ``norm_logit_diff``: the logit difference
+normalised per pair as (LD - LD_corrupt) / (LD_clean - LD_corrupt), 1 = clean behaviour, 0 = corrupt behaviour,
+in both directions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .. import metrics as M
+from .. import sites as S
+from ..errors import ParameterError, PromptError, check_choice, check_layer_list, check_positive_int
+from ..hooks import Edit, Intervention
+from ..model import Model, as_model
+from ..prompts import Batch, EncodedSet, PromptSet, as_prompt_set, encode, make_batch, target_token
+from ..registry import Schema, ShardPlan
+from ..results import Result, concat_tables
+from ..variants import forward, run_variants
+
+PATCH_SITES = (*S.RESIDUAL, *S.SUBLAYER_OUTPUTS, *S.HEAD_SITES)  # the order of the table's rows
+DEFAULT_SITES = ("resid_pre", "attn_out", "mlp_out", "z")
+NORM_LOGIT_DIFF = "norm_logit_diff"
+METRICS = (*M.METRICS, NORM_LOGIT_DIFF)  # exact patching: any metric of interp.metrics, and the normalised LD
+GRADIENT_METRICS = tuple(m for m in METRICS if m != "rank")  # attribution patching: differentiable ones
+NEEDS_WRONG = (*M.NEEDS_WRONG, NORM_LOGIT_DIFF)
+DIRECTIONS = ("denoising", "noising")
+ALIGNS = (None, "end")
+PAPERS = ("Meng et al. 2022, arXiv 2202.05262 (causal tracing); Heimersheim & Nanda 2024, arXiv 2404.15255; "
+          "Zhang & Nanda, ICLR 2024, arXiv 2309.16042")
+
+# --- the table ------------------------------------------------------------------------------------------
+KEYS = ("prompt_id", "site", "layer", "head", "position")
+KEY_COLUMNS = {"prompt_id": "str", "corrupt_id": "str", "site": "str", "layer": "int", "head": "int",
+               "position": "int", "pos_from_end": "int", "token": "str", "target_token": "str", "target_id": "int"}
+RAW_UNIT = "the metric's unit (logits for logit_diff and norm_logit_diff, before normalisation)"
+SCORE_UNIT = "the metric's unit (norm_logit_diff: 1 = the clean run, 0 = the corrupt run)"
+METRIC_UNITS = {"clean_metric": RAW_UNIT, "corrupt_metric": RAW_UNIT}
+
+
+def patching_schema(value: str, sign: str, columns: dict[str, str], units: dict[str, str]) -> Schema:
+    """The schema of a patching table: the shared keys and token columns, plus the method's own columns."""
+    return Schema(keys=KEYS, value=value, unit=RAW_UNIT, sign=sign,
+                  columns={**KEY_COLUMNS, **columns, "clean_metric": "float", "corrupt_metric": "float"},
+                  units={**units, **METRIC_UNITS}, grid=("layer", "position"))
+
+
+def example(model: Any, prompts: Any) -> dict[str, Any]:
+    """Cheap parameters for a check run: two sites (one with heads), the first two layers, the last position."""
+    n = as_model(model).info.n_layers
+    return {"sites": ("resid_pre", "z"), "layers": list(range(min(2, n))), "positions": "last"}
+
+
+# --- checks and pairing ---------------------------------------------------------------------------------
+def check_positions(positions: Any) -> str | list[int]:
+    """'all', 'last', or a list of prompt positions (ints; negative ones count from the end, -1 = last)."""
+    if isinstance(positions, str):
+        if positions not in ("all", "last"):
+            raise ParameterError(f"positions={positions!r} is not 'all', 'last' or a list of token positions.")
+        return positions
+    if isinstance(positions, int) and not isinstance(positions, bool):
+        return [positions]
+    try:
+        out = list(positions)
+    except TypeError:
+        raise ParameterError(f"positions={positions!r} is not 'all', 'last' or a list of token positions.") from None
+    if not out or not all(isinstance(p, int) and not isinstance(p, bool) for p in out):
+        raise ParameterError(f"positions={positions!r}: give a non-empty list of integer token positions.")
+    if len(set(out)) != len(out):
+        raise ParameterError(f"positions={positions!r} repeats a position.")
+    return out
+
+
+def check_layers(m: Model, layers: Sequence[int] | None) -> list[int]:
+    return check_layer_list("layers", layers, m.info.n_layers)
+
+
+@dataclass
+class Pairs:
+    """Clean and corrupt prompts, tokenised, paired row by row, with target (and wrong-answer) tokens."""
+
+    clean: PromptSet
+    corrupt: PromptSet
+    enc_clean: EncodedSet
+    enc_corrupt: EncodedSet
+    target: torch.Tensor  # [N] target token (from the clean record), read after the clean prompt
+    wrong: torch.Tensor | None  # [N] wrong-answer token, or None
+    align: str | None
+
+
+def make_pairs(model: Model, clean: Any, corrupt: Any, *, target: str, wrong: str | None, align: str | None,
+               need_wrong: bool) -> Pairs:
+    """Pair the sets and read the target tokens; every check runs here, before any forward pass.
+
+    The target token is the first token of the clean record's ``target`` field after the clean prompt. The
+    wrong answer is the clean record's ``wrong`` field when ``wrong`` names one, else the corrupt record's
+    ``target`` field (the corrupt prompt's own answer), also tokenised after the clean prompt.
+    """
+    check_choice("align", align, ALIGNS)
+    cps, kps = as_prompt_set(clean), as_prompt_set(corrupt)
+    if len(cps) != len(kps):
+        raise PromptError(f"The clean set has {len(cps)} prompts and the corrupt set {len(kps)}: they pair row by "
+                          "row, so they must be the same size.")
+    if not isinstance(target, str) or not target:
+        raise ParameterError(f"target={target!r} must name a field of the clean prompts (e.g. 'target').")
+    cps.require(target)
+    if wrong is not None:
+        if not isinstance(wrong, str) or not wrong:
+            raise ParameterError(f"wrong={wrong!r} must name a field of the clean prompts, or be None.")
+        cps.require(wrong)
+    elif need_wrong:
+        if target not in kps.fields:
+            raise PromptError(f"The metric needs a wrong answer: give wrong='<field>' naming a field of the clean "
+                              f"prompts, or a {target!r} field on the corrupt prompts.")
+        kps.require(target)
+    enc_c, enc_k = encode(model, cps), encode(model, kps)
+    for i, (a, b) in enumerate(zip(enc_c.items, enc_k.items)):
+        if len(a) != len(b) and align is None:
+            raise PromptError(
+                f"Pair {i} (clean {cps.ids[i]!r}, corrupt {kps.ids[i]!r}) has {len(a)} vs {len(b)} tokens: patching "
+                "pairs positions one to one, so each pair must have the same token length (or pass align='end' to "
+                "pair tokens counted from the last one)."
+            )
+    tgt = [target_token(model, e, r[target], prompt_id=r["id"]) for e, r in zip(enc_c.items, cps.records)]
+    wr = None
+    if wrong is not None or need_wrong:
+        texts = [r[wrong] for r in cps.records] if wrong is not None else [r[target] for r in kps.records]
+        wr = [target_token(model, e, t, prompt_id=r["id"]) for e, t, r in zip(enc_c.items, texts, cps.records)]
+        for i, (a, w) in enumerate(zip(tgt, wr)):
+            if a == w:
+                raise PromptError(f"Pair {i} (clean {cps.ids[i]!r}): the target and the wrong answer start with the "
+                                  f"same token {model.tokenizer.decode([a])!r}, so their logit difference is 0.")
+    return Pairs(cps, kps, enc_c, enc_k, torch.tensor(tgt), None if wr is None else torch.tensor(wr), align)
+
+
+def check_common(model: Any, clean: Any, corrupt: Any, *, sites: Any, positions: Any, metric: Any, target: str,
+                 wrong: str | None, direction: str, align: str | None, batch_size: int, need_grad: bool = False
+                 ) -> tuple[Model, Pairs, list[str], str | list[int], str | M.MetricFn]:
+    """Every check of a patching call, before any forward pass: model, sites, positions, direction, metric
+    (a name of :data:`METRICS`, or a callable checked on zero logits), the pairs and their target tokens."""
+    m = as_model(model)
+    site_list = S.check_sites(sites, PATCH_SITES, model=m)
+    pos = check_positions(positions)
+    check_choice("direction", direction, DIRECTIONS)
+    check_positive_int("batch_size", batch_size)
+    allowed = GRADIENT_METRICS if need_grad else METRICS
+    if not callable(metric):
+        check_choice("metric", metric, allowed)
+    pairs = make_pairs(m, clean, corrupt, target=target, wrong=wrong, align=align,
+                       need_wrong=not callable(metric) and metric in NEEDS_WRONG)
+    if callable(metric):
+        M.check_metric(metric, vocab_size=m.info.vocab_size, n=len(pairs.target), device=m.device, dtype=m.dtype,
+                       needs_grad=need_grad, has_wrong=pairs.wrong is not None)
+    return m, pairs, site_list, pos, metric
+
+
+def raw_metric(metric: str | M.MetricFn, logits: torch.Tensor, target: torch.Tensor, wrong: torch.Tensor | None,
+               prompt_ids: Sequence[str] | None = None) -> torch.Tensor:
+    """The metric before normalisation, one value per row (norm_logit_diff: the logit difference), through
+    :func:`interp.metrics.score` (a user metric that raises is reported naming the batch's prompts)."""
+    name = "logit_diff" if metric == NORM_LOGIT_DIFF else metric
+    return M.score(name, logits, target, wrong, prompt_ids=prompt_ids)
+
+
+def score_of(metric: str | M.MetricFn, value: Any, clean: Any, corrupt: Any) -> Any:
+    """The reported score: the raw metric, or (value - corrupt) / (clean - corrupt) for norm_logit_diff."""
+    if metric == NORM_LOGIT_DIFF:
+        return (value - corrupt) / (clean - corrupt)
+    return value
+
+
+def metric_unit(metric: str | M.MetricFn) -> str:
+    """The unit of the raw metric of a call (recorded in the Result's meta as ``metric_unit``)."""
+    if callable(metric):
+        return "the metric function's"
+    return "logits" if metric == NORM_LOGIT_DIFF else M.UNITS[metric]
+
+
+# --- batches and slots ----------------------------------------------------------------------------------
+def pad_left(batch: Batch, width: int, pad_id: int) -> Batch:
+    """The batch left-padded to ``width`` columns (spans shifted with it)."""
+    extra = width - batch.width
+    if extra <= 0:
+        return batch
+    b = batch.size
+    ids = torch.cat([torch.full((b, extra), pad_id, dtype=batch.input_ids.dtype), batch.input_ids], 1)
+    mask = torch.cat([torch.zeros((b, extra), dtype=batch.attention_mask.dtype), batch.attention_mask], 1)
+    pos = torch.cat([torch.zeros((b, extra), dtype=batch.position_ids.dtype), batch.position_ids], 1)
+    spans = {n: [(s + extra, e + extra) for s, e in sp] for n, sp in batch.spans.items()}
+    return Batch(batch.indices, ids, mask, pos, batch.lengths, spans, batch.targets)
+
+
+def pair_batches(model: Model, pairs: Pairs, batch_size: int) -> list[tuple[Batch, Batch]]:
+    """(clean, corrupt) batches of the same pairs with the same width: column c of one faces column c of the
+    other (equal lengths: the same token position; align='end': the same distance from the last token)."""
+    order = sorted(range(len(pairs.clean)), key=lambda i: len(pairs.enc_clean.items[i]))
+    pad = model.tokenizer.pad_token_id
+    pad = pad if pad is not None else (model.tokenizer.eos_token_id or 0)
+    out = []
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        cb, kb = make_batch(model, pairs.enc_clean, idx), make_batch(model, pairs.enc_corrupt, idx)
+        width = max(cb.width, kb.width)
+        out.append((pad_left(cb, width, int(pad)), pad_left(kb, width, int(pad))))
+    return out
+
+
+def batch_bar(batches: list[tuple[Batch, Batch]], name: str, progress: bool) -> Any:
+    """The pair batches, with a progress bar over them when ``progress``."""
+    return tqdm(batches, desc=name, disable=not progress, unit="batch")
+
+
+@dataclass
+class Slot:
+    """One patched place: a site at a layer (and head), at per-row columns of a batch pair."""
+
+    site: str
+    layer: int
+    head: int | None
+    cols: torch.Tensor  # [B] long: the column patched in each row
+    valid: torch.Tensor  # [B] bool: rows where that column is a real token in both runs
+
+    @property
+    def hook(self) -> str:
+        return S.hook_name(self.site, self.layer)
+
+
+def position_slots(positions: str | list[int], src: Batch, dst: Batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-row (columns, valid) of each patched position. 'all': one slot per column with a real token in some
+    row; 'last': the last column; ints: prompt position p (counted in the destination prompt; negatives from
+    the end)."""
+    width = dst.width
+    first_real = torch.maximum(src.offsets, dst.offsets)  # first column real in both runs, per row
+    out = []
+    if positions == "all":
+        for c in range(int(first_real.min()), width):
+            cols = torch.full((dst.size,), c, dtype=torch.long)
+            out.append((cols, cols >= first_real))
+        return out
+    plist = [-1] if positions == "last" else positions
+    for p in plist:
+        cols = dst.offsets + p if p >= 0 else torch.full((dst.size,), width + p, dtype=torch.long)
+        valid = (cols >= first_real) & (cols < width)
+        out.append((cols.clamp(0, width - 1), valid))
+    return out
+
+
+def make_slots(model: Model, sites: list[str], layers: Sequence[int], positions: str | list[int], src: Batch,
+               dst: Batch) -> list[Slot]:
+    heads = range(model.info.n_heads)
+    slots = []
+    for cols, valid in position_slots(positions, src, dst):
+        if not bool(valid.any()):
+            continue
+        for site in sites:
+            for layer in layers:
+                for h in heads if site in S.HEAD_SITES else [None]:
+                    slots.append(Slot(site, layer, h, cols, valid))
+    return slots
+
+
+def slot_intervention(slot: Slot, source: torch.Tensor) -> Intervention:
+    """Replace the destination's value at the slot by ``source`` (the source run's full hook value [B, T, ...])."""
+    rows_idx = torch.nonzero(slot.valid, as_tuple=False)[:, 0]
+    cols = slot.cols[rows_idx]
+    head = slot.head
+
+    def apply(t: torch.Tensor, rows: slice) -> None:
+        target = t[rows]
+        ri, ci = rows_idx.to(t.device), cols.to(t.device)
+        v = source.to(device=t.device, dtype=t.dtype)
+        if head is None:
+            target[ri, ci] = v[ri, ci]
+        else:
+            target[ri, ci, head] = v[ri, ci, head]
+
+    label = f"patch {slot.site} L{slot.layer}" + (f"H{head}" if head is not None else "")
+    return Intervention((Edit(slot.hook, apply),), label, {"site": slot.site, "layer": slot.layer, "head": head})
+
+
+class TokenNames:
+    """Decoded token strings, cached by id."""
+
+    def __init__(self, tokenizer: Any):
+        self.tok = tokenizer
+        self.cache: dict[int, str] = {}
+
+    def __call__(self, tid: int) -> str:
+        if tid not in self.cache:
+            self.cache[tid] = self.tok.decode([tid])
+        return self.cache[tid]
+
+
+def slot_rows(slot: Slot, dst: Batch, pairs: Pairs, names: TokenNames) -> list[tuple[int, dict[str, Any]]]:
+    """Table keys of a slot: one entry per valid row (row index in the batch, columns)."""
+    out = []
+    width = dst.width
+    for r in torch.nonzero(slot.valid, as_tuple=False)[:, 0].tolist():
+        i = dst.indices[r]
+        c = int(slot.cols[r])
+        tid = int(pairs.target[i])
+        out.append((r, {
+            "prompt_id": pairs.clean.ids[i], "corrupt_id": pairs.corrupt.ids[i], "site": slot.site,
+            "layer": slot.layer, "head": slot.head, "position": c - int(dst.offsets[r]),
+            "pos_from_end": width - 1 - c, "token": names(int(dst.input_ids[r, c])), "target_token": names(tid),
+            "target_id": tid,
+        }))
+    return out
+
+
+def finish_table(rows: list[dict[str, Any]], order_ids: list[str], columns: Sequence[str]) -> pd.DataFrame:
+    """The rows in the table's order: site, layer, head, prompt (as given), position; ``columns`` in order."""
+    table = pd.DataFrame(rows, columns=list(columns))
+    table["head"] = table["head"].astype("Int64")
+    rank = {pid: k for k, pid in enumerate(order_ids)}
+    site_rank = {s: k for k, s in enumerate(PATCH_SITES)}
+    table["_p"] = table["prompt_id"].map(rank)
+    table["_s"] = table["site"].map(site_rank)
+    table = table.sort_values(["_s", "layer", "head", "_p", "position"], kind="stable", na_position="first")
+    return table.drop(columns=["_p", "_s"]).reset_index(drop=True)
+
+
+# --- exact patching of a list of slots ------------------------------------------------------------------
+def run_exact(m: Model, pairs: Pairs, batch: tuple[Batch, Batch], slots: list[Slot], metric: str | M.MetricFn,
+              direction: str, max_rows: int | None = None, progress: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """(clean metric [B], corrupt metric [B], [patched metric [B] per slot]) for one batch pair, raw metric values.
+
+    A row whose source value equals its destination value at the slot is not run: patching it is the identity,
+    so its patched metric is the destination's own (exact; this skips, e.g., every position before the first
+    token where the two prompts differ). Cost: one source and one destination forward (reading the patched
+    hooks), and one destination row per remaining slot and pair, batched by the variants engine (each chunk
+    starts at its first patched block)."""
+    cb, kb = batch
+    src, dst = (cb, kb) if direction == "denoising" else (kb, cb)
+    tgt = pairs.target[dst.indices].to(m.device)
+    wr = None if pairs.wrong is None else pairs.wrong[dst.indices].to(m.device)
+    ids = [pairs.clean.ids[i] for i in dst.indices]
+    hooks = sorted({s.hook for s in slots})
+    src_logits, src_store = forward(m, src, read=hooks)
+    src_metric = raw_metric(metric, src_logits, tgt, wr, ids)
+    dst_logits, dst_store = forward(m, dst, read=hooks)
+    dst_metric = raw_metric(metric, dst_logits, tgt, wr, ids)
+    active: list[Slot | None] = []
+    for s in slots:
+        r = torch.arange(len(s.cols))
+        a, b = src_store[s.hook][r, s.cols], dst_store[s.hook][r, s.cols]
+        if s.head is not None:
+            a, b = a[:, s.head], b[:, s.head]
+        differs = (a != b).flatten(1).any(1).cpu() & s.valid
+        active.append(Slot(s.site, s.layer, s.head, s.cols, differs) if bool(differs.any()) else None)
+    del dst_store
+    run = [k for k, s in enumerate(active) if s is not None]
+    variants = [slot_intervention(active[k], src_store[active[k].hook]) for k in run]  # type: ignore[union-attr]
+    bsz = dst.size
+
+    def reduce(logits: torch.Tensor, _store: dict[str, Any]) -> torch.Tensor:
+        k = logits.shape[0] // bsz
+        return raw_metric(metric, logits, tgt.repeat(k), None if wr is None else wr.repeat(k), ids)
+
+    patched = [dst_metric.clone() for _ in slots]
+    if variants:
+        _, outs = run_variants(m, dst, variants, reduce, max_rows=max_rows, progress=progress)
+        for k, out in zip(run, outs):
+            rows = active[k].valid.to(out.device)  # type: ignore[union-attr]
+            patched[k] = torch.where(rows, out, dst_metric)
+    if direction == "denoising":
+        return src_metric, dst_metric, patched
+    return dst_metric, src_metric, patched
+
+
+# --- figure and sharded runs ----------------------------------------------------------------------------
+def patching_figure(result: Result, site: str | None = None, position: int | None = None, value: str | None = None
+                    ) -> Any:
+    """Mean over prompts of ``value`` (default: the schema's value, ``effect`` / ``attribution``; ``"score"`` for
+    the metric after patching): layer x position for a residual / output site (x = token position, from the end
+    when the prompts' lengths differ), layer x head for z (at ``position``, default the last)."""
+    from ..viz import heatmap
+
+    t = result.table
+    if value is None:
+        schema = result.schema
+        value = schema.value if schema is not None else "score"
+    if value not in t.columns:
+        raise ParameterError(f"value={value!r} is not a column of this table ({', '.join(t.columns)}).")
+    site = site or str(t["site"].iloc[0])
+    t = t[t["site"] == site]
+    if t.empty:
+        have = sorted(result.table["site"].unique())
+        raise ParameterError(f"The result has no rows for site {site!r}; it has {have}.")
+    title = f"{result.method} ({result.meta.get('parameters', {}).get('direction', '')}): {value}, site {site}"
+    if site in S.HEAD_SITES:
+        pos = -1 if position is None else position
+        t = t[t["pos_from_end"] == -pos - 1] if pos < 0 else t[t["position"] == pos]
+        grid = t.pivot_table(index="layer", columns="head", values=value, aggfunc="mean")
+        return heatmap(grid.values, [str(h) for h in grid.columns], [str(x) for x in grid.index],
+                       title=f"{title}, position {pos}", x_title="head", y_title="layer", colorscale="RdBu",
+                       zmid=0.0)
+    same_len = t.groupby("prompt_id")["position"].max().nunique() == 1
+    col = "position" if same_len else "pos_from_end"
+    grid = t.pivot_table(index="layer", columns=col, values=value, aggfunc="mean")
+    if same_len:
+        first = t[t["prompt_id"] == t["prompt_id"].iloc[0]].drop_duplicates("position").set_index("position")
+        labels = [f"{p} {first['token'].get(p, '')!r}" for p in grid.columns]
+    else:
+        grid = grid[sorted(grid.columns, reverse=True)]
+        labels = [f"-{p + 1}" for p in grid.columns]
+    return heatmap(grid.values, labels, [str(x) for x in grid.index], title=title, x_title="position",
+                   y_title="layer", colorscale="RdBu", zmid=0.0)
+
+
+def prepare_pairs(_m: Model, ps: PromptSet, params: dict) -> dict:
+    """A sharded run cuts clean and corrupt prompts alike: they must pair row by row."""
+    corrupt = as_prompt_set(params["corrupt"])
+    if len(corrupt) != len(ps):
+        raise PromptError(f"clean has {len(ps)} prompts but corrupt has {len(corrupt)}; they pair row by row.")
+    return {**params, "corrupt": corrupt}
+
+
+def merge_pairs(parts: list[Result], meta: dict, params: dict) -> Result:
+    """Shard tables merged into the whole run's row order (site, layer, head, prompt, position)."""
+    t = concat_tables(parts)
+    table = finish_table(t.to_dict(orient="records"), list(dict.fromkeys(t["prompt_id"])), list(t.columns))
+    return Result(table, {**meta, "corrupt_fingerprint": params["corrupt"].fingerprint()})
+
+
+PAIRED_SHARDS = ShardPlan(prepare=prepare_pairs, paired=("corrupt",), merge=merge_pairs)
