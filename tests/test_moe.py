@@ -47,6 +47,13 @@ def batch_of(m, prompts=PROMPTS):
     return make_batch(m, enc, list(range(len(prompts))))
 
 
+def hooks_of(m):
+    """The model's hooks after one plain forward (transformers installs its output-capturing hooks on the first
+    forward of a model, once: they are not a method's leak)."""
+    forward(m, batch_of(m, PROMPTS[:1]))
+    return hook_snapshot(m)
+
+
 # --- direct references from the plain HF model ------------------------------------------------------------
 def hf_trace(hf, ids):
     """One unpadded prompt through the HF model; per layer: resid_pre, resid_mid, ln2 output (block input),
@@ -394,7 +401,7 @@ def test_keep_top_experts(models, hf_models, arch):
 @pytest.mark.parametrize("arch", ["qwen2_moe", "olmoe"])
 def test_block_experts_result(models, arch):
     m = models(arch)
-    before = hook_snapshot(m)
+    before = hooks_of(m)
     pairs = [(0, 1), (2, 0), (2, 3)]
     res = block_experts(m, TASKED, pairs, ablation="reroute", controls=3, seed=1, batch_size=4)
     assert hook_snapshot(m) == before
@@ -519,7 +526,7 @@ def test_head_expert_correlation_equals_numpy(models, attributions, arch):
 
 def test_hooks_never_leak_on_error(models):
     m = models("mixtral")
-    before = hook_snapshot(m)
+    before = hooks_of(m)
     iv = experts.block_experts_intervention(m, [(1, 0)], ablation="reroute")
     with pytest.raises(RuntimeError):
         with interp.hooked(m, [iv]):

@@ -142,27 +142,30 @@ class AttributionResult(Result):
 
 def attribution_figure(result: Result, view: str = "layers", task: str | None = None) -> Any:
     """view: "layers" (attention vs FFN gain per layer), "experts" (layer x expert mean gain), "load" (layer x
-    expert share of prompts routed at the last token), "heads" (layer x head mean gain)."""
+    expert share of prompts routed at the last token), "heads" (layer x head mean gain); ``task``: that task's
+    prompts only. Means are over the prompts, whose count the title gives."""
     import plotly.graph_objects as go
 
-    from ..viz import heatmap
+    from ..viz import axis_label, heatmap
 
     t = result.table if task is None else result.table[result.table["task"] == task]
-    where = "" if task is None else f" ({task})"
+    over = f"mean over {t['prompt_id'].nunique()} prompts" + ("" if task is None else f" of {task}")
     if view == "layers":
         g = t[t["level"].isin(["attn", "ffn"])].groupby(["layer", "level"])["score"].mean().unstack()
         fig = go.Figure()
-        for k in ("attn", "ffn"):
+        for k, colour in (("attn", "#2166ac"), ("ffn", "#b2182b")):
             if k in g:
-                fig.add_trace(go.Bar(name=k, x=list(g.index), y=g[k].tolist()))
-        fig.update_layout(title=f"Attention vs FFN log-probability gain per layer{where}", xaxis_title="layer",
-                          yaxis_title="mean LPI of the target (nats)", barmode="group")
+                fig.add_trace(go.Bar(name=k, x=list(g.index), y=g[k].tolist(), marker_color=colour,
+                                     hovertemplate="layer %{x}<br>" + k + " LPI=%{y:.4g} nats<extra></extra>"))
+        fig.update_layout(title=f"Attention vs FFN log-probability gain of the target per layer<br>{over}",
+                          xaxis_title="layer", yaxis_title=axis_label("LPI", "nats"), barmode="group",
+                          autosize=True)
         return fig
     if view == "heads":
         g = t[t["level"] == "head"].pivot_table(index="layer", columns="head", values="score", aggfunc="mean")
         return heatmap(g.values, [str(c) for c in g.columns], [str(i) for i in g.index], x_title="head",
-                       y_title="layer", title=f"Head LPI (mean over prompts, nats){where}", colorscale="RdBu",
-                       zmid=0)
+                       y_title="layer", title=f"Head log-probability gain of the target, {over}",
+                       colorbar_title=axis_label("LPI", "nats"), unit="nats", diverging=True)
     if view in ("experts", "load"):
         ex = t[t["level"].isin(["expert", "shared_expert"])].copy()
         ex["col"] = [("S" if k == "shared_expert" else f"E{int(e)}") for k, e in zip(ex["level"], ex["expert"])]
@@ -171,10 +174,13 @@ def attribution_figure(result: Result, view: str = "layers", task: str | None = 
         g = ex.pivot_table(index="layer", columns="col", values=value, aggfunc="mean")
         cols = sorted(g.columns, key=lambda c: (c == "S", int(c[1:]) if c != "S" else 0))
         g = g[cols]
-        title = "Expert LPI (mean over prompts, nats)" if view == "experts" else "Expert load at the last token"
-        return heatmap(g.values, cols, [str(i) for i in g.index], x_title="expert", y_title="layer",
-                       title=title + where, colorscale="RdBu" if view == "experts" else "Viridis",
-                       zmid=0 if view == "experts" else None)
+        if view == "experts":
+            return heatmap(g.values, cols, [str(i) for i in g.index], x_title="expert (S: shared)", y_title="layer",
+                           title=f"Expert log-probability gain of the target, {over}",
+                           colorbar_title=axis_label("LPI", "nats"), unit="nats", diverging=True)
+        return heatmap(g.values, cols, [str(i) for i in g.index], x_title="expert (S: shared)", y_title="layer",
+                       title=f"Expert load at the last token, {over}",
+                       colorbar_title=axis_label("load", "share of prompts"), diverging=False)
     raise ParameterError(f"view={view!r} is not one of 'layers', 'heads', 'experts', 'load'.")
 
 

@@ -108,7 +108,8 @@ def _merge_blocking(parts: list[Result], meta: dict, _params: dict) -> Result:
 
 
 def blocking_figure(result: Result, metric: str = "mrr") -> Any:
-    """Bars of MRR (or HIT@10) per task: clean, blocked, and the mean of the controls with their std."""
+    """Bars of MRR (or HIT@10) of the target, over all prompts and per task: clean, blocked (or each keep-n
+    condition), and the mean of the random controls with their std."""
     import plotly.graph_objects as go
 
     check_choice("metric", metric, ("mrr", "hit@10"))
@@ -120,14 +121,20 @@ def blocking_figure(result: Result, metric: str = "mrr") -> Any:
     fig = go.Figure()
     conds = [c for c in ("clean", "blocked") if f"{metric}_{c}" in summ["all"]]
     conds += [c for c in summ["all"] if c.startswith(f"{metric}_keep")]
+    label = "MRR" if metric == "mrr" else "HIT@10"
     for c in conds:
         key = c if c.startswith(f"{metric}_") else f"{metric}_{c}"
-        fig.add_trace(go.Bar(name=key.removeprefix(f"{metric}_"), x=x, y=[groups[g].get(key) for g in x]))
+        name = key.removeprefix(f"{metric}_")
+        fig.add_trace(go.Bar(name=name, x=x, y=[groups[g].get(key) for g in x],
+                             hovertemplate="%{x}<br>" + name + f" {label}=%{{y:.3f}}<extra></extra>"))
     if f"{metric}_control_mean" in summ["all"]:
         fig.add_trace(go.Bar(name="random controls (mean ± std)", x=x,
                              y=[groups[g][f"{metric}_control_mean"] for g in x],
-                             error_y=dict(type="data", array=[groups[g][f"{metric}_control_std"] for g in x])))
-    fig.update_layout(title=f"{result.method}: {metric.upper()} of the target", yaxis_title=metric, barmode="group")
+                             error_y=dict(type="data", array=[groups[g][f"{metric}_control_std"] for g in x]),
+                             hovertemplate="%{x}<br>random controls " + label + "=%{y:.3f}<extra></extra>"))
+    n = summ["all"]["n_prompts"]
+    fig.update_layout(title=f"{result.method}: {label} of the target over {n} prompts (all, then per task)",
+                      xaxis_title="prompts (all, or one task)", yaxis_title=label, barmode="group", autosize=True)
     return fig
 
 

@@ -38,8 +38,9 @@ CORRELATION_SCHEMA = Schema(
 
 
 def routing_figure(result: Result, group: str = "all", value: str = "load") -> Any:
-    """Layer x expert heatmap of the load (or mean_routing_weight, mean_router_prob) of one group."""
-    from ..viz import heatmap
+    """Layer x expert heatmap of the load (or mean_routing_weight, mean_router_prob) of one group, over its
+    tokens (their count in the title)."""
+    from ..viz import axis_label, heatmap
 
     check_choice("value", value, ROUTING_VALUES)
     t = result.table[result.table["group"] == group]
@@ -48,8 +49,11 @@ def routing_figure(result: Result, group: str = "all", value: str = "load") -> A
         raise ParameterError(f"group={group!r} is not in this result ({known}).")
     g = t.pivot_table(index="layer", columns="expert", values=value, aggfunc="mean")
     where = result.meta["parameters"]["positions"]
+    unit = ROUTING_SCHEMA.units.get(value, ROUTING_SCHEMA.unit)
+    n_tokens = int(t["n_tokens"].iloc[0])
     return heatmap(g.values, [f"E{c}" for c in g.columns], [str(i) for i in g.index], x_title="expert",
-                   y_title="layer", title=f"Expert {value} per layer ({group}, {where} positions)")
+                   y_title="layer", title=f"Expert {value} per layer: {group}, mean over {n_tokens} tokens ({where})",
+                   colorbar_title=axis_label(value, unit), unit=unit, diverging=False)
 
 
 def _merge_routing(parts: list[Result], meta: dict, _params: dict) -> Result:
@@ -150,7 +154,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def correlation_figure(result: Result, value: str = "r_router_prob") -> Any:
-    """Heatmap of Pearson r: heads (rows) x experts at the same or later layers (columns)."""
+    """Heatmap of Pearson r across the prompts: heads (rows) x experts at the same or later layers (columns)."""
     from ..viz import heatmap
 
     check_choice("value", value, ("r_router_prob", "r_gain"))
@@ -161,8 +165,10 @@ def correlation_figure(result: Result, value: str = "r_router_prob") -> Any:
     rows = sorted(g.index, key=lambda s: tuple(int(x) for x in s[1:].split("H")))
     cols = sorted(g.columns, key=lambda s: tuple(int(x) for x in s[1:].split("E")))
     g = g.loc[rows, cols]
-    return heatmap(g.values, cols, rows, x_title="expert (layer >= head layer)", y_title="head",
-                   title=f"Head-expert Pearson r ({value}) across prompts", colorscale="RdBu", zmid=0)
+    n = int(t["n_prompts"].iloc[0]) if len(t) else 0
+    return heatmap(g.values, cols, rows, x_title="expert (layer >= the head's layer)", y_title="head (layer, head)",
+                   title=f"Head-expert Pearson r ({value}) across {n} prompts", colorbar_title="Pearson r",
+                   diverging=True)
 
 
 def _correlation_prepare(m: Any, ps: Any, params: dict) -> dict:
