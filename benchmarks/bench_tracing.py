@@ -19,8 +19,7 @@ import torch
 
 import interp
 from interp.methods.tracing import (
-    HOOKS,
-    KINDS,
+    SITES,
     _restore,
     causal_trace,
     corrupted_positions,
@@ -29,6 +28,7 @@ from interp.methods.tracing import (
 )
 from interp.organisms import CORPUS_DIR, REPO_ROOT, organism_dir
 from interp.prompts import encode, make_batch
+from interp.sites import hook_name
 from interp.variants import forward
 
 
@@ -47,7 +47,7 @@ def load(n_facts: int, model_dir: str | None = None, corpus: str | None = None):
         held = [r for r in recs if r.get("split") == "heldout"]
         step = max(1, len(held) // (3 * n_facts))
         pool = held[::step]
-        probe = causal_trace(m, pool, samples=1, kinds="resid", window=1)  # cheap pass to find the known facts
+        probe = causal_trace(m, pool, samples=1, sites="resid_post", window=1)  # cheap pass to find the known facts
         kept = set(probe.table["prompt_id"])
         facts = [r for r in pool if r["id"] in kept][:n_facts]
         return m, facts, "target", f"organism {dense}, {len(facts)} known held-out facts"
@@ -60,12 +60,12 @@ def load(n_facts: int, model_dir: str | None = None, corpus: str | None = None):
                  "User: tell me about {}\nAssistant:", "{} was born in the city of"]
     facts = [{"id": f"r{i}", "prompt": t.format(n), "subject": n, "target": " x"}
              for i, (t, n) in enumerate((t, n) for t in templates for n in names)][:n_facts]
-    return m, facts, "argmax", "random tiny Llama fixture (organism not shipped yet; tracing its own argmax)"
+    return m, facts, None, "random tiny Llama fixture (organism not shipped yet; tracing its own argmax)"
 
 
-def naive(m, facts, answer, samples, noise_std, seed, window):
+def naive(m, facts, target, samples, noise_std, seed, window):
     """One forward per restoration (rows = the corrupted copies), no batching across restorations."""
-    enc = encode(m, facts, targets=["target"] if answer == "target" else [], spans=["subject"])
+    enc = encode(m, facts, targets=[target] if target is not None else [], spans=["subject"])
     out = {}
     n_layers = m.info.n_layers
     for k, rec in enumerate(facts):
@@ -74,20 +74,19 @@ def naive(m, facts, answer, samples, noise_std, seed, window):
         gen = torch.Generator().manual_seed(seed)
         nz = torch.randn(samples, len(cols), m.info.d_model, generator=gen) * noise_std
         batch = make_batch(m, enc, [k])
-        names = [f"blocks.{ly}.{HOOKS[kd]}" for kd in KINDS for ly in range(n_layers)]
+        names = [hook_name(site, ly) for site in SITES for ly in range(n_layers)]
         logits, clean = forward(m, batch, read=names)
-        target = int(enc.targets["target"][k]) if answer == "target" else int(logits[0].argmax())
+        target_id = int(enc.targets[target][k]) if target is not None else int(logits[0].argmax())
         rep = batch.repeat(samples)
         base = embedding_noise(cols, nz)
         for t in range(len(item)):
             for layer in range(n_layers):
-                for kd in KINDS:
-                    lo, hi = (layer, layer + 1) if kd == "resid" else window_layers(layer, window, n_layers)
-                    iv = interp.Intervention(tuple(_restore(f"blocks.{ly}.{HOOKS[kd]}",
-                                                            clean[f"blocks.{ly}.{HOOKS[kd]}"][0, t], t)
+                for site in SITES:
+                    lo, hi = (layer, layer + 1) if site == "resid_post" else window_layers(layer, window, n_layers)
+                    iv = interp.Intervention(tuple(_restore(hook_name(site, ly), clean[hook_name(site, ly)][0, t], t)
                                                    for ly in range(lo, hi)))
                     lg, _ = forward(m, rep, [base, iv])
-                    out[(rec["id"], kd, layer, t)] = float(lg.float().softmax(-1)[:, target].mean())
+                    out[(rec["id"], site, layer, t)] = float(lg.float().softmax(-1)[:, target_id].mean())
     return out
 
 
@@ -101,17 +100,17 @@ def main() -> None:
     ap.add_argument("--corpus", default=None, help="its factual JSONL (default data/factual.jsonl or the corpus)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    m, facts, answer, what = load(args.facts, args.model, args.corpus)
+    m, facts, target, what = load(args.facts, args.model, args.corpus)
     print(f"model: {what}; {m.info.n_layers} layers, d_model {m.info.d_model}; samples={args.samples}, "
           f"torch threads={args.threads}")
     w0, c0 = time.perf_counter(), time.process_time()
-    res = causal_trace(m, facts, samples=args.samples, answer=answer, window=args.window, seed=0)
+    res = causal_trace(m, facts, samples=args.samples, target=target, window=args.window, seed=0)
     w_batched, t_batched = time.perf_counter() - w0, time.process_time() - c0
     kept = [r for r in facts if r["id"] in set(res.table["prompt_id"])]
     w0, c0 = time.perf_counter(), time.process_time()
-    ref = naive(m, kept, answer, args.samples, res.meta["noise_std"], 0, args.window)
+    ref = naive(m, kept, target, args.samples, res.meta["noise_std"], 0, args.window)
     w_loop, t_loop = time.perf_counter() - w0, time.process_time() - c0
-    got = {(r.prompt_id, r.kind, r.layer, r.position): r.restored_prob for r in res.table.itertuples()}
+    got = {(r.prompt_id, r.site, r.layer, r.position): r.target_prob for r in res.table.itertuples()}
     worst = max(abs(got[k] - v) for k, v in ref.items())
     n_restorations = len(ref)
     print(f"facts traced: {len(kept)} ({res.meta['n_dropped']} dropped), restorations: {n_restorations}")

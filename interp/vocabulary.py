@@ -87,9 +87,10 @@ PARAMETERS: dict[str, str] = {
     "corruption": "Causal tracing: which tokens get noise, 'subject' (ROME) or 'relation' (every non-subject "
                   "token, Liu et al.).",
     "samples": "Causal tracing: corrupted copies per fact.",
-    "noise": "Causal tracing: the noise multiplier nu of the subject embedding std (ROME: 3), or given noise "
-             "tensors.",
-    "severed": "Causal tracing: sites frozen in their corrupted state while the hidden state is restored.",
+    "noise": "Causal tracing: the noise std as a multiple of nu, the std of the subjects' embedding elements "
+             "(ROME: 3), or explicit noise tensors.",
+    "severed": "Causal tracing: sublayer sites ('mlp_out', 'attn_out') frozen in their corrupted state above the "
+               "layer where the hidden state (resid_post) is restored.",
     "only_correct": "Keep only facts whose top-1 prediction is the target's first token (ROME).",
     "attributes": "Relation evidence: tokens related to each relation (A_r), or None to take every target of "
                   "the relation's prompts.",
@@ -176,6 +177,22 @@ COLUMNS: dict[str, str] = {
     "n_icl": "Cross-task patching: the number of N-shot subtask prompts.",
     "n_vectors": "Cross-task patching: the number of composite prompts averaged into the task vector.",
     # tracing
+    "severed": "Causal tracing: the sublayer site frozen at its corrupted value in every layer above the restored "
+               "one ('' = none).",
+    "in_subject": "The token lies in the subject's span.",
+    "corrupted": "Causal tracing: the token's embedding got noise.",
+    "clean_target_prob": "Probability of the target token on the clean run (no noise, nothing knocked out).",
+    "corrupted_target_prob": "Causal tracing: mean probability of the target token over the corrupted copies "
+                             "(ROME's low).",
+    "indirect_effect": "Causal tracing: target_prob with the row's state restored minus corrupted_target_prob.",
+    "total_effect": "Causal tracing: clean_target_prob - corrupted_target_prob.",
+    "analysis": "Relation evidence: 'lens' (the residual after block `layer` decoded) or 'knockout' (`site` "
+                "zeroed at the last position in the window).",
+    "attribute_rate": "Relation evidence: the share of the top_k decoded tokens that are in the relation's "
+                      "attribute set A_r.",
+    "clean_attribute_rate": "Relation evidence: the attribute rate of the model's output, nothing knocked out.",
+    "attribute_rate_drop": "Relation evidence: clean_attribute_rate - attribute_rate.",
+    "target_prob_drop": "Relation evidence: clean_target_prob - target_prob.",
     # moe
     "level": "Expert attribution: the component level of a row: 'attn' / 'ffn' (a layer's attention / FFN or MoE "
              "sublayer), 'head', 'expert', 'shared_expert', 'neuron'.",

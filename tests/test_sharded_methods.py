@@ -84,17 +84,19 @@ def test_causal_trace_fixes_the_noise_scale_once(llama, tmp_path):
     top = pred[pred["rank"] == 1].set_index("prompt_id")["token"]
     second = pred[pred["rank"] == 2].set_index("prompt_id")["token"]
     facts = [{**r, "target": (second if i < 3 or i % 3 == 0 else top)[r["id"]]} for i, r in enumerate(FACTS)]
-    kw = {"kinds": ("resid", "mlp"), "samples": 2, "window": 2}
+    kw = {"sites": ("resid_post", "mlp_out"), "samples": 2, "window": 2}
     whole = tracing.causal_trace(llama, facts, **kw)
     part = sharded("causal_trace", llama, facts, tmp_path, **kw)
     assert whole.meta["n_dropped"] >= 3 and whole.meta["n_kept"] >= 3
     assert_same(part, whole, "n_kept", "n_dropped", "dropped_ids", "noise_std")
+    assert part.meta["parameters"] == whole.meta["parameters"]  # the shard inputs stay out of the parameters
+    assert not {"subject_std", "allow_none_kept"} & set(part.meta["parameters"])
     with pytest.raises(interp.ParameterError, match="one tensor per prompt"):
         sharded("causal_trace", llama, facts, tmp_path / "t", noise=[None] * len(facts))
 
 
 def test_relation_evidence_fixes_the_attribute_sets_once(llama, tmp_path):
-    kw = {"top_k": 5, "knockout_window": 1}
+    kw = {"top_k": 5, "window": 1}
     whole = relation_evidence(llama, FACTS, **kw)
     assert_same(sharded("relation_evidence", llama, FACTS, tmp_path, **kw), whole)
 

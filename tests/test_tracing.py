@@ -22,6 +22,7 @@ from interp.methods.tracing import (
 )
 from interp.organisms import CORPUS_DIR, REPO_ROOT, organism_dir
 from interp.prompts import encode
+from interp.viz import check_convention
 
 FACTS = [
     {"id": "f0", "prompt": "The capital of France is", "target": " Paris", "subject": "France", "task": "capital"},
@@ -29,17 +30,17 @@ FACTS = [
     {"id": "f2", "prompt": "User: how do I bake bread?\nAssistant:", "target": " Sure", "subject": "bake bread",
      "task": "qa"},
 ]
-HOOK = {"resid": "hook_resid_post", "mlp": "hook_mlp_out", "attn": "hook_attn_out"}
+HOOK = {"resid_post": "hook_resid_post", "mlp_out": "hook_mlp_out", "attn_out": "hook_attn_out"}
 
 
 # --- the naive reference: one plain forward per restoration ----------------------------------------------
-def reference_trace(m, rec, noise, *, corrupt, kinds, window, severed=()):
-    """(high, low, {(kind, layer, t): P_restored}) with plain run_with_hooks on the unpadded prompt."""
+def reference_trace(m, rec, noise, *, corruption, sites, window, severed=()):
+    """(high, low, {(site, severed, layer, t): P_restored}) with plain run_with_hooks on the unpadded prompt."""
     bridge, n_layers = m.bridge, m.info.n_layers
     enc = encode(m, [rec], targets=["target"], spans=["subject"])
     item, span = enc.items[0], enc.spans["subject"][0]
     s, e = span
-    cols = list(range(s, e)) if corrupt == "subject" else [t for t in range(int(item.bos), len(item))
+    cols = list(range(s, e)) if corruption == "subject" else [t for t in range(int(item.bos), len(item))
                                                            if not s <= t < e]
     ids = torch.tensor([item.ids])
     x = ids.repeat(noise.shape[0], 1)
@@ -77,17 +78,17 @@ def reference_trace(m, rec, noise, *, corrupt, kinds, window, severed=()):
     out = {}
     for t in range(len(item)):
         for layer in range(n_layers):
-            for kind in kinds:
-                lo, hi = (layer, layer + 1) if kind == "resid" else (max(0, layer - window // 2),
+            for site in sites:
+                lo, hi = (layer, layer + 1) if site == "resid_post" else (max(0, layer - window // 2),
                                                                      min(n_layers, layer + window - window // 2))
-                names = [f"blocks.{ly}.{HOOK[kind]}" for ly in range(lo, hi)]
-                out[(kind, layer, t)] = prob([(n, setter(t, clean[n][0, t])) for n in names])
+                names = [f"blocks.{ly}.{HOOK[site]}" for ly in range(lo, hi)]
+                out[(site, "", layer, t)] = prob([(n, setter(t, clean[n][0, t])) for n in names])
             for sub in severed:
                 name = f"blocks.{layer}.hook_resid_post"
                 hooks = [(name, setter(t, clean[name][0, t]))]
                 hooks += [(f"blocks.{ly}.{HOOK[sub]}", setter(t, corrupted[f"blocks.{ly}.{HOOK[sub]}"][:, t]))
                           for ly in range(layer + 1, n_layers)]
-                out[(f"resid_no_{sub}", layer, t)] = prob(hooks)
+                out[("resid_post", sub, layer, t)] = prob(hooks)
     return high, low, out
 
 
@@ -97,29 +98,29 @@ def _recorder(name, store):
     return fn
 
 
-def n_corrupted(m, rec, corrupt):
+def n_corrupted(m, rec, corruption):
     enc = encode(m, [rec], spans=["subject"])
-    return len(corrupted_positions(len(enc.items[0]), enc.spans["subject"][0], enc.items[0].bos, corrupt))
+    return len(corrupted_positions(len(enc.items[0]), enc.spans["subject"][0], enc.items[0].bos, corruption))
 
 
-@pytest.mark.parametrize("arch,corrupt", [("gpt2", "subject"), ("llama", "subject"), ("llama", "relation"),
+@pytest.mark.parametrize("arch,corruption", [("gpt2", "subject"), ("llama", "subject"), ("llama", "relation"),
                                           ("qwen2_moe", "subject"), ("mixtral", "relation"), ("gemma2", "subject")])
-def test_batched_trace_equals_the_restoration_loop(models, arch, corrupt):
+def test_batched_trace_equals_the_restoration_loop(models, arch, corruption):
     m = models(arch)
     rec = FACTS[1]
     samples = 3
-    noise = torch.randn(samples, n_corrupted(m, rec, corrupt), m.info.d_model,
+    noise = torch.randn(samples, n_corrupted(m, rec, corruption), m.info.d_model,
                         generator=torch.Generator().manual_seed(7)) * 2.0
-    kinds = ("resid", "mlp", "attn")
-    res = causal_trace(m, [rec], corrupt=corrupt, kinds=kinds, window=2, samples=samples, noise=noise,
-                       severed=("mlp", "attn"), answer="argmax", max_rows=11)
-    high, low, ref = reference_trace(m, rec, noise, corrupt=corrupt, kinds=kinds, window=2,
-                                     severed=("mlp", "attn"))
+    sites = ("resid_post", "mlp_out", "attn_out")
+    res = causal_trace(m, [rec], corruption=corruption, sites=sites, window=2, samples=samples, noise=noise,
+                       severed=("mlp_out", "attn_out"), target=None, max_rows=11)
+    high, low, ref = reference_trace(m, rec, noise, corruption=corruption, sites=sites, window=2,
+                                     severed=("mlp_out", "attn_out"))
     t = res.table
     assert len(t) == len(ref)
-    assert t["high"].iloc[0] == pytest.approx(high, abs=1e-5)
-    assert t["low"].iloc[0] == pytest.approx(low, abs=1e-5)
-    got = {(r.kind, r.layer, r.position): r.restored_prob for r in t.itertuples()}
+    assert t["clean_target_prob"].iloc[0] == pytest.approx(high, abs=1e-5)
+    assert t["corrupted_target_prob"].iloc[0] == pytest.approx(low, abs=1e-5)
+    got = {(r.site, r.severed, r.layer, r.position): r.target_prob for r in t.itertuples()}
     assert got.keys() == ref.keys()
     worst = max(abs(got[k] - ref[k]) for k in ref)  # tokens before the noise (not run: IE = 0) included
     assert worst < 1e-5, worst
@@ -132,21 +133,19 @@ def test_a_set_of_prompts_equals_each_prompt_alone(models, arch):
     samples = 2
     noises = [torch.randn(samples, n_corrupted(m, r, "subject"), m.info.d_model,
                           generator=torch.Generator().manual_seed(i)) for i, r in enumerate(FACTS)]
-    together = causal_trace(m, FACTS, samples=samples, noise=noises, answer="argmax", window=3, max_rows=5).table
+    together = causal_trace(m, FACTS, samples=samples, noise=noises, target=None, window=3, max_rows=5).table
     for rec, nz in zip(FACTS, noises):
-        alone = causal_trace(m, [rec], samples=samples, noise=nz, answer="argmax", window=3).table
+        alone = causal_trace(m, [rec], samples=samples, noise=nz, target=None, window=3).table
         part = together[together["prompt_id"] == rec["id"]].reset_index(drop=True)
-        pd.testing.assert_frame_equal(part.drop(columns=["restored_prob", "indirect_effect", "high", "low",
-                                                         "total_effect"]),
-                                      alone.drop(columns=["restored_prob", "indirect_effect", "high", "low",
-                                                          "total_effect"]))
-        for col in ("restored_prob", "indirect_effect", "high", "low"):
+        numeric = ["target_prob", "indirect_effect", "clean_target_prob", "corrupted_target_prob", "total_effect"]
+        pd.testing.assert_frame_equal(part.drop(columns=numeric), alone.drop(columns=numeric))
+        for col in ("target_prob", "indirect_effect", "clean_target_prob", "corrupted_target_prob"):
             assert (part[col] - alone[col]).abs().max() < 1e-5, col
 
 
 def test_scalar_noise_is_three_subject_embedding_stds_with_a_seeded_generator(models):
     m = models("gemma2")  # hook_embed carries gemma's sqrt(d_model) scale
-    res = causal_trace(m, FACTS[:2], samples=2, noise=3.0, seed=5, answer="argmax", kinds="resid")
+    res = causal_trace(m, FACTS[:2], samples=2, noise=3.0, seed=5, target=None, sites="resid_post")
     embs = []
     for s in dict.fromkeys(r["subject"] for r in FACTS[:2]):
         ids = torch.tensor([m.tokenizer(s, add_special_tokens=False)["input_ids"]])
@@ -158,34 +157,38 @@ def test_scalar_noise_is_three_subject_embedding_stds_with_a_seeded_generator(mo
     rec = FACTS[1]
     explicit = torch.randn(2, n_corrupted(m, rec, "subject"), m.info.d_model,
                            generator=torch.Generator().manual_seed(5)) * res.meta["noise_std"]
-    again = causal_trace(m, [rec], samples=2, noise=explicit, answer="argmax", kinds="resid").table
+    again = causal_trace(m, [rec], samples=2, noise=explicit, target=None, sites="resid_post").table
     part = res.table[res.table["prompt_id"] == rec["id"]].reset_index(drop=True)
-    assert (part["restored_prob"] - again["restored_prob"]).abs().max() < 1e-6
+    assert (part["target_prob"] - again["target_prob"]).abs().max() < 1e-6
 
 
 def test_invariants_of_restoration(models):
     m = models("llama")
-    res = causal_trace(m, FACTS, samples=2, answer="argmax", severed=("mlp", "attn"), window=2)
+    res = causal_trace(m, FACTS, samples=2, target=None, severed=("mlp_out", "attn_out"), window=2)
     t = res.table
     last_layer = m.info.n_layers - 1
     for _pid, part in t.groupby("prompt_id"):
         # the last layer's residual at the last token is the whole clean output
-        top = part[(part["kind"] == "resid") & (part["layer"] == last_layer) & (part["role"] == "last")]
-        assert top["restored_prob"].iloc[0] == pytest.approx(top["high"].iloc[0], abs=1e-5)
+        plain = part[(part["site"] == "resid_post") & (part["severed"] == "")]
+        top = plain[(plain["layer"] == last_layer) & (plain["role"] == "last")]
+        assert top["target_prob"].iloc[0] == pytest.approx(top["clean_target_prob"].iloc[0], abs=1e-5)
         # no sublayer above the last layer to sever
-        for sub in ("mlp", "attn"):
-            a = part[(part["kind"] == f"resid_no_{sub}") & (part["layer"] == last_layer)]["restored_prob"].values
-            b = part[(part["kind"] == "resid") & (part["layer"] == last_layer)]["restored_prob"].values
+        for sub in ("mlp_out", "attn_out"):
+            a = part[(part["severed"] == sub) & (part["layer"] == last_layer)]["target_prob"].values
+            b = plain[plain["layer"] == last_layer]["target_prob"].values
             assert abs(a - b).max() < 1e-6
-        assert (part["total_effect"] == part["high"] - part["low"]).all()
+        assert (part["total_effect"] == part["clean_target_prob"] - part["corrupted_target_prob"]).all()
+        # half-open windows: the residual after block l is [l, l + 1)
+        assert (plain["window_end"] == plain["window_start"] + 1).all()
+        assert (plain["window_start"] == plain["layer"]).all()
 
 
 def test_relation_corruption_marks_every_non_subject_token_but_bos(models):
     m = models("llama")
-    res = causal_trace(m, [FACTS[0]], corrupt="relation", samples=1, answer="argmax", kinds="resid")
+    res = causal_trace(m, [FACTS[0]], corruption="relation", samples=1, target=None, sites="resid_post")
     tok = res.table.drop_duplicates("position").set_index("position")
     assert tok.loc[0, "role"] == "bos" and not tok.loc[0, "corrupted"]
-    assert list(tok["corrupted"]) == [pos > 0 and not subj for pos, subj in zip(tok.index, tok["subject"])]
+    assert list(tok["corrupted"]) == [pos > 0 and not subj for pos, subj in zip(tok.index, tok["in_subject"])]
     assert tok.iloc[-1]["corrupted"] and tok.iloc[-1]["role"] == "last"
 
 
@@ -209,22 +212,64 @@ def test_dropped_facts_are_counted(models):
     rec["target"] = m.tokenizer.decode([pred])
     wrong = {**FACTS[1], "target": " zzzz"}
     assert encode(m, [rec], targets=["target"]).targets["target"][0] == pred  # the decoded argmax round-trips
-    res = causal_trace(m, [rec, wrong], samples=1, kinds="resid")
+    res = causal_trace(m, [rec, wrong], samples=1, sites="resid_post")
     assert res.meta["n_kept"] == 1 and res.meta["n_dropped"] == 1 and res.meta["dropped_ids"] == ["f1"]
     assert set(res.table["prompt_id"]) == {"f0"}
-    kept_all = causal_trace(m, [rec, wrong], samples=1, kinds="resid", only_correct=False)
+    kept_all = causal_trace(m, [rec, wrong], samples=1, sites="resid_post", only_correct=False)
     assert kept_all.meta["n_dropped"] == 0 and set(kept_all.table["prompt_id"]) == {"f0", "f1"}
+
+
+def test_run_plumbing_arrives_as_shard_inputs(models):
+    """subject_std and allow_none_kept are not parameters: a sharded run's prepare passes them out of band."""
+    import inspect
+
+    from interp.methods.tracing import subject_embedding_std
+    from interp.registry import shard_inputs
+
+    m = models("llama")
+    sig = inspect.signature(causal_trace.registry_entry.raw)
+    assert "subject_std" not in sig.parameters and "allow_none_kept" not in sig.parameters
+    own = causal_trace(m, FACTS[:2], samples=2, target=None, sites="resid_post")
+    nu = subject_embedding_std(m, [r["subject"] for r in FACTS[:2]])
+    with shard_inputs(subject_std=nu):
+        fixed = causal_trace(m, FACTS[:2], samples=2, target=None, sites="resid_post")
+    pd.testing.assert_frame_equal(own.table, fixed.table)
+    with shard_inputs(subject_std=2 * nu):  # nu is taken from the shard input, not measured again
+        doubled = causal_trace(m, FACTS[:2], samples=2, target=None, sites="resid_post")
+    assert doubled.meta["noise_std"] == pytest.approx(2 * own.meta["noise_std"], rel=1e-12)
+    wrong = [{**r, "target": " zzzz"} for r in FACTS[:2]]
+    with shard_inputs(allow_none_kept=True):
+        empty = causal_trace(m, wrong, samples=1, sites="resid_post")
+    assert empty.table.empty and list(empty.table.columns) == list(causal_trace.registry_entry.schema.columns)
+    assert empty.meta["n_kept"] == 0 and empty.meta["dropped_ids"] == ["f0", "f1"]
+    assert "subject_std" not in empty.meta["parameters"] and "allow_none_kept" not in empty.meta["parameters"]
+
+
+def test_target_names_the_scored_field(models):
+    m = models("llama")
+    facts = [{**r, "answer": r["target"], "target": " zzzz"} for r in FACTS]
+    by_field = causal_trace(m, facts, samples=1, sites="resid_post", target="answer", only_correct=False).table
+    default = causal_trace(m, FACTS, samples=1, sites="resid_post", only_correct=False).table
+    pd.testing.assert_frame_equal(by_field, default)
+    ev_field = relation_evidence(m, facts, top_k=5, target="answer", attributes=[" the"]).table
+    ev_default = relation_evidence(m, FACTS, top_k=5, attributes=[" the"]).table
+    pd.testing.assert_frame_equal(ev_field, ev_default)
+    enc = encode(m, FACTS, targets=["target"])
+    ids = dict(zip([r["id"] for r in FACTS], enc.targets["target"]))
+    assert (default["target_id"] == default["prompt_id"].map(ids)).all()
+    assert (ev_default["target_id"] == ev_default["prompt_id"].map(ids)).all()
 
 
 def test_summary_and_totals(models):
     m = models("qwen2_moe")
-    res = causal_trace(m, FACTS, samples=2, answer="argmax", window=2)
+    res = causal_trace(m, FACTS, samples=2, target=None, window=2)
     summary = trace_summary(res)
     t = res.table
     for _, row in summary.sample(10, random_state=0).iterrows():
         facts = []
         for pid in t["prompt_id"].unique():
-            sel = t[(t["prompt_id"] == pid) & (t["kind"] == row["kind"]) & (t["role"] == row["role"])
+            sel = t[(t["prompt_id"] == pid) & (t["site"] == row["site"]) & (t["severed"] == row["severed"])
+                    & (t["role"] == row["role"])
                     & (t["layer"] == row["layer"])]
             if len(sel):
                 facts.append(sum(sel["indirect_effect"]) / len(sel))
@@ -233,7 +278,7 @@ def test_summary_and_totals(models):
     totals = trace_totals(res)
     assert len(totals) == 3 * len(FACTS)
     for _, row in totals.iterrows():
-        sel = t[(t["prompt_id"] == row["prompt_id"]) & (t["kind"] == row["kind"])]
+        sel = t[(t["prompt_id"] == row["prompt_id"]) & (t["site"] == row["site"]) & (t["severed"] == row["severed"])]
         assert row["best_indirect_effect"] == sel["indirect_effect"].max()
     with pytest.raises(interp.ParameterError, match="Result of interp.causal_trace"):
         trace_summary(interp.Result(pd.DataFrame({"a": [1]}), {"method": "predictions"}))
@@ -242,17 +287,22 @@ def test_summary_and_totals(models):
 def test_figures_and_hooks_do_not_leak(models):
     m = models("llama")
     before = hook_snapshot(m)
-    res = causal_trace(m, FACTS[:2], samples=1, answer="argmax", window=2)
-    ev = relation_evidence(m, FACTS, top_k=5, knockout_window=2)
+    res = causal_trace(m, FACTS[:2], samples=1, target=None, window=2, severed="mlp_out")
+    ev = relation_evidence(m, FACTS, top_k=5, window=2)
     assert hook_snapshot(m) == before
     fig = res.figure(prompt_id="f1")
-    assert len(fig.data) == 3
+    assert len(fig.data) == 4  # resid_post, mlp_out, attn_out, resid_post with mlp_out severed
+    assert [a.text for a in fig.layout.annotations][-1] == "resid_post, mlp_out severed"
     n_tokens = res.table[res.table["prompt_id"] == "f1"]["position"].nunique()
-    assert len(fig.data[0].z) == n_tokens and len(fig.data[0].z[0]) == m.info.n_layers
-    assert any(lbl.endswith("*") for lbl in fig.data[0].y)
+    # layers up y (layer 0 at the bottom), tokens along x
+    assert len(fig.data[0].z) == m.info.n_layers and len(fig.data[0].z[0]) == n_tokens
+    assert list(fig.data[0].y) == list(range(m.info.n_layers))
+    assert any(lbl.endswith("*") for lbl in fig.data[0].x)
     roles = res.figure(view="roles")
     assert {tr.name for tr in roles.data} <= set(res.table["role"])
     assert len(ev.figure().data) >= 3
+    for f in (fig, roles, ev.figure(), res.figure(value="target_prob")):
+        assert not check_convention(f), check_convention(f)
     with pytest.raises(interp.ParameterError, match="not in the result"):
         res.figure(prompt_id="nope")
 
@@ -263,10 +313,10 @@ def test_relation_evidence_against_direct_computation(models, arch):
     m = models(arch)
     top_k = 7
     attrs = [" Paris", " yes", " Sure", " the", " a"]
-    ev = relation_evidence(m, FACTS, attributes=attrs, top_k=top_k, knockout_window=2, batch_size=3).table
-    alone = pd.concat([relation_evidence(m, [r], attributes=attrs, top_k=top_k, knockout_window=2).table
+    ev = relation_evidence(m, FACTS, attributes=attrs, top_k=top_k, window=2, batch_size=3).table
+    alone = pd.concat([relation_evidence(m, [r], attributes=attrs, top_k=top_k, window=2).table
                        for r in FACTS], ignore_index=True)
-    num = ["object_rank", "object_prob", "attribute_rate", "clean_attribute_rate", "clean_object_prob"]
+    num = ["target_rank", "target_prob", "attribute_rate", "clean_attribute_rate", "clean_target_prob"]
     assert (ev[num] - alone[num]).abs().max().max() < 1e-5  # batched (left padded) == prompt by prompt
     a_ids = {m.tokenizer(a, add_special_tokens=False)["input_ids"][0] for a in attrs}
     enc = encode(m, FACTS, targets=["target"])
@@ -280,12 +330,13 @@ def test_relation_evidence_against_direct_computation(models, arch):
         for layer in range(n_layers):
             lg = interp.decode(m, cache[f"blocks.{layer}.hook_resid_post"][0, -1], output="logits").float()
             row = rows[(rows["analysis"] == "lens") & (rows["layer"] == layer)].iloc[0]
-            assert row["object_rank"] == int((lg > lg[target]).sum()) + 1
+            assert row["target_rank"] == int((lg > lg[target]).sum()) + 1
+            assert (row["site"], row["window_start"], row["window_end"]) == ("resid_post", layer, layer + 1)
             top = set(lg.topk(top_k).indices.tolist())
             assert row["attribute_rate"] == len(top & a_ids) / top_k
         final = rows[(rows["analysis"] == "lens") & (rows["layer"] == n_layers - 1)].iloc[0]
-        assert final["object_prob"] == pytest.approx(float(logits[0, -1].softmax(-1)[target]), abs=1e-5)
-        for kind, hook in (("mlp", "hook_mlp_out"), ("attn", "hook_attn_out")):
+        assert final["target_prob"] == pytest.approx(float(logits[0, -1].softmax(-1)[target]), abs=1e-5)
+        for site, hook in (("mlp_out", "hook_mlp_out"), ("attn_out", "hook_attn_out")):
             def zero_last(t, hook):
                 t = t.clone()
                 t[:, -1] = 0
@@ -293,10 +344,11 @@ def test_relation_evidence_against_direct_computation(models, arch):
             with torch.no_grad():
                 ko = m.bridge.run_with_hooks(ids, fwd_hooks=[(f"blocks.{ly}.{hook}", zero_last) for ly in (1, 2)])
             p = float(ko[0, -1].softmax(-1)[target])
-            row = rows[(rows["analysis"] == f"knockout_{kind}") & (rows["layer"] == 1)].iloc[0]
-            assert row["layer_end"] == 2
-            assert row["object_prob"] == pytest.approx(p, abs=1e-5)
-            assert row["object_prob_drop"] == pytest.approx(final["object_prob"] - p, abs=1e-5)
+            row = rows[(rows["analysis"] == "knockout") & (rows["site"] == site) & (rows["layer"] == 1)].iloc[0]
+            assert (row["window_start"], row["window_end"]) == (1, 3)  # half-open: blocks 1 and 2 knocked out
+            assert row["target_prob"] == pytest.approx(p, abs=1e-5)
+            assert row["target_prob_drop"] == pytest.approx(final["target_prob"] - p, abs=1e-5)
+            assert row["target_id"] == target and row["target_token"] == m.tokenizer.decode([target])
 
 
 def test_default_attribute_sets_are_the_targets_of_each_task(models):
@@ -345,15 +397,15 @@ def test_dense_organism_trace_is_exact_and_recorded():
     """
     m = interp.load_model(DENSE, device="cpu")
     facts = _organism_facts(6)
-    res = causal_trace(m, facts, samples=3, kinds=("resid", "mlp", "attn"))
+    res = causal_trace(m, facts, samples=3, sites=("resid_post", "mlp_out", "attn_out"))
     assert res.meta["n_kept"] >= 1, "the organism gets none of its held-out facts right"
     kept = res.table["prompt_id"].iloc[0]
     rec = next(r for r in facts if r["id"] == kept)
     noise = torch.randn(2, n_corrupted(m, rec, "subject"), m.info.d_model,
                         generator=torch.Generator().manual_seed(0)) * res.meta["noise_std"]
-    one = causal_trace(m, [rec], samples=2, noise=noise, kinds=("resid", "mlp"), window=10)
-    _, low, ref = reference_trace(m, rec, noise, corrupt="subject", kinds=("resid", "mlp"), window=10)
-    got = {(r.kind, r.layer, r.position): r.restored_prob for r in one.table.itertuples()}
+    one = causal_trace(m, [rec], samples=2, noise=noise, sites=("resid_post", "mlp_out"), window=10)
+    _, low, ref = reference_trace(m, rec, noise, corruption="subject", sites=("resid_post", "mlp_out"), window=10)
+    got = {(r.site, r.severed, r.layer, r.position): r.target_prob for r in one.table.itertuples()}
     assert max(abs(got[k] - ref[k]) for k in ref) < 1e-5
     summary = trace_summary(res)
     print("\n" + summary.to_string())

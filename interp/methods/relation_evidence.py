@@ -1,12 +1,13 @@
-"""Relation evidence at the last prompt position (Liu et al. 2025, "Relation Also Knows", AAAI; after Geva et al.
-2023, "Dissecting Recall of Factual Associations"): where does the relation's answer type show up?
+"""Relation evidence at the last prompt position (Liu et al. 2025, "Relation Also Knows", AAAI, arXiv 2408.15091;
+after Geva et al. 2023, "Dissecting Recall of Factual Associations in Auto-Regressive Language Models", arXiv
+2304.14767): where does the relation's answer type show up?
 
-* the per-layer rank of the object's first token when the residual after each block at the last position is
+* the per-layer rank of the target's first token when the residual after each block at the last position is
   decoded with the logit lens (final norm recomputed);
 * the attribute rate AR_l = |top-k decoded tokens intersect A_r| / k (k = 50), where A_r is a set of tokens
   related to the relation (e.g. for "capital of": city-like tokens);
-* sublayer knockout: the MLP (or attention) outputs at the last position are zeroed in a window of layers, and
-  the drop of the final attribute rate and of P(object) is measured.
+* sublayer knockout: the MLP (``mlp_out``) or attention (``attn_out``) outputs at the last position are zeroed in
+  a half-open window of layers, and the drop of the final attribute rate and of P(target) is measured.
 """
 
 from __future__ import annotations
@@ -17,23 +18,42 @@ from typing import Any
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
-from ..errors import ParameterError, check_choice, check_positive_int
+from .. import metrics
+from ..errors import ParameterError, check_positive_int
 from ..hooks import Edit, Intervention
 from ..model import Model, as_model
 from ..prompts import EncodedSet, as_prompt_set, batches, encode
-from ..registry import ShardPlan, register_method
+from ..registry import Schema, ShardPlan, register_method
 from ..results import Result, make_meta
+from ..sites import SUBLAYER_OUTPUTS, check_sites, hook_name
 from ..variants import forward, run_variants
-from .tracing import HOOKS
 
-SUBLAYERS = ("mlp", "attn")
+KNOCKOUT_SITES = ("mlp_out", "attn_out")  # the sublayers knocked out (Geva et al.'s order: MLP, then attention)
+assert set(KNOCKOUT_SITES) == set(SUBLAYER_OUTPUTS)
+
+PAPER = ("Liu et al. 2025, Relation Also Knows (AAAI), arXiv 2408.15091; Geva et al. 2023, Dissecting Recall of "
+         "Factual Associations (attribute rate, sublayer knockout), arXiv 2304.14767")
+COST = ("1 forward per prompt (batched) + (L - window + 1) x len(sites) knocked-out rows per prompt (batched, "
+        "each starting at its first knocked-out block) + L unembeddings of the last position per prompt")
+SCHEMA = Schema(
+    keys=("prompt_id", "analysis", "site", "layer"), value="attribute_rate", unit="fraction", sign="higher",
+    columns={"prompt_id": "str", "analysis": "str", "site": "str", "layer": "int", "window_start": "int",
+             "window_end": "int", "target_rank": "int", "target_prob": "float", "attribute_rate": "float",
+             "clean_attribute_rate": "float", "clean_target_prob": "float", "attribute_rate_drop": "float",
+             "target_prob_drop": "float", "correct": "bool", "target_token": "str", "target_id": "int"},
+    optional={"task": "str"},
+    units={"target_rank": "rank", "target_prob": "probability", "clean_attribute_rate": "fraction",
+           "clean_target_prob": "probability", "attribute_rate_drop": "fraction", "target_prob_drop": "probability"},
+    grid=("layer", "site"),
+)
 
 
-def knockout(model: Any, kind: str, layers: Iterable[int], *, column: int = -1) -> Intervention:
-    """Zero the MLP (``hook_mlp_out``) or attention (``hook_attn_out``) output at ``column`` (default the last
-    prompt position) in each of ``layers``: the sublayer no longer writes to that position's residual."""
-    check_choice("kind", kind, SUBLAYERS)
+def knockout(model: Any, site: str, layers: Iterable[int], *, column: int = -1) -> Intervention:
+    """Zero the MLP (``mlp_out``) or attention (``attn_out``) output at ``column`` (default the last prompt
+    position) in each of ``layers``: the sublayer no longer writes to that position's residual."""
+    check_sites([site], KNOCKOUT_SITES, name="site")
     layers = list(layers)
     n = as_model(model).info.n_layers
     for layer in layers:
@@ -43,17 +63,17 @@ def knockout(model: Any, kind: str, layers: Iterable[int], *, column: int = -1) 
     def apply(t: torch.Tensor, rows: slice) -> None:
         t[rows, column] = 0
 
-    edits = tuple(Edit(f"blocks.{layer}.{HOOKS[kind]}", apply) for layer in layers)
-    return Intervention(edits, f"knock out {kind} L{layers[0]}-{layers[-1]}" if layers else "nothing",
-                        {"kind": kind, "layers": layers})
+    edits = tuple(Edit(hook_name(site, layer), apply) for layer in layers)
+    return Intervention(edits, f"knock out {site} L{layers[0]}-{layers[-1]}" if layers else "nothing",
+                        {"site": site, "layers": layers})
 
 
-def attribute_sets(model: Any, prompts: Any, attributes: Any = None) -> list[set[int]]:
+def attribute_sets(model: Any, prompts: Any, attributes: Any = None, *, target: str = "target") -> list[set[int]]:
     """A_r for each prompt, as token ids. ``attributes``: None -> for each ``task`` (relation) of the prompt set,
-    the first tokens of every target of that task (all of the relation's objects; one set when the prompts carry
-    no ``task``); a list of strings -> one set for every prompt; a dict task -> list of strings. A string's token
-    is its first token tokenised alone with no special tokens (so give leading spaces: " Paris"); an int is taken
-    as a token id."""
+    the first tokens of every ``target`` field of that task (all of the relation's objects; one set when the
+    prompts carry no ``task``); a list of strings -> one set for every prompt; a dict task -> list of strings. A
+    string's token is its first token tokenised alone with no special tokens (so give leading spaces: " Paris");
+    an int is taken as a token id."""
     m = as_model(model)
     ps = as_prompt_set(prompts)
     tok = m.tokenizer
@@ -72,11 +92,11 @@ def attribute_sets(model: Any, prompts: Any, attributes: Any = None) -> list[set
         return int(ids[0])
 
     if attributes is None:
-        ps.require("target")
-        enc = encode(m, ps, targets=["target"])
+        ps.require(target)
+        enc = encode(m, ps, targets=[target])
         tasks = [r.get("task", "") for r in ps.records]
         by_task: dict[Any, set[int]] = {}
-        for task, t in zip(tasks, enc.targets["target"]):
+        for task, t in zip(tasks, enc.targets[target]):
             by_task.setdefault(task, set()).add(int(t))
         return [by_task[task] for task in tasks]
     if isinstance(attributes, Mapping):
@@ -107,7 +127,7 @@ def _prepare(m: Any, ps: Any, params: dict) -> dict:
     """The default attribute sets come from the whole set's targets: fix them once, as token ids, for every shard."""
     if params.get("attributes") is not None:
         return params
-    sets = attribute_sets(m, ps)
+    sets = attribute_sets(m, ps, target=params.get("target", "target"))
     if "task" in ps.fields:
         fixed: Any = {}
         for r, ids in zip(ps.records, sets):
@@ -118,7 +138,7 @@ def _prepare(m: Any, ps: Any, params: dict) -> dict:
 
 
 def relation_evidence_figure(result: Result) -> Any:
-    """Three panels: mean attribute rate per layer, mean log10 rank of the object per layer (logit lens at the
+    """Three panels: mean attribute rate per layer, mean log10 rank of the target per layer (logit lens at the
     last position), and the mean drop of the final attribute rate when each window of MLPs / attention is
     knocked out."""
     import plotly.graph_objects as go
@@ -126,101 +146,133 @@ def relation_evidence_figure(result: Result) -> Any:
 
     t = result.table
     lens = t[t["analysis"] == "lens"].copy()
-    lens["log10_rank"] = lens["object_rank"].astype(float).apply(math.log10)
+    lens["log10_rank"] = lens["target_rank"].astype(float).apply(math.log10)
     per_layer = lens.groupby("layer")[["attribute_rate", "log10_rank"]].mean().reset_index()
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("attribute rate (logit lens)", "log10 rank of the object",
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("attribute rate (logit lens)", "log10 rank of the target",
                                                         "knockout: drop of the final attribute rate"))
     fig.add_trace(go.Scatter(x=per_layer["layer"], y=per_layer["attribute_rate"], mode="lines+markers",
-                             name="AR_l"), row=1, col=1)
+                             name="AR_l", hovertemplate="layer %{x}<br>mean attribute rate %{y:.3f}<extra></extra>"),
+                  row=1, col=1)
     fig.add_trace(go.Scatter(x=per_layer["layer"], y=per_layer["log10_rank"], mode="lines+markers",
-                             name="log10 rank"), row=1, col=2)
-    ko = t[t["analysis"].str.startswith("knockout")]
-    for analysis, part in ko.groupby("analysis", sort=False):
-        g = part.groupby("layer")["attribute_rate_drop"].mean().reset_index()
-        fig.add_trace(go.Bar(x=[f"L{a}-{a + int(result.meta['parameters']['knockout_window']) - 1}"
-                                for a in g["layer"]], y=g["attribute_rate_drop"], name=analysis), row=1, col=3)
-    fig.update_layout(title=f"Relation evidence at the last position ({t['prompt_id'].nunique()} prompts)",
-                      barmode="group")
+                             name="log10 rank", hovertemplate="layer %{x}<br>mean log10 rank %{y:.3f}<extra></extra>"),
+                  row=1, col=2)
+    ko = t[t["analysis"] == "knockout"]
+    for site, part in ko.groupby("site", sort=False):
+        g = part.groupby(["window_start", "window_end"])["attribute_rate_drop"].mean().reset_index()
+        fig.add_trace(go.Bar(x=[f"[{a}, {b})" for a, b in zip(g["window_start"], g["window_end"])],
+                             y=g["attribute_rate_drop"], name=f"{site} knocked out",
+                             hovertemplate="layers %{x}<br>mean drop %{y:.3f}<extra>" + site + "</extra>"),
+                      row=1, col=3)
+    fig.update_xaxes(title_text="layer (residual after the block)", row=1, col=1)
+    fig.update_xaxes(title_text="layer (residual after the block)", row=1, col=2)
+    fig.update_xaxes(title_text="knocked-out layers [start, end)", row=1, col=3)
+    fig.update_yaxes(title_text="attribute rate (fraction of top-k)", row=1, col=1)
+    fig.update_yaxes(title_text="log10 rank of the target", row=1, col=2)
+    fig.update_yaxes(title_text="attribute-rate drop (fraction)", row=1, col=3)
+    n = t["prompt_id"].nunique()
+    fig.update_layout(title=f"Relation evidence at the last position<br>mean over {n} prompt{'s' if n != 1 else ''}",
+                      barmode="group", autosize=True)
     return fig
 
 
-@register_method("relation_evidence", paper="Liu et al. 2025 (Relation Also Knows, AAAI); Geva et al. 2023 "
-                 "(Dissecting Recall: attribute rate, sublayer knockout)",
-                 cost="1 forward per prompt (batched) + one knockout run per window x sublayer kind (batched)",
-                 family="tracing", figure=relation_evidence_figure, shards=ShardPlan(prepare=_prepare))
+@register_method("relation_evidence", paper=PAPER, cost=COST, schema=SCHEMA, inputs="prompts", family="tracing",
+                 figure=relation_evidence_figure, shards=ShardPlan(prepare=_prepare), fields=("target", "task"),
+                 organism="dense", corpus="factual", example={"top_k": 5, "window": 2, "sites": ("mlp_out",)})
 def relation_evidence(
     model: Any,
     prompts: Any,
     *,
     attributes: Sequence[str] | Mapping[Any, Sequence[str]] | None = None,
     top_k: int = 50,
-    knockout_kinds: Sequence[str] = SUBLAYERS,
-    knockout_window: int = 2,
+    sites: Sequence[str] = KNOCKOUT_SITES,
+    window: int = 2,
+    target: str = "target",
     batch_size: int = 16,
     max_rows: int | None = None,
+    progress: bool = False,
 ) -> Result:
-    """Per-layer object rank and attribute rate at the last prompt position, and the sublayer-knockout drops.
+    """Per-layer target rank and attribute rate at the last prompt position (logit lens), and the drops of both
+    when a window of MLPs or attention sublayers is knocked out there (Liu et al. 2025, arXiv 2408.15091; Geva
+    et al. 2023, arXiv 2304.14767).
 
-    Prompts carry ``target`` (the object; its first token is o) and usually ``task`` (the relation); A_r comes
-    from ``attributes`` (see :func:`attribute_sets`; default: the first tokens of all targets of the prompt's
-    task in this prompt set). Table, one row per prompt x analysis x layer: prompt_id, task, analysis ("lens",
-    "knockout_mlp", "knockout_attn"), layer (lens: the block whose output is decoded; knockout: the first
-    layer of the window), layer_end (last layer of the window, inclusive), object_rank (1 = top), object_prob,
-    attribute_rate (lens: AR_l of the decoded residual; knockout: AR of the model's output with the window
-    knocked out), clean_attribute_rate and clean_object_prob (the model's output, unknocked),
-    attribute_rate_drop and object_prob_drop (clean - knocked; knockout rows only), correct (clean argmax = o).
-    Cost: one forward per prompt plus (L - window + 1) x len(knockout_kinds) knocked-out forwards per prompt,
-    all batched.
+    Prompts carry the ``target`` field (the object; its first token o is scored) and usually ``task`` (the
+    relation).
+
+    Args:
+        attributes: A_r (see :func:`attribute_sets`): None takes the first tokens of every target of the
+            prompt's task in this prompt set; a list of strings, one set for every prompt; a dict task -> list.
+        top_k: the decoded tokens the attribute rate looks at (Liu et al.: 50).
+        sites: the sublayers knocked out, names from :mod:`interp.sites`: ``"mlp_out"``, ``"attn_out"``.
+        window: width of the half-open window of layers knocked out together, in layers; every window
+            [a, a + window) inside the model is run.
+        target: the prompt field whose first token is scored.
+        batch_size: prompts per forward batch.
+        max_rows: at most this many rows (prompt x knockout) in one forward; None: from a memory budget.
+        progress: a progress bar over the batches.
+
+    Returns:
+        A Result, one row per prompt x analysis x site x layer (schema ``SCHEMA``; value ``attribute_rate``, a
+        fraction of top_k, higher matters more): prompt_id, task (when the prompts carry it), analysis
+        ("lens": the residual after block ``layer`` decoded, site ``resid_post``, window [layer, layer + 1);
+        "knockout": ``site`` zeroed at the last position in layers [window_start, window_end), ``layer`` =
+        window_start), target_rank (1 = top), target_prob, attribute_rate (lens: AR_l of the decoded residual;
+        knockout: AR of the model's output with the window knocked out), clean_attribute_rate and
+        clean_target_prob (the model's output, nothing knocked out), attribute_rate_drop and target_prob_drop
+        (clean - knocked; NaN on lens rows), correct (clean top-1 = o), target_token, target_id.
+
+    Cost: one forward per prompt plus (L - window + 1) x len(sites) knocked-out rows per prompt, all batched,
+    and L unembeddings of the last position per prompt.
     """
     m = as_model(model)
     ps = as_prompt_set(prompts)
     top_k = check_positive_int("top_k", top_k)
     if top_k > m.info.vocab_size:
         raise ParameterError(f"top_k={top_k} exceeds the vocabulary size {m.info.vocab_size}.")
-    if isinstance(knockout_kinds, str):
-        knockout_kinds = (knockout_kinds,)
-    for k in knockout_kinds:
-        check_choice("knockout_kinds", k, SUBLAYERS)
+    chosen = check_sites(sites, KNOCKOUT_SITES, model=m, name="sites")
     n_layers = m.info.n_layers
-    check_positive_int("knockout_window", knockout_window)
-    if knockout_window > n_layers:
-        raise ParameterError(f"knockout_window={knockout_window} exceeds the number of layers ({n_layers}).")
+    check_positive_int("window", window)
+    if window > n_layers:
+        raise ParameterError(f"window={window} exceeds the number of layers ({n_layers}).")
+    if not isinstance(target, str) or not target:
+        raise ParameterError(f"target must be the name of a prompt field; got {target!r}.")
     check_positive_int("batch_size", batch_size)
     if max_rows is not None:
         check_positive_int("max_rows", max_rows)
-    ps.require("target")
-    enc = encode(m, ps, targets=["target"])
-    a_sets = attribute_sets(m, ps, attributes)
+    ps.require(target)
+    enc = encode(m, ps, targets=[target])
+    a_sets = attribute_sets(m, ps, attributes, target=target)
+    has_task = "task" in ps.fields
     rows = []
-    for batch in batches(m, enc, batch_size):
-        rows.extend(_evidence_batch(m, enc, batch, a_sets, top_k, knockout_kinds, knockout_window, max_rows))
+    n_batches = -(-len(ps) // batch_size)
+    for batch in tqdm(batches(m, enc, batch_size), total=n_batches, desc="relation_evidence",
+                      disable=not progress):
+        rows.extend(_evidence_batch(m, enc, batch, a_sets, top_k, chosen, window, target, max_rows, has_task))
     order = {pid: i for i, pid in enumerate(ps.ids)}
-    table = pd.DataFrame(rows)
+    columns = [c for c in SCHEMA.columns if c != "prompt_id"]
+    table = pd.DataFrame(rows, columns=["prompt_id", *(["task"] if has_task else []), *columns])
     table = table.sort_values("prompt_id", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
-    params = {"attributes": "targets of each task" if attributes is None else attributes, "top_k": top_k,
-              "knockout_kinds": list(knockout_kinds), "knockout_window": knockout_window}
-    return Result(table, make_meta("relation_evidence", m, ps, params))
+    return Result(table, make_meta(model=m, prompts=ps))
 
 
 def _measures(logits: torch.Tensor, targets: torch.Tensor, a_masks: torch.Tensor, top_k: int
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rank of the target [N], its probability [N], attribute rate [N]) of logits [N, vocab]."""
-    lp = logits.float().log_softmax(-1)
-    t_lp = lp.gather(-1, targets[:, None])
-    rank = (lp > t_lp).sum(-1) + 1
-    top = lp.topk(top_k, dim=-1).indices
+    rank = metrics.rank(logits, targets)
+    prob = metrics.prob(logits, targets)
+    top = logits.float().topk(top_k, dim=-1).indices
     rate = a_masks.gather(-1, top).float().sum(-1) / top_k
-    return rank, t_lp[:, 0].exp(), rate
+    return rank, prob, rate
 
 
 def _evidence_batch(m: Model, enc: EncodedSet, batch: Any, a_sets: list[set[int]], top_k: int,
-                    kinds: Sequence[str], window: int, max_rows: int | None) -> list[dict[str, Any]]:
+                    chosen: Sequence[str], window: int, target: str, max_rows: int | None, has_task: bool
+                    ) -> list[dict[str, Any]]:
     from ..decode import decode
 
     n_layers = m.info.n_layers
-    names = [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
+    names = [hook_name("resid_post", layer) for layer in range(n_layers)]
     logits, store = forward(m, batch, read=names, read_fn=lambda n, v: v[:, -1])
-    targets = batch.targets["target"].to(logits.device)
+    targets = batch.targets[target].to(logits.device)
     a_masks = torch.zeros(batch.size, logits.shape[-1], dtype=torch.bool, device=logits.device)
     for r, idx in enumerate(batch.indices):
         a_masks[r, list(a_sets[idx])] = True
@@ -230,24 +282,28 @@ def _evidence_batch(m: Model, enc: EncodedSet, batch: Any, a_sets: list[set[int]
     for name in names:
         lens.append(_measures(decode(m, store[name], norm="recompute", output="logits"), targets, a_masks, top_k))
     starts = list(range(0, n_layers - window + 1))
-    variants = [knockout(m, kind, range(a, a + window)) for kind in kinds for a in starts]
-    keys = [(kind, a) for kind in kinds for a in starts]
+    variants = [knockout(m, site, range(a, a + window)) for site in chosen for a in starts]
+    keys = [(site, a) for site in chosen for a in starts]
     ko = []
     if variants:
         _, outs = run_variants(m, batch, variants, lambda lg, _: lg.float(), max_rows=max_rows)
         ko = [_measures(o, targets, a_masks, top_k) for o in outs]
+    tok = m.tokenizer
     rows = []
     for r, idx in enumerate(batch.indices):
         rec = enc.prompts.records[idx]
-        common = {"prompt_id": rec["id"], "task": rec.get("task"), "clean_attribute_rate": float(c_rate[r]),
-                  "clean_object_prob": float(c_prob[r]), "correct": bool(correct[r])}
+        tid = int(targets[r])
+        common = {"prompt_id": rec["id"], **({"task": rec.get("task")} if has_task else {}),
+                  "clean_attribute_rate": float(c_rate[r]), "clean_target_prob": float(c_prob[r]),
+                  "correct": bool(correct[r]), "target_token": tok.decode([tid]), "target_id": tid}
         for layer, (rank, prob, rate) in enumerate(lens):
-            rows.append({**common, "analysis": "lens", "layer": layer, "layer_end": layer,
-                         "object_rank": int(rank[r]), "object_prob": float(prob[r]), "attribute_rate": float(rate[r]),
-                         "attribute_rate_drop": float("nan"), "object_prob_drop": float("nan")})
-        for (kind, a), (rank, prob, rate) in zip(keys, ko):
-            rows.append({**common, "analysis": f"knockout_{kind}", "layer": a, "layer_end": a + window - 1,
-                         "object_rank": int(rank[r]), "object_prob": float(prob[r]), "attribute_rate": float(rate[r]),
-                         "attribute_rate_drop": float(c_rate[r] - rate[r]),
-                         "object_prob_drop": float(c_prob[r] - prob[r])})
+            rows.append({**common, "analysis": "lens", "site": "resid_post", "layer": layer, "window_start": layer,
+                         "window_end": layer + 1, "target_rank": int(rank[r]), "target_prob": float(prob[r]),
+                         "attribute_rate": float(rate[r]), "attribute_rate_drop": float("nan"),
+                         "target_prob_drop": float("nan")})
+        for (site, a), (rank, prob, rate) in zip(keys, ko):
+            rows.append({**common, "analysis": "knockout", "site": site, "layer": a, "window_start": a,
+                         "window_end": a + window, "target_rank": int(rank[r]), "target_prob": float(prob[r]),
+                         "attribute_rate": float(rate[r]), "attribute_rate_drop": float(c_rate[r] - rate[r]),
+                         "target_prob_drop": float(c_prob[r] - prob[r])})
     return rows

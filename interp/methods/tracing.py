@@ -1,19 +1,22 @@
-"""Causal tracing of factual recall (Meng et al. 2022, "Locating and Editing Factual Associations in GPT", ROME),
-subject-focused and relation-focused (Liu et al. 2025, "Relation Also Knows", AAAI).
+"""Causal tracing of factual recall (Meng et al. 2022, "Locating and Editing Factual Associations in GPT", ROME,
+arXiv 2202.05262), subject-focused and relation-focused (Liu et al. 2025, "Relation Also Knows", AAAI, arXiv
+2408.15091).
 
-For each fact (prompt, subject, object): run the prompt clean (P(o) = ``high``), then ``samples`` corrupted copies
-whose token embeddings at the corrupted tokens get Gaussian noise (mean corrupted P(o) = ``low``); then restore
-one clean state in the corrupted copies and measure P(o) again. Indirect effect IE = P_restored(o) - low; total
-effect = high - low. States: the residual stream after block l at token t (``resid``), or the MLP / attention
-output at token t over a window of layers around l (``mlp`` / ``attn``); ``severed`` adds the residual
-restoration with the MLP (or attention) at that token frozen at its corrupted value in every later layer.
+For each fact (prompt, subject, target): run the prompt clean (P(o) = ``clean_target_prob``, ROME's "high"), then
+``samples`` corrupted copies whose token embeddings at the corrupted tokens get Gaussian noise (mean corrupted
+P(o) = ``corrupted_target_prob``, ROME's "low"); then restore one clean state in the corrupted copies and measure
+P(o) again (``target_prob``). Indirect effect IE = target_prob - corrupted_target_prob; total effect =
+clean_target_prob - corrupted_target_prob. Sites (names from :mod:`interp.sites`): the residual stream after
+block l at token t (``resid_post``), or the MLP / attention output at token t over a half-open window of layers
+around l (``mlp_out`` / ``attn_out``); ``severed`` adds the ``resid_post`` restoration with the MLP (or attention)
+output at that token frozen at its corrupted value in every later layer (rows with ``severed`` = that site).
 
 All restorations of one fact run batched through :func:`interp.variants.run_variants` with the noise as the
 base intervention: the corrupted copies x restorations are rows of chunked forwards that start at the first
 block a chunk restores, from the corrupted residual (exact; the per-restoration loop is the reference in the
-tests). :func:`trace_summary` averages the indirect effects per kind x layer x token role (ROME's summary) and
-:func:`trace_totals` gives each fact's high, low and total effect. The per-layer relation evidence at the last
-position lives in :mod:`interp.methods.relation_evidence`.
+tests). :func:`trace_summary` averages the indirect effects per site x layer x token role (ROME's summary) and
+:func:`trace_totals` gives each fact's clean / corrupted probability and total effect. The per-layer relation
+evidence at the last position lives in :mod:`interp.methods.relation_evidence`.
 """
 
 from __future__ import annotations
@@ -23,27 +26,46 @@ from typing import Any
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
+from .. import metrics
 from ..errors import ParameterError, PromptError, check_choice, check_positive_float, check_positive_int
 from ..hooks import Edit, Intervention, StopForward, hooked
 from ..model import Model, as_model
 from ..prompts import EncodedSet, as_prompt_set, encode, make_batch
-from ..registry import ShardPlan, register_method
+from ..registry import Schema, ShardPlan, register_method, shard_input
 from ..results import Result, concat_tables, make_meta
+from ..sites import EMBED, SUBLAYER_OUTPUTS, check_sites, depth, hook_name
 from ..variants import forward, run_variants
 
-KINDS = ("resid", "mlp", "attn")
-HOOKS = {"resid": "hook_resid_post", "mlp": "hook_mlp_out", "attn": "hook_attn_out"}
-SEVERABLE = ("mlp", "attn")
+SITES = ("resid_post", "mlp_out", "attn_out")  # the states causal tracing restores (ROME's order)
+SEVERABLE = SITES[1:]  # the sublayers a severed restoration freezes
+assert set(SEVERABLE) == set(SUBLAYER_OUTPUTS)
 CORRUPTIONS = ("subject", "relation")
-ANSWERS = ("target", "argmax")
 ROLES = ("bos", "before subject", "first subject", "middle subject", "last subject", "first subsequent", "further",
          "last")
+PAPER = ("Meng et al. 2022, Locating and Editing Factual Associations in GPT (ROME, causal tracing), arXiv "
+         "2202.05262; Liu et al. 2025, Relation Also Knows (AAAI; relation-focused corruption), arXiv 2408.15091")
+COST = ("per fact: 1 clean forward + 1 corrupted forward of `samples` rows + (len(sites) + len(severed)) x T' x L "
+        "restorations of `samples` rows each (T' = tokens from the first corrupted one on), batched in chunks "
+        "of max_rows rows that start at the first restored block (+1 corrupted forward with severed)")
+SCHEMA = Schema(
+    keys=("prompt_id", "site", "severed", "layer", "position"), value="indirect_effect", unit="probability",
+    sign="higher",
+    columns={"prompt_id": "str", "site": "str", "severed": "str", "layer": "int", "window_start": "int",
+             "window_end": "int", "position": "int", "token": "str", "role": "str", "in_subject": "bool",
+             "corrupted": "bool", "target_prob": "float", "indirect_effect": "float", "clean_target_prob": "float",
+             "corrupted_target_prob": "float", "total_effect": "float", "target_token": "str", "target_id": "int"},
+    units={"target_prob": "probability", "clean_target_prob": "probability", "corrupted_target_prob": "probability",
+           "total_effect": "probability"},
+    grid=("layer", "site"),
+)
 
 
 # --- small pieces, public because tests and other tools use them ------------------------------------------
 def window_layers(layer: int, window: int, n_layers: int) -> tuple[int, int]:
-    """ROME's layer window around ``layer``: [max(0, l - w//2), min(L, l + ceil(w/2))); w = 10 -> [l-5, l+5)."""
+    """ROME's half-open layer window around ``layer``: [max(0, l - w//2), min(L, l + ceil(w/2))) (start included,
+    end excluded); w = 10 -> [l-5, l+5)."""
     return max(0, layer - window // 2), min(n_layers, layer + (window - window // 2))
 
 
@@ -68,10 +90,11 @@ def token_role(t: int, length: int, subject: tuple[int, int], bos: bool) -> str:
     return "first subsequent" if t == e else "further"
 
 
-def corrupted_positions(length: int, subject: tuple[int, int], bos: bool, corrupt: str) -> list[int]:
-    """The token positions that get noise: the subject's tokens, or every other token but BOS (the last included)."""
+def corrupted_positions(length: int, subject: tuple[int, int], bos: bool, corruption: str) -> list[int]:
+    """The token positions that get noise: the subject's tokens (``corruption="subject"``), or every other token
+    but BOS, the last included (``"relation"``)."""
     s, e = subject
-    if corrupt == "subject":
+    if corruption == "subject":
         return list(range(s, e))
     return [t for t in range(int(bos), length) if not s <= t < e]
 
@@ -84,7 +107,7 @@ def embedding_noise(positions: Sequence[int], noise: torch.Tensor) -> Interventi
         target = t[rows]
         target[:, cols] += noise.to(device=t.device, dtype=t.dtype)
 
-    return Intervention((Edit("hook_embed", apply),), "embedding noise", {"positions": cols})
+    return Intervention((Edit(EMBED, apply),), "embedding noise", {"positions": cols})
 
 
 def subject_embedding_std(model: Any, subjects: Sequence[str]) -> float:
@@ -97,33 +120,32 @@ def subject_embedding_std(model: Any, subjects: Sequence[str]) -> float:
     if not ids:
         raise PromptError("The subjects tokenise to no tokens; cannot measure the embedding std for the noise.")
     x = torch.tensor([ids], device=m.device)
-    with torch.no_grad(), hooked(m, read=["hook_embed"], stop_after="hook_embed") as store:
+    with torch.no_grad(), hooked(m, read=[EMBED], stop_after=EMBED) as store:
         try:
             m.bridge(x)
         except StopForward:
             pass
-    return float(store["hook_embed"].float().std())
+    return float(store[EMBED].float().std())
 
 
 # --- the method -------------------------------------------------------------------------------------------
-def _check_params(m: Model, corrupt: str, kinds: Any, window: Any, samples: Any, noise: Any, seed: Any,
-                  severed: Any, answer: str, max_rows: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    check_choice("corrupt", corrupt, CORRUPTIONS)
-    check_choice("answer", answer, ANSWERS)
-    if isinstance(kinds, str):
-        kinds = (kinds,)
-    kinds = tuple(kinds)
-    if not kinds and not severed:
-        raise ParameterError("kinds is empty; name at least one of 'resid', 'mlp', 'attn'.")
-    for k in kinds:
-        check_choice("kinds", k, KINDS)
+def _check_params(m: Model, corruption: Any, site_list: Any, window: Any, samples: Any, noise: Any, seed: Any,
+                  severed: Any, target: Any, max_rows: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    check_choice("corruption", corruption, CORRUPTIONS)
+    if target is not None and (not isinstance(target, str) or not target):
+        raise ParameterError(f"target must be the name of a prompt field (or None: the model's own top-1 token); "
+                             f"got {target!r}.")
+    sev: tuple[str, ...] = () if severed is None else (severed,) if isinstance(severed, str) else tuple(severed)
+    if sev:
+        sev = tuple(check_sites(sev, SEVERABLE, model=m, name="severed"))
+    if not isinstance(site_list, str) and not list(site_list) and sev:  # only the severed restorations
+        chosen: tuple[str, ...] = ()
+    else:
+        chosen = tuple(check_sites(site_list, SITES, model=m, name="sites"))
     check_positive_int("window", window)
     check_positive_int("samples", samples)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ParameterError(f"seed must be an integer; got {seed!r}.")
-    sev: tuple[str, ...] = () if severed is None else (severed,) if isinstance(severed, str) else tuple(severed)
-    for s in sev:
-        check_choice("severed", s, SEVERABLE)
     if max_rows is not None:
         check_positive_int("max_rows", max_rows)
     if isinstance(noise, torch.Tensor):
@@ -135,7 +157,7 @@ def _check_params(m: Model, corrupt: str, kinds: Any, window: Any, samples: Any,
             _check_noise_tensor(t, samples, m.info.d_model, where=f"noise[{k}]")
     else:
         check_positive_float("noise", noise)
-    return kinds, sev
+    return chosen, sev
 
 
 def _check_noise_tensor(t: torch.Tensor, samples: int, d_model: int, where: str = "noise") -> None:
@@ -162,69 +184,101 @@ def _noise_for(noise: Any, k: int, n: int, samples: int, d_model: int, scale: fl
     return t
 
 
+def _panels(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """The (site, severed) pairs of a trace, in table order."""
+    return list(dict.fromkeys(zip(table["site"], table["severed"])))
+
+
+def _panel_title(site: str, severed: str) -> str:
+    return f"{site}, {severed} severed" if severed else site
+
+
 def causal_trace_figure(result: Result, prompt_id: str | None = None, view: str = "heatmap",
                         value: str = "indirect_effect") -> Any:
-    """ROME-style figures. ``view="heatmap"``: one prompt (the first by default), tokens down, layers across,
-    one panel per kind, subject tokens marked with ``*``. ``view="roles"``: the average indirect effect per layer,
-    one curve per token role, one panel per kind."""
+    """ROME-style figures (Meng et al. 2022, Figure 1). ``view="heatmap"``: one fact (the first by default),
+    tokens along x, layers up y (layer 0 at the bottom), one panel per site (and severed site), subject tokens
+    marked with ``*``; ``value`` is any numeric column (``target_prob`` for the restored probability).
+    ``view="roles"``: the indirect effect per layer averaged over the facts, one curve per token role, one panel
+    per site."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    from ..viz import DIVERGING, SEQUENTIAL, axis_label
+
     check_choice("view", view, ("heatmap", "roles"))
     table = result.table
-    kinds = list(dict.fromkeys(table["kind"]))
-    fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=kinds, shared_yaxes=True,
-                        horizontal_spacing=0.04)
-    corrupt = result.meta.get("parameters", {}).get("corrupt", "subject")
+    if table.empty:
+        raise ParameterError("The trace has no rows (every fact was dropped): nothing to draw.")
+    if value not in table.columns:
+        raise ParameterError(f"value={value!r} is not a column of the trace; columns: {', '.join(table.columns)}.")
+    panels = _panels(table)
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[_panel_title(*p) for p in panels],
+                        shared_yaxes=True, horizontal_spacing=0.04)
+    corruption = result.meta.get("parameters", {}).get("corruption", "subject")
+    n_facts = table["prompt_id"].nunique()
+    unit = "probability"
     if view == "roles":
         summary = trace_summary(result)
         colours = dict(zip(ROLES, ("#999999", "#bbbbbb", "#1f77b4", "#17becf", "#d62728", "#2ca02c", "#9467bd",
                                    "#ff7f0e")))
-        for c, kind in enumerate(kinds, 1):
-            part = summary[summary["kind"] == kind]
+        for c, (site, sev) in enumerate(panels, 1):
+            part = summary[(summary["site"] == site) & (summary["severed"] == sev)]
             for role in [r for r in ROLES if r in set(part["role"])]:
                 rows = part[part["role"] == role]
                 fig.add_trace(go.Scatter(x=rows["layer"], y=rows["indirect_effect"], mode="lines+markers",
                                          name=role, legendgroup=role, showlegend=c == 1,
-                                         line={"color": colours[role]}), row=1, col=c)
-        fig.update_layout(title=f"Average indirect effect by token role ({corrupt} corrupted, "
-                                f"{table['prompt_id'].nunique()} facts)", yaxis_title="mean indirect effect")
-        for c in range(1, len(kinds) + 1):
+                                         line={"color": colours[role]},
+                                         hovertemplate=f"{role}<br>layer %{{x}}<br>mean indirect effect "
+                                                       "%{y:.4f} (probability)<extra></extra>"), row=1, col=c)
             fig.update_xaxes(title_text="layer", row=1, col=c)
+            fig.update_yaxes(title_text=axis_label("mean indirect effect", unit), row=1, col=c)
+        fig.update_layout(title=f"Indirect effect by token role ({corruption} corrupted)<br>mean over {n_facts} "
+                                f"fact{'s' if n_facts != 1 else ''}", autosize=True)
         return fig
     pid = prompt_id if prompt_id is not None else table["prompt_id"].iloc[0]
     one = table[table["prompt_id"] == str(pid)]
     if one.empty:
         raise ParameterError(f"prompt_id={pid!r} is not in the result.")
     tokens = one.drop_duplicates("position").sort_values("position")
-    labels = [f"{p}: {tok!r}" + ("*" if s else "") for p, tok, s in zip(tokens["position"], tokens["token"],
-                                                                           tokens["subject"])]
-    vmax = float(one[value].abs().max()) or 1.0
-    for c, kind in enumerate(kinds, 1):
-        grid = one[one["kind"] == kind].pivot_table(index="position", columns="layer", values=value)
-        fig.add_trace(go.Heatmap(z=grid.values, x=list(grid.columns), y=labels, coloraxis="coloraxis",
-                                 hovertemplate="token %{y}<br>layer %{x}<br>" + value + " %{z:.4f}<extra>" + kind
-                                 + "</extra>"), row=1, col=c)
-        fig.update_xaxes(title_text="layer", row=1, col=c)
+    labels = {p: f"{p}: {tok!r}" + ("*" if s else "") for p, tok, s in zip(tokens["position"], tokens["token"],
+                                                                           tokens["in_subject"])}
+    values = one[value].astype(float)
+    diverging = value == "indirect_effect" or bool(values.min() < 0 < values.max())
+    vmax = float(values.abs().max()) or 1.0
+    scale = {"colorscale": DIVERGING, "zmid": 0.0, "zmin": -vmax, "zmax": vmax} if diverging else \
+        {"colorscale": SEQUENTIAL, "zmin": 0.0, "zmax": vmax}
+    bar = axis_label(value.replace("_", " "), unit)
+    for c, (site, sev) in enumerate(panels, 1):
+        grid = one[(one["site"] == site) & (one["severed"] == sev)].pivot_table(index="layer", columns="position",
+                                                                                values=value)
+        fig.add_trace(go.Heatmap(z=grid.values, x=[labels[p] for p in grid.columns], y=list(grid.index), **scale,
+                                 showscale=c == len(panels), colorbar={"title": {"text": bar}},
+                                 hovertemplate="token %{x}<br>layer %{y}<br>" + value.replace("_", " ")
+                                 + " %{z:.4f} (probability)<extra>" + _panel_title(site, sev) + "</extra>"),
+                      row=1, col=c)
+        fig.update_xaxes(title_text="token (* = subject)", row=1, col=c)
+        fig.update_yaxes(title_text="layer", row=1, col=c)
     r0 = one.iloc[0]
-    fig.update_yaxes(autorange="reversed")
+    name = str(pid) if len(str(pid)) <= 40 else str(pid)[:37] + "..."
     fig.update_layout(
-        title=f"Causal trace of {pid!r} ({corrupt} corrupted): object {r0['target']!r}, high={r0['high']:.3f}, "
-              f"low={r0['low']:.3f}; * = subject token",
-        coloraxis={"colorscale": "RdBu_r", "cmin": -vmax, "cmax": vmax, "colorbar": {"title": value}},
+        title=f"Causal trace of {name!r} (1 of {n_facts} facts; {corruption} corrupted)<br>target "
+              f"{r0['target_token']!r}: clean P {r0['clean_target_prob']:.3f}, corrupted P "
+              f"{r0['corrupted_target_prob']:.3f}",
+        autosize=True,
     )
     return fig
 
 
 def _trace_prepare(m: Model, ps: Any, params: dict) -> dict:
     """Fix the noise scale once, from every subject of the set (a shard measuring its own subjects would draw
-    different noise), and let a shard keep none of its facts (the merge checks the whole set)."""
+    different noise), and let a shard keep none of its facts (the merge checks the whole set). Both are shard
+    inputs (``subject_std``, ``allow_none_kept``), read with :func:`interp.registry.shard_input`."""
     noise = params.get("noise", 3.0)
     if isinstance(noise, (list, tuple)):
         raise ParameterError("noise given as one tensor per prompt cannot be split into shards; give a number or "
                              "one tensor for every prompt, or run causal_trace without shards.")
     out = {**params, "allow_none_kept": True}
-    if isinstance(noise, (int, float)) and params.get("subject_std") is None:
+    if isinstance(noise, (int, float)):
         check_positive_float("noise", noise)
         out["subject_std"] = subject_embedding_std(m, ps.column("subject"))
     return out
@@ -240,74 +294,93 @@ def _trace_merge(parts: list[Result], meta: dict, _params: dict) -> Result:
     return Result(table, {**meta, "n_kept": kept, "n_dropped": len(dropped), "dropped_ids": dropped})
 
 
-@register_method("causal_trace", paper="Meng et al. 2022 (ROME, causal tracing); Liu et al. 2025 (Relation Also "
-                 "Knows: relation-focused corruption)",
-                 cost="per fact: 1 clean forward + (kinds x tokens x layers) restorations of `samples` rows, batched "
-                 "(+1 corrupted forward with severed)", family="tracing", figure=causal_trace_figure,
-                 shards=ShardPlan(prepare=_trace_prepare, merge=_trace_merge))
+@register_method("causal_trace", paper=PAPER, cost=COST, schema=SCHEMA, inputs="prompts", family="tracing",
+                 figure=causal_trace_figure, shards=ShardPlan(prepare=_trace_prepare, merge=_trace_merge),
+                 fields=("subject", "target"), organism="dense", corpus="factual",
+                 example={"samples": 2, "window": 2, "sites": ("resid_post", "mlp_out"), "only_correct": False})
 def causal_trace(
     model: Any,
     prompts: Any,
     *,
-    corrupt: str = "subject",
-    kinds: Sequence[str] = KINDS,
+    corruption: str = "subject",
+    sites: Sequence[str] = SITES,
     window: int = 10,
     samples: int = 10,
     noise: float | torch.Tensor | Sequence[torch.Tensor] = 3.0,
     seed: int = 0,
     severed: str | Sequence[str] | None = None,
-    answer: str = "target",
+    target: str | None = "target",
     only_correct: bool = True,
     max_rows: int | None = None,
     progress: bool = False,
-    subject_std: float | None = None,
-    allow_none_kept: bool = False,
 ) -> Result:
-    """Causal tracing: the indirect effect on P(object) of restoring each clean state in corrupted runs.
+    """Causal tracing (ROME, arXiv 2202.05262; relation-focused: Liu et al. 2025, arXiv 2408.15091): the indirect
+    effect on P(target) of restoring each clean state, one at a time, in runs whose embeddings got noise.
 
-    ``prompts`` carry ``subject`` (a whole-token substring of the prompt) and ``target`` (the object; its first
-    token is o). ``corrupt="subject"`` adds noise to the subject's token embeddings (ROME);
-    ``corrupt="relation"`` to every other token except BOS, the last token included (Liu et al.). ``noise``: a
-    multiple of nu = the std of the embedding elements of the prompt set's subjects, each tokenised alone
-    (ROME uses 3); every fact then gets N(0, nu^2) noise from ``torch.Generator().manual_seed(seed)`` (the
-    same draws for every fact, as ROME does); or an explicit tensor [samples, n_corrupted_tokens, d_model]
-    (or a list of them, one per prompt) to match another tool exactly. ``kinds``: ``resid`` restores the
-    residual after block l at token t; ``mlp`` / ``attn`` restore the MLP / attention output at token t in the
-    layers of ``window_layers(l, window, L)`` (ROME: [l-5, l+5)). ``severed="mlp"|"attn"`` (or both) adds
-    kinds ``resid_no_mlp`` / ``resid_no_attn``: the residual restoration with that sublayer's output at token t
-    frozen at its corrupted value (per sample) in every layer above l. ``answer="argmax"`` traces the model's
-    own clean top-1 token instead of the target. With ``only_correct`` (ROME), a fact is kept only if the
-    clean argmax is o; the others are dropped and counted in ``meta`` (``n_dropped``, ``dropped_ids``).
-    ``subject_std``: nu itself, instead of measuring it on these prompts (a sharded run measures it once on the
-    whole set); ``allow_none_kept``: return an empty table rather than raise when every fact is dropped.
+    Prompts carry ``subject`` (a whole-token substring of the prompt) and the ``target`` field (the object; its
+    first token o is scored). A fact is kept only if the model's clean top-1 token is o (``only_correct``,
+    ROME); the others are dropped and counted in ``meta`` (``n_kept``, ``n_dropped``, ``dropped_ids``).
 
-    Table: one row per kept prompt x kind x layer x token: prompt_id, kind, layer, window_start, window_end,
-    position (0-based, BOS included), token, role (bos, before subject, first / middle / last subject, first
-    subsequent, further, last), subject, corrupted, restored_prob, indirect_effect (= restored_prob - low),
-    high, low, total_effect (= high - low), target, target_id. Cost per fact: 1 clean forward + restorations
-    (len(kinds) x T' x L, +T' x L per severed kind; T' = tokens from the first corrupted one on: a state before
-    every corrupted token is already clean, so its IE is 0 exactly and it is not run) of ``samples`` rows each,
-    run as chunked batches starting at the first restored block (+1 corrupted forward when severed).
+    Args:
+        corruption: ``"subject"`` adds noise to the subject's token embeddings (ROME); ``"relation"`` to every
+            other token except BOS, the last token included (Liu et al.).
+        sites: the states restored, names from :mod:`interp.sites`: ``"resid_post"`` (the residual after block l
+            at token t), ``"mlp_out"`` / ``"attn_out"`` (the sublayer's output at token t in every layer of the
+            half-open window ``window_layers(l, window, L)``, ROME: [l-5, l+5)).
+        window: width of that window, in layers (ROME: 10).
+        samples: corrupted copies per fact (ROME: 10).
+        noise: a multiple of nu, the std of the embedding elements of the prompt set's subjects each tokenised
+            alone (ROME: 3); every fact then gets N(0, (noise nu)^2) noise drawn from
+            ``torch.Generator().manual_seed(seed)`` (the same draws for every fact, as ROME does). Or an explicit
+            tensor [samples, n_corrupted_tokens, d_model] (or a list of them, one per prompt) to match another
+            tool exactly.
+        seed: the seed of the noise draws.
+        severed: ``"mlp_out"`` and / or ``"attn_out"``: also restore ``resid_post`` with that sublayer's output at
+            token t frozen at its corrupted value (per sample) in every layer above l (rows with ``severed`` set).
+        target: the prompt field whose first token is traced; None traces the model's own clean top-1 token.
+        only_correct: keep only facts whose clean top-1 token is the target's first token.
+        max_rows: at most this many rows (corrupted copies x restorations) per forward; None: from a memory budget.
+        progress: a progress bar over the facts.
+
+    Returns:
+        A Result, one row per kept fact x site x severed x layer x position (schema ``SCHEMA``; value
+        ``indirect_effect``, in probability, higher matters more): prompt_id, site, severed ("" or the frozen
+        sublayer), layer, window_start / window_end (the half-open window of layers restored), position
+        (0-based, BOS included), token, role (bos, before subject, first / middle / last subject, first
+        subsequent, further, last), in_subject, corrupted, target_prob (mean P(o) over the corrupted copies
+        with the restoration), indirect_effect (target_prob - corrupted_target_prob), clean_target_prob (ROME's
+        high), corrupted_target_prob (ROME's low), total_effect (clean - corrupted), target_token, target_id.
+        ``meta["noise_std"]`` is the noise std used (None with explicit tensors).
+
+    Cost per fact: 1 clean forward, 1 corrupted forward of ``samples`` rows, and (len(sites) + len(severed)) x
+    T' x L restorations of ``samples`` rows each (T' = tokens from the first corrupted one on: a state before
+    every corrupted token is already clean, so its IE is 0 exactly and it is not run), in chunked batches
+    starting at the first restored block (+1 corrupted forward when severed).
+
+    Example:
+        >>> interp.causal_trace(model, facts, samples=3, window=2, sites=("resid_post", "mlp_out")).figure()
     """
     m = as_model(model)
     ps = as_prompt_set(prompts)
-    kinds, sev = _check_params(m, corrupt, kinds, window, samples, noise, seed, severed, answer, max_rows)
+    chosen, sev = _check_params(m, corruption, sites, window, samples, noise, seed, severed, target, max_rows)
+    subject_std = shard_input("subject_std")  # fixed over the whole set by a sharded run
+    allow_none_kept = bool(shard_input("allow_none_kept", False))
     if subject_std is not None:
         check_positive_float("subject_std", subject_std)
     if isinstance(noise, (list, tuple)) and len(noise) != len(ps):
         raise ParameterError(f"noise is a list of {len(noise)} tensors but there are {len(ps)} prompts.")
-    enc = encode(m, ps, targets=["target"] if answer == "target" else [], spans=["subject"])
+    enc = encode(m, ps, targets=[target] if target is not None else [], spans=["subject"])
     d_model = m.info.d_model
     plans = []
     for k, (item, rec) in enumerate(zip(enc.items, ps.records)):
         span = enc.spans["subject"][k]
-        cols = corrupted_positions(len(item), span, item.bos, corrupt)
+        cols = corrupted_positions(len(item), span, item.bos, corruption)
         if not cols:
-            raise PromptError(f"Prompt {rec['id']!r}: corrupt={corrupt!r} leaves no token to corrupt (the prompt is "
-                              "all subject).")
+            raise PromptError(f"Prompt {rec['id']!r}: corruption={corruption!r} leaves no token to corrupt (the "
+                              "prompt is all subject).")
         if not isinstance(noise, (int, float)):
             _noise_for(noise, k, len(cols), samples, d_model, None, seed, rec["id"])  # shape check before compute
-        plans.append((span, cols))
+        plans.append(cols)
     scale = None
     if isinstance(noise, (int, float)):
         nu = subject_embedding_std(m, ps.column("subject")) if subject_std is None else float(subject_std)
@@ -315,10 +388,10 @@ def causal_trace(
 
     rows: list[dict[str, Any]] = []
     dropped: list[str] = []
-    for k, rec in enumerate(ps.records):
-        span, cols = plans[k]
+    for k, rec in enumerate(tqdm(ps.records, desc="causal_trace", disable=not progress)):
+        cols = plans[k]
         nz = _noise_for(noise, k, len(cols), samples, d_model, scale, seed, rec["id"])
-        fact = _trace_fact(m, enc, k, cols, nz, kinds, sev, window, answer, only_correct, max_rows, progress)
+        fact = _trace_fact(m, enc, k, cols, nz, chosen, sev, window, target, only_correct, max_rows)
         if fact is None:
             dropped.append(rec["id"])
             continue
@@ -328,50 +401,47 @@ def causal_trace(
             f"None of the {len(ps)} facts is predicted by the model (clean argmax != the target's first token), so "
             "there is nothing to trace; check the targets (leading space?) or pass only_correct=False."
         )
-    params = {"corrupt": corrupt, "kinds": list(kinds), "window": window, "samples": samples,
-              "noise": noise if isinstance(noise, (int, float)) else "explicit tensor", "seed": seed,
-              "severed": list(sev), "answer": answer, "only_correct": only_correct}
-    meta = make_meta("causal_trace", m, ps, params, noise_std=scale, n_kept=len(ps) - len(dropped),
-                     n_dropped=len(dropped), dropped_ids=dropped)
-    return Result(pd.DataFrame(rows), meta)
+    meta = make_meta(model=m, prompts=ps, noise_std=scale, n_kept=len(ps) - len(dropped), n_dropped=len(dropped),
+                     dropped_ids=dropped)
+    return Result(pd.DataFrame(rows, columns=list(SCHEMA.columns)), meta)
 
 
-def _trace_fact(m: Model, enc: EncodedSet, k: int, cols: list[int], nz: torch.Tensor, kinds: tuple[str, ...],
-                sev: tuple[str, ...], window: int, answer: str, only_correct: bool, max_rows: int | None,
-                progress: bool) -> list[dict[str, Any]] | None:
-    """Every restoration of one fact; None when the fact is dropped (clean argmax is not the object)."""
+def _trace_fact(m: Model, enc: EncodedSet, k: int, cols: list[int], nz: torch.Tensor, chosen: tuple[str, ...],
+                sev: tuple[str, ...], window: int, target: str | None, only_correct: bool,
+                max_rows: int | None) -> list[dict[str, Any]] | None:
+    """Every restoration of one fact; None when the fact is dropped (clean argmax is not the target)."""
     n_layers = m.info.n_layers
     rec = enc.prompts.records[k]
     item = enc.items[k]
     length = len(item)
     span = enc.spans["subject"][k]
     batch = make_batch(m, enc, [k])  # one prompt: no padding, padded columns = prompt positions
-    need = [kd for kd in KINDS if kd in kinds or (kd == "resid" and sev)]
-    names = [f"blocks.{layer}.{HOOKS[kd]}" for kd in need for layer in range(n_layers)]
+    need = [s for s in SITES if s in chosen or (s == "resid_post" and sev)]
+    names = [hook_name(s, layer) for s in need for layer in range(n_layers)]
     logits, clean = forward(m, batch, read=names)
-    probs = logits[0].float().softmax(-1)
-    pred = int(probs.argmax())
-    target = int(enc.targets["target"][k]) if answer == "target" else pred
-    if only_correct and pred != target:
+    pred = int(logits[0].argmax())
+    target_id = int(enc.targets[target][k]) if target is not None else pred
+    if only_correct and pred != target_id:
         return None
-    high = float(probs[target])
+    tid = torch.tensor([target_id], device=logits.device)
+    clean_prob = float(metrics.prob(logits, tid)[0])
     samples = nz.shape[0]
     rep = batch.repeat(samples)
     base = embedding_noise(cols, nz)
 
     corrupted: dict[str, torch.Tensor] = {}
     if sev:  # first pass: the corrupted sublayer outputs that the severed restorations freeze
-        snames = [f"blocks.{layer}.{HOOKS[s]}" for s in sev for layer in range(n_layers)]
-        last = max(snames, key=lambda n: (int(n.split(".")[1]), n.endswith("mlp_out")))
+        snames = [hook_name(s, layer) for s in sev for layer in range(n_layers)]
+        last = hook_name(max(sev, key=lambda s: depth(s, 0)), n_layers - 1)
         _, corrupted = forward(m, rep, [base], read=snames, logits=None, stop_after=last)
 
-    # Each table row is a (kind, layer, lo, hi, t) key; identical restorations are run once (the window of
-    # ``mlp``/``attn`` is clipped to the model, so near the ends several layers share it; severing nothing
+    # Each table row is a (site, severed, layer, lo, hi, t) key; identical restorations are run once (the window
+    # of mlp_out / attn_out is clipped to the model, so near the ends several layers share it; severing nothing
     # above the last layer is the plain restoration), and a state before every noised token is clean in the
     # corrupted run, so it is not run at all: its IE is 0 exactly.
     variants: list[Intervention] = []
     index: dict[tuple, int] = {}
-    keys: list[tuple[str, int, int, int, int, int]] = []  # (kind, layer, lo, hi, t, variant or -1)
+    keys: list[tuple[str, str, int, int, int, int, int]] = []  # (site, severed, layer, lo, hi, t, variant or -1)
     first_noised = min(cols)
 
     def add(key: tuple, make: Any, *args: Any) -> int:
@@ -384,52 +454,51 @@ def _trace_fact(m: Model, enc: EncodedSet, k: int, cols: list[int], nz: torch.Te
 
     for t in range(length):
         for layer in range(n_layers):
-            for kd in kinds:
-                lo, hi = (layer, layer + 1) if kd == "resid" else window_layers(layer, window, n_layers)
-                v = add((kd, lo, hi, t, None), _restoration, clean, kd, lo, hi, t)
-                keys.append((kd, layer, lo, hi, t, v))
+            for site in chosen:
+                lo, hi = (layer, layer + 1) if site == "resid_post" else window_layers(layer, window, n_layers)
+                v = add((site, lo, hi, t, None), _restoration, clean, site, lo, hi, t)
+                keys.append((site, "", layer, lo, hi, t, v))
             for s in sev:
                 frozen = (s, layer + 1, n_layers) if layer + 1 < n_layers else None  # nothing above L-1: plain
-                v = add(("resid", layer, layer + 1, t, frozen), _severed, clean, corrupted, layer, t, s, n_layers)
-                keys.append((f"resid_no_{s}", layer, layer, layer + 1, t, v))
+                v = add(("resid_post", layer, layer + 1, t, frozen), _severed, clean, corrupted, layer, t, s,
+                        n_layers)
+                keys.append(("resid_post", s, layer, layer, layer + 1, t, v))
 
     def reduce(lg: torch.Tensor | None, _store: dict) -> torch.Tensor:
-        return lg.float().softmax(-1)[:, target]
+        return metrics.prob(lg, tid.expand(lg.shape[0]))
 
-    low_rows, restored = run_variants(m, rep, variants, reduce, base=base, max_rows=max_rows, progress=progress)
+    low_rows, restored = run_variants(m, rep, variants, reduce, base=base, max_rows=max_rows)
     low = float(low_rows.mean())
     tok = m.tokenizer
-    target_text = rec.get("target") if answer == "target" else tok.decode([target])
+    target_token = tok.decode([target_id])
     token_text = [tok.decode([i]) for i in item.ids]
     corrupted_set = set(cols)
     out = []
-    for kd, layer, lo, hi, t, v in keys:
+    for site, severed, layer, lo, hi, t, v in keys:
         pr = low if v < 0 else float(restored[v].mean())
         out.append({
-            "prompt_id": rec["id"], "kind": kd, "layer": layer, "window_start": lo, "window_end": hi,
-            "position": t, "token": token_text[t], "role": token_role(t, length, span, item.bos),
-            "subject": span[0] <= t < span[1], "corrupted": t in corrupted_set, "restored_prob": pr,
-            "indirect_effect": pr - low, "high": high, "low": low, "total_effect": high - low,
-            "target": target_text, "target_id": target,
+            "prompt_id": rec["id"], "site": site, "severed": severed, "layer": layer, "window_start": lo,
+            "window_end": hi, "position": t, "token": token_text[t], "role": token_role(t, length, span, item.bos),
+            "in_subject": span[0] <= t < span[1], "corrupted": t in corrupted_set, "target_prob": pr,
+            "indirect_effect": pr - low, "clean_target_prob": clean_prob, "corrupted_target_prob": low,
+            "total_effect": clean_prob - low, "target_token": target_token, "target_id": target_id,
         })
     return out
 
 
-def _restoration(clean: dict, kind: str, lo: int, hi: int, t: int) -> Intervention:
-    """Restore ``kind``'s clean state at token t in layers [lo, hi)."""
-    edits = tuple(_restore(f"blocks.{ly}.{HOOKS[kind]}", clean[f"blocks.{ly}.{HOOKS[kind]}"][0, t], t)
-                  for ly in range(lo, hi))
-    return Intervention(edits, f"restore {kind} L{lo}-{hi - 1} t{t}")
+def _restoration(clean: dict, site: str, lo: int, hi: int, t: int) -> Intervention:
+    """Restore ``site``'s clean state at token t in layers [lo, hi)."""
+    edits = tuple(_restore(hook_name(site, ly), clean[hook_name(site, ly)][0, t], t) for ly in range(lo, hi))
+    return Intervention(edits, f"restore {site} L{lo}-{hi - 1} t{t}")
 
 
 def _severed(clean: dict, corrupted: dict, layer: int, t: int, sub: str, n_layers: int) -> Intervention:
     """Restore the residual after block ``layer`` at token t, with ``sub``'s output at t frozen at its corrupted
     value (per row) in every later layer."""
-    name = f"blocks.{layer}.hook_resid_post"
+    name = hook_name("resid_post", layer)
     edits = (_restore(name, clean[name][0, t], t),) + tuple(
-        _restore(f"blocks.{ly}.{HOOKS[sub]}", corrupted[f"blocks.{ly}.{HOOKS[sub]}"][:, t], t)
-        for ly in range(layer + 1, n_layers))
-    return Intervention(edits, f"restore resid L{layer} t{t}, {sub} severed")
+        _restore(hook_name(sub, ly), corrupted[hook_name(sub, ly)][:, t], t) for ly in range(layer + 1, n_layers))
+    return Intervention(edits, f"restore resid_post L{layer} t{t}, {sub} severed")
 
 
 def _restore(name: str, value: torch.Tensor, column: int) -> Edit:
@@ -443,35 +512,39 @@ def _restore(name: str, value: torch.Tensor, column: int) -> Edit:
 
 # --- aggregates -------------------------------------------------------------------------------------------
 def trace_summary(result: Result) -> pd.DataFrame:
-    """ROME's summary: the indirect effect averaged over facts per kind x token role x layer.
+    """ROME's summary: the indirect effect averaged over facts per site x severed x token role x layer.
 
     A fact contributes the mean over its tokens of that role (e.g. its middle subject tokens), then facts are
-    averaged with equal weight. Columns: kind, role, layer, indirect_effect (mean), std (over facts), n_facts.
-    Roles absent from a fact (e.g. no middle token) are simply absent from its contribution.
+    averaged with equal weight. Columns: site, severed, role, layer, indirect_effect (mean, probability), std
+    (over facts), n_facts. Roles absent from a fact (e.g. no middle token) are simply absent from its
+    contribution.
     """
     _require_trace(result)
-    per_fact = (result.table.groupby(["kind", "role", "layer", "prompt_id"], sort=False)["indirect_effect"]
-                .mean().reset_index())
-    out = (per_fact.groupby(["kind", "role", "layer"], sort=False)["indirect_effect"]
+    by = ["site", "severed", "role", "layer"]
+    per_fact = result.table.groupby([*by, "prompt_id"], sort=False)["indirect_effect"].mean().reset_index()
+    out = (per_fact.groupby(by, sort=False)["indirect_effect"]
            .agg(["mean", "std", "count"]).reset_index()
            .rename(columns={"mean": "indirect_effect", "count": "n_facts"}))
     role_order = {r: i for i, r in enumerate(ROLES)}
-    kind_order = {k: i for i, k in enumerate(dict.fromkeys(result.table["kind"]))}
-    return out.sort_values(["kind", "role", "layer"], key=lambda s: s.map(kind_order) if s.name == "kind" else
-                           s.map(role_order) if s.name == "role" else s, kind="stable").reset_index(drop=True)
+    panel_order = {p: i for i, p in enumerate(_panels(result.table))}
+    out["_panel"] = [panel_order[p] for p in zip(out["site"], out["severed"])]
+    out["_role"] = out["role"].map(role_order)
+    return (out.sort_values(["_panel", "_role", "layer"], kind="stable").drop(columns=["_panel", "_role"])
+            .reset_index(drop=True))
 
 
 def trace_totals(result: Result) -> pd.DataFrame:
-    """Per fact: high (clean P(o)), low (mean corrupted P(o)), total effect (high - low), and for each kind the
-    largest indirect effect with its layer, position and role. Columns: prompt_id, target, high, low,
-    total_effect, kind, best_layer, best_position, best_role, best_indirect_effect."""
+    """Per fact: the clean and corrupted P(target), the total effect, and for each site (and severed site) the
+    largest indirect effect with its layer, position and role. Columns: prompt_id, target_token,
+    clean_target_prob, corrupted_target_prob, total_effect, site, severed, best_layer, best_position, best_role,
+    best_indirect_effect."""
     _require_trace(result)
     t = result.table
-    best = t.loc[t.groupby(["prompt_id", "kind"], sort=False)["indirect_effect"].idxmax()]
+    best = t.loc[t.groupby(["prompt_id", "site", "severed"], sort=False)["indirect_effect"].idxmax()]
     return best.rename(columns={"layer": "best_layer", "position": "best_position", "role": "best_role",
                                 "indirect_effect": "best_indirect_effect"})[
-        ["prompt_id", "target", "high", "low", "total_effect", "kind", "best_layer", "best_position", "best_role",
-         "best_indirect_effect"]].reset_index(drop=True)
+        ["prompt_id", "target_token", "clean_target_prob", "corrupted_target_prob", "total_effect", "site",
+         "severed", "best_layer", "best_position", "best_role", "best_indirect_effect"]].reset_index(drop=True)
 
 
 def _require_trace(result: Result) -> None:

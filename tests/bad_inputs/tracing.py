@@ -5,12 +5,18 @@ import torch
 from interp.errors import ParameterError, PromptError, SpanError
 from interp.methods.relation_evidence import relation_evidence
 from interp.methods.tracing import causal_trace
+from interp.registry import shard_inputs
 
 GOOD = [{"id": "paris", "prompt": "The capital of France is", "target": " Paris", "subject": "France", "task": "cap"}]
 
 
 def _noise(shape):
     return torch.zeros(*shape)
+
+
+def _with_shard_inputs(fn, **values):
+    with shard_inputs(**values):
+        return fn()
 
 
 CASES = [
@@ -39,23 +45,43 @@ CASES = [
     ("noise list of the wrong length",
      lambda m, t, d: causal_trace(m, GOOD, samples=2, noise=[_noise((2, 1, 64))] * 2), ParameterError,
      "noise is a list of 2 tensors but there are 1 prompts"),
-    ("unknown corruption", lambda m, t, d: causal_trace(m, GOOD, corrupt="object"), ParameterError,
-     "corrupt='object' is not one of"),
-    ("unknown kind", lambda m, t, d: causal_trace(m, GOOD, kinds=("neurons",)), ParameterError,
-     "kinds='neurons' is not one of"),
-    ("unknown severed sublayer", lambda m, t, d: causal_trace(m, GOOD, severed="resid"), ParameterError,
-     "severed='resid' is not one of"),
+    ("unknown corruption", lambda m, t, d: causal_trace(m, GOOD, corruption="object"), ParameterError,
+     "corruption='object' is not one of"),
+    ("unknown site", lambda m, t, d: causal_trace(m, GOOD, sites=("neurons",)), ParameterError,
+     "Unknown site 'neurons'.*resid_post, mlp_out, attn_out"),
+    ("old site name", lambda m, t, d: causal_trace(m, GOOD, sites=("mlp",)), ParameterError,
+     "Unknown site 'mlp'. Did you mean mlp_out"),
+    ("site named twice", lambda m, t, d: causal_trace(m, GOOD, sites=("mlp_out", "mlp_out")), ParameterError,
+     "sites names a site twice"),
+    ("no site and nothing severed", lambda m, t, d: causal_trace(m, GOOD, sites=()), ParameterError,
+     "sites is empty"),
+    ("unknown severed sublayer", lambda m, t, d: causal_trace(m, GOOD, severed="resid_post"), ParameterError,
+     "Unknown site 'resid_post'.*mlp_out, attn_out"),
+    ("target that is not a field name", lambda m, t, d: causal_trace(m, GOOD, target=3), ParameterError,
+     "target must be the name of a prompt field"),
+    ("target field absent", lambda m, t, d: causal_trace(m, GOOD, target="object"), PromptError,
+     "Prompt 'paris' has no 'object'"),
+    ("negative subject std from a sharded run",
+     lambda m, t, d: _with_shard_inputs(lambda: causal_trace(m, GOOD), subject_std=-1.0), ParameterError,
+     "subject_std must be a positive"),
+    ("run plumbing passed as a parameter", lambda m, t, d: causal_trace(m, GOOD, subject_std=1.0), ParameterError,
+     "unexpected keyword argument 'subject_std'"),
     ("relation corruption of an all-subject prompt",
      lambda m, t, d: causal_trace(m, [{"id": "s", "prompt": "France", "target": " is", "subject": "France"}],
-                                  corrupt="relation"), PromptError, "Prompt 's'.*leaves no token to corrupt"),
-    ("every fact wrong", lambda m, t, d: causal_trace(m, [{**GOOD[0], "target": " zzzz"}], samples=1, kinds="resid"),
+                                  corruption="relation"), PromptError, "Prompt 's'.*leaves no token to corrupt"),
+    ("every fact wrong",
+     lambda m, t, d: causal_trace(m, [{**GOOD[0], "target": " zzzz"}], samples=1, sites="resid_post"),
      PromptError, "None of the 1 facts is predicted"),
     ("relation evidence top_k zero", lambda m, t, d: relation_evidence(m, GOOD, top_k=0), ParameterError,
      "top_k must be an integer >= 1"),
-    ("relation evidence window past the model", lambda m, t, d: relation_evidence(m, GOOD, knockout_window=4),
-     ParameterError, "knockout_window=4 exceeds the number of layers"),
-    ("relation evidence unknown knockout", lambda m, t, d: relation_evidence(m, GOOD, knockout_kinds=("heads",)),
-     ParameterError, "knockout_kinds='heads' is not one of"),
+    ("relation evidence window past the model", lambda m, t, d: relation_evidence(m, GOOD, window=4),
+     ParameterError, "window=4 exceeds the number of layers"),
+    ("relation evidence unknown knockout site", lambda m, t, d: relation_evidence(m, GOOD, sites=("heads",)),
+     ParameterError, "Unknown site 'heads'.*mlp_out, attn_out"),
+    ("relation evidence knocks out no site", lambda m, t, d: relation_evidence(m, GOOD, sites=[]),
+     ParameterError, "sites is empty"),
+    ("relation evidence target field absent", lambda m, t, d: relation_evidence(m, GOOD, target="object"),
+     PromptError, "Prompt 'paris' has no 'object'"),
     ("relation evidence attributes without the task",
      lambda m, t, d: relation_evidence(m, GOOD, attributes={"language": [" Frenchish"]}), ParameterError,
      "Prompt 'paris': attributes has no entry for its task 'cap'"),
