@@ -10,6 +10,7 @@ interrupted distributed run resumes like a local one.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,58 @@ def _ray() -> Any:
     except ImportError as exc:  # pragma: no cover - the extra is installed in CI
         raise InterpError("Ray is not installed: pip install 'interp[ray]'.") from exc
     return ray
+
+
+_WATCHDOG = """
+import os, signal, sys, time
+driver = int(sys.argv[1])
+
+def ray_tree():
+    parents, names = {}, {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as fh:
+                    parents[int(name)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{name}/cmdline", "rb") as fh:
+                    names[int(name)] = fh.read()
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, frontier = set(), {driver}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - tree
+        tree |= frontier
+    ours = {p for p in tree if b"ray" in names.get(p, b"") and p != os.getpid()}
+    return ours | {p for p in tree if any(parents.get(p) == q for q in ours)}
+
+known = set()
+while True:
+    try:
+        os.kill(driver, 0)
+    except ProcessLookupError:
+        break
+    known |= ray_tree()  # the local cluster's processes (and theirs), while they hang under the driver
+    time.sleep(0.25)
+for pid in known:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+"""
+
+
+def _watch_driver() -> Any:
+    """A small process that SIGKILLs the Ray processes this driver started (GCS, raylet, workers, agents) if the
+    driver dies without shutting them down: a SIGKILL of the driver skips every exit handler, so Ray's own cleanup
+    never runs. Started before the cluster (so no start-up window is left), stopped after a normal shutdown.
+    Linux only (it reads /proc); elsewhere no watchdog is started."""
+    import subprocess
+    import sys
+
+    if not os.path.isdir("/proc"):
+        return None
+    return subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid())], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 class _ShardWorker:
@@ -122,8 +175,10 @@ def run_on_ray(
 
     with lock:
         started_here = False
+        watchdog = None
         if not ray.is_initialized():
             if address == "local":
+                watchdog = _watch_driver()
                 ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
             else:
                 ray.init(address=address, log_to_driver=False)
@@ -166,6 +221,9 @@ def run_on_ray(
         finally:
             if started_here:
                 ray.shutdown()
+            if watchdog is not None:
+                watchdog.kill()
+                watchdog.wait()
 
         if out is not None:
             merged = merge_shards(fn, out, manifest, [results[k] for k in range(len(ranges))], params)

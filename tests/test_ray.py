@@ -59,3 +59,70 @@ def test_a_whole_set_statistic_merges_on_ray_as_in_one_process(local_ray, tiny_m
     distributed = run_on_ray("generalized_ships", model_dir, PROMPTS, workers=2, shard_size=4, progress=False, **kw)
     pd.testing.assert_frame_equal(distributed.table, single.table, check_exact=True)
     assert distributed.meta["score"] == single.meta["score"]
+
+
+DRIVER = """
+import sys, time
+import interp
+from interp.distributed import run_on_ray
+from interp.methods.predictions import predictions
+
+def slow_predictions(model, prompts, *, top_k=3):
+    time.sleep(2.0)
+    return predictions(model, prompts, top_k=top_k)
+
+prompts = [{"id": f"r{i}", "prompt": f"The capital of France is {i}", "target": " Paris"} for i in range(40)]
+run_on_ray(slow_predictions, sys.argv[1], prompts, workers=2, shard_size=2, progress=False)
+"""
+
+
+def _descendants(pid: int) -> set[int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited (only its parent, init here, has not reaped it yet)
+
+
+def test_a_killed_driver_leaves_no_ray_process_behind(tiny_model_dirs, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    proc = subprocess.Popen([sys.executable, str(script), str(tiny_model_dirs["llama"])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, seen = time.time() + 120, set()
+    while time.time() < deadline:
+        seen |= _descendants(proc.pid)
+        names = {Path(f"/proc/{p}/cmdline").read_bytes() for p in seen if _alive(p)}
+        if any(b"raylet" in n for n in names) and sum(b"ShardWorker" in n or b"default_worker" in n
+                                                      for n in names) >= 2:
+            break
+        time.sleep(0.2)
+    assert any(_alive(p) for p in seen), "the driver started a local cluster"
+    time.sleep(1.0)
+    seen |= _descendants(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline and any(_alive(p) for p in seen):
+        time.sleep(0.5)
+    left = [p for p in seen if _alive(p)]
+    assert not left, f"Ray processes left after the driver was killed: {left}"
