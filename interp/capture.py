@@ -13,7 +13,9 @@ for captures written with ``to_dir`` and reopened with :meth:`Capture.open`.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .errors import ParameterError, PromptError, check_positive_int
+from .atomic import atomic_path
+from .errors import InterpError, ParameterError, PromptError, check_positive_int
 from .hooks import check_hook_names, hook_layer
 from .model import as_model
 from .prompts import EncodedSet, as_prompt_set, batches, encode
@@ -143,11 +146,10 @@ class Capture:
     # --- disk ---------------------------------------------------------------------------------------------
     @classmethod
     def open(cls, directory: str | Path) -> Capture:
+        """Reopen a capture written with ``to_dir``. Only files inside ``directory`` are ever read: an index naming
+        a path outside it (``../``, an absolute path) is refused."""
         directory = Path(directory)
-        index_path = directory / "index.json"
-        if not index_path.exists():
-            raise FileNotFoundError(f"{str(directory)!r} holds no capture (index.json is missing).")
-        index = json.loads(index_path.read_text())
+        index = _read_index(directory)
         return cls(
             None,
             names=index["names"],
@@ -159,13 +161,56 @@ class Capture:
         )
 
     def _load(self, name: str) -> torch.Tensor:
-        index = json.loads((self.directory / "index.json").read_text())
+        index = _read_index(self.directory)
         parts, rows = [], []
         for shard in index["shards"]:
-            tensors = load_file(str(self.directory / shard["file"]))
+            tensors = load_file(str(_shard_file(self.directory, shard["file"])))
             parts.append(tensors[name])
             rows.extend(shard["rows"])
         return _assemble(parts, rows, len(self.prompt_ids), self.lengths)
+
+
+class CaptureFileError(InterpError):
+    """A capture directory whose index cannot be trusted (missing, unreadable, or naming files outside it)."""
+
+
+def _read_index(directory: Path) -> dict:
+    index_path = directory / "index.json"
+    if not index_path.exists():
+        raise CaptureFileError(f"{str(directory)!r} holds no capture (index.json is missing).")
+    try:
+        index = json.loads(index_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CaptureFileError(f"{str(index_path)!r} is not valid JSON ({exc}).") from exc
+    for shard in index.get("shards", []):
+        _shard_file(directory, shard.get("file", ""))
+    return index
+
+
+def _shard_file(directory: Path, name: Any) -> Path:
+    """The shard's path, refused unless it is a plain file name inside ``directory``."""
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise CaptureFileError(f"{str(directory / 'index.json')!r} names the shard {name!r}, which is not a file "
+                               "inside the capture directory; it is not read.")
+    return directory / name
+
+
+def _publish_index(directory: Path, index: dict) -> None:
+    """Swap the new index in atomically, then remove the shards of the capture it replaced (files this function's
+    captures wrote: named in the old index, or left by an interrupted capture under the shard_ pattern)."""
+    from .atomic import write_text
+
+    old = None
+    if (directory / "index.json").exists():
+        with contextlib.suppress(CaptureFileError):
+            old = _read_index(directory)
+    write_text(directory / "index.json", json.dumps(index))
+    keep = {s["file"] for s in index["shards"]}
+    stale = {s["file"] for s in (old or {}).get("shards", [])}
+    stale |= {p.name for p in directory.glob("shard_*.safetensors")}
+    for name in stale - keep:
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()
 
 
 def head_outputs(model: Any, z: torch.Tensor, layer: int) -> torch.Tensor:
@@ -226,10 +271,9 @@ def capture(
         span_field = positions
     encoded: EncodedSet = encode(m, ps, spans=[span_field] if span_field else [])
     directory = Path(to_dir) if to_dir is not None else None
+    run_token = os.urandom(4).hex()  # this capture's shard names: an earlier capture's stay valid until the swap
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)
-        for old in directory.glob("shard_*.safetensors"):
-            old.unlink()
 
     layers = [hook_layer(n) for n in names]
     deepest = max(layers)
@@ -274,8 +318,9 @@ def capture(
             for r, ln in zip(batch.indices, batch_lengths):
                 lengths[r] = ln  # type: ignore[index]
         if directory is not None:
-            file = f"shard_{k:06d}.safetensors"
-            save_file({n: store[n].contiguous() for n in names}, str(directory / file))
+            file = f"shard_{run_token}_{k:06d}.safetensors"
+            with atomic_path(directory / file) as tmp:
+                save_file({n: store[n].contiguous() for n in names}, str(tmp))
             shards.append({"file": file, "rows": list(batch.indices)})
         else:
             for n in names:
@@ -291,7 +336,7 @@ def capture(
         "shards": shards,
     }
     if directory is not None:
-        (directory / "index.json").write_text(json.dumps(index))
+        _publish_index(directory, index)
         return Capture.open(directory)
     data = {n: _assemble(collected[n], rows, len(ps), lengths) for n in names}
     return Capture(data, names=names, prompt_ids=ps.ids, positions=positions, lengths=lengths, model_name=m.name)

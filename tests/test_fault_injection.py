@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 import interp
 from interp.errors import InterpError
@@ -241,3 +242,57 @@ def test_shards_without_a_manifest_are_never_adopted(llama, tmp_path):
     (out / "manifest.json").unlink()
     with pytest.raises(RunDirectoryError, match="holds shards .* but no manifest.json"):
         run_resumable("predictions", llama, PROMPTS[:8], out, shard_size=2, progress=False, top_k=3)
+
+
+CAPTURE_CHILD = """
+import json, sys, time
+import interp
+
+capture_module = sys.modules["interp.capture"]  # the module (interp.capture is also the function's name)
+real = capture_module.save_file
+def slow_save(*args, **kwargs):  # a pause per shard, so a kill can land between and inside shard writes
+    real(*args, **kwargs)
+    time.sleep(0.1)
+capture_module.save_file = slow_save
+
+model = interp.load_model(sys.argv[1])
+prompts = json.loads(open(sys.argv[2]).read())
+interp.capture(model, prompts, "blocks.1.hook_resid_post", positions="all", batch_size=1, to_dir=sys.argv[3],
+               progress=False)
+"""
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_sigkill_of_a_capture_over_an_earlier_one(trial, llama, tiny_model_dirs, tmp_path):
+    """The earlier capture stays readable, whole and paired with its own ids until the new one is complete."""
+    rng = random.Random(SEED + 200 + trial)
+    hook = "blocks.1.hook_resid_post"
+    out = tmp_path / "cap"
+    old_prompts = [{"id": f"old{i}", "prompt": f"An earlier prompt, number {i}"} for i in range(3)]
+    old = interp.capture(llama, old_prompts, hook, positions="all", to_dir=out, progress=False)
+    old_values = old[hook].clone()
+    new_prompts = [{"id": f"new{i}", "prompt": p["prompt"]} for i, p in enumerate(PROMPTS)]
+    (tmp_path / "prompts.json").write_text(json.dumps(new_prompts))
+    (tmp_path / "child.py").write_text(CAPTURE_CHILD)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "child.py"), str(tiny_model_dirs["llama"]),
+                             str(tmp_path / "prompts.json"), str(out)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_for(lambda: len(list(out.glob("shard_*.safetensors"))) > 1 or proc.poll() is not None, timeout=120)
+    time.sleep(rng.uniform(0.0, 1.5))
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode in (0, -signal.SIGKILL), "the capture ran (and was killed, or finished)"
+    back = interp.Capture.open(out)
+    if back.prompt_ids[0].startswith("old"):
+        assert back.prompt_ids == [p["id"] for p in old_prompts]
+        assert torch.equal(torch.nan_to_num(back[hook], nan=7.0), torch.nan_to_num(old_values, nan=7.0))
+    else:  # the new capture finished before the kill: it is whole
+        whole = interp.capture(llama, new_prompts, hook, positions="all", progress=False)
+        assert back.prompt_ids == whole.prompt_ids
+        assert torch.equal(torch.nan_to_num(back[hook], nan=7.0), torch.nan_to_num(whole[hook], nan=7.0))
+    again = interp.capture(llama, new_prompts, hook, positions="all", to_dir=out, progress=False)
+    assert again.prompt_ids == [p["id"] for p in new_prompts]
+    assert sorted(p.name for p in out.glob("shard_*")) == sorted(s["file"] for s in
+                                                                   json.loads((out / "index.json").read_text())
+                                                                   ["shards"])

@@ -6,6 +6,7 @@ import json
 import pandas as pd
 
 import interp
+from interp.capture import CaptureFileError
 from interp.errors import PromptError
 from interp.results import ResultFileError
 
@@ -86,4 +87,29 @@ CASES = [
     ("table with a column of mixed types", lambda m, t, d: interp.Result(
         pd.DataFrame({"x": [1, "a"]}), {"method": "x"}).to_parquet(t / "mixed.parquet"), ResultFileError,
      "Column 'x' holds values of several kinds"),
+]
+
+
+def capture_index_escaping(t, m):
+    out = t / "cap"
+    interp.capture(m, [{"prompt": P}], "blocks.0.hook_resid_post", to_dir=out, progress=False)
+    index = json.loads((out / "index.json").read_text())
+    index["shards"][0]["file"] = "../../etc/passwd"
+    (out / "index.json").write_text(json.dumps(index))
+    return interp.Capture.open(out)
+
+
+def capture_index_garbled(t, m):
+    out = t / "cap2"
+    interp.capture(m, [{"prompt": P}], "blocks.0.hook_resid_post", to_dir=out, progress=False)
+    (out / "index.json").write_text('{"names": [')
+    return interp.Capture.open(out)
+
+
+CASES += [
+    ("capture index naming a file outside", lambda m, t, d: capture_index_escaping(t, m), CaptureFileError,
+     "names the shard '../../etc/passwd', which is not a file inside the capture directory"),
+    ("capture index garbled", lambda m, t, d: capture_index_garbled(t, m), CaptureFileError, "is not valid JSON"),
+    ("capture directory without index", lambda m, t, d: interp.Capture.open(t), CaptureFileError,
+     "holds no capture"),
 ]
