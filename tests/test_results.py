@@ -79,3 +79,27 @@ def test_registry_lists_and_accepts_a_users_method():
     assert "my_count_method" in [e.name for e in list_methods()]
     with pytest.raises(interp.ParameterError, match="already registered"):
         interp.register_method("my_count_method", paper="", cost="")(lambda m, p: None)
+
+
+def test_csv_is_safe_to_open_and_still_exact(tmp_path):
+    """Cells a spreadsheet would run as formulas are written with a leading quote; "<NA>" text stays text."""
+    texts = ["=HYPERLINK(\"http://x\")", "+1", "-2", "@SUM(A1)", "\tTAB", "'quoted", "<NA>", "plain", None]
+    res = interp.Result(pd.DataFrame({"token": texts, "score": np.arange(len(texts), dtype=float)}),
+                        {"method": "x"})
+    path = res.to_csv(tmp_path / "r.csv")
+    raw = path.read_text()
+    for dangerous in ("\r\n=HYP", "\r\n+1", "\r\n-2", "\r\n@SUM"):
+        assert dangerous not in raw
+    back = interp.Result.read(path)
+    pd.testing.assert_frame_equal(back.table, res.table, check_exact=True)
+    assert back.table["token"].tolist()[6] == "<NA>" and back.table["token"].isna().tolist()[8]
+
+
+def test_prompt_files_with_a_byte_order_mark_keep_their_ids(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffid,prompt,target\nparis,The capital of France is, Paris\n".encode("utf-8"))
+    ps = interp.PromptSet(path)
+    assert ps.ids == ["paris"] and ps[0]["target"] == " Paris"
+    json_file = tmp_path / "p.json"
+    json_file.write_text('{"prompts": [{"id": "a", "prompt": "x"}, "y"]}')
+    assert interp.PromptSet(json_file).prompts == ["x", "y"]
