@@ -64,15 +64,16 @@ def fallback_pairs(n: int) -> tuple[list[dict], list[dict]]:
 def naive_loop(model, clean, corrupt):
     """One forward of the pair batch per (layer, position): the reference loop."""
     from interp.hooks import Edit, Intervention
-    from interp.methods.patching import make_pairs, pair_batches, raw_metric
+    from interp.methods.patching_core import make_pairs, pair_batches, raw_metric
+    from interp.sites import hook_name
     from interp.variants import forward
 
-    pairs = make_pairs(model, clean, corrupt, answer="target", wrong=None, align=None, need_wrong=True)
+    pairs = make_pairs(model, clean, corrupt, target="target", wrong=None, align=None, need_wrong=True)
     out = {}
     for cb, kb in pair_batches(model, pairs, len(clean)):
-        names = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.info.n_layers)]
+        names = [hook_name("resid_pre", layer) for layer in range(model.info.n_layers)]
         _, store = forward(model, cb, read=names)
-        ans, wr = pairs.answer[kb.indices], pairs.wrong[kb.indices]
+        ans, wr = pairs.target[kb.indices], pairs.wrong[kb.indices]
         first = int(torch.maximum(cb.offsets, kb.offsets).min())
         for layer, name in enumerate(names):
             for c in range(first, kb.width):
@@ -105,18 +106,18 @@ def main() -> None:
     clean, corrupt = pairs if pairs else fallback_pairs(n)
     print(f"model: {what}; {model.info.n_layers} layers; {len(clean)} pairs of "
           f"{len(interp.prompts.tokenize(model, clean[0]['prompt']).ids)} tokens; sites: resid_pre x every position")
-    activation_patching(model, clean[:1], corrupt[:1], sites="resid_pre", positions="last")  # warm-up
+    activation_patching(model, clean[:1], corrupt[:1], sites="resid_pre", positions="last", progress=False)  # warm-up
     t0 = time.perf_counter()
-    res = activation_patching(model, clean, corrupt, sites="resid_pre", batch_size=len(clean))
+    res = activation_patching(model, clean, corrupt, sites="resid_pre", batch_size=len(clean), progress=False)
     t_batched = time.perf_counter() - t0
     t0 = time.perf_counter()
     ref = naive_loop(model, clean, corrupt)
     t_loop = time.perf_counter() - t0
     t0 = time.perf_counter()
-    attribution_patching(model, clean, corrupt, sites="resid_pre", batch_size=len(clean))
+    attribution_patching(model, clean, corrupt, sites="resid_pre", batch_size=len(clean), progress=False)
     t_attr = time.perf_counter() - t0
     got = {(p, int(la), int(po)): float(v) for p, la, po, v in
-           zip(res.table["prompt_id"], res.table["layer"], res.table["position"], res.table["patched"])}
+           zip(res.table["prompt_id"], res.table["layer"], res.table["position"], res.table["patched_metric"])}
     worst = max(abs(got[k] - v) for k, v in ref.items())
     assert set(got) == set(ref), "the two runs patched different places"
     print(f"places patched: {len(ref)} (pair x layer x position)")

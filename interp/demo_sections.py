@@ -83,7 +83,8 @@ def patching_section(ctx: DemoContext) -> DemoSection:
         "Activation patching of clean residuals into a corrupted fact (normalised logit difference, 1 = clean "
         "behaviour) per layer and position, and attribution patching's one-backward estimate of the same map. "
         "Then context masking: accuracy when attention to the demonstrations is forbidden from layer l on.",
-        [exact.figure(site="resid_pre"), approx.figure(site="resid_pre", value="estimate"), masking.figure()],
+        [exact.figure(site="resid_pre", value="score"), approx.figure(site="resid_pre", value="estimate"),
+         masking.figure()],
         {"activation_patching": exact, "attribution_patching": approx, "context_masking": masking},
     )
 
