@@ -41,8 +41,8 @@ def lens_section(ctx: DemoContext) -> DemoSection:
 
     comp = ctx.prompts("composite", n=8 if ctx.quick else 40, kind="composite", n_shot=5)
     targets = ("y_t", "y_s1", "y_s2")
-    one = logit_lens(ctx.dense, comp[:1], positions="all", targets=targets)
-    dataset = logit_lens(ctx.dense, comp, targets=targets)
+    one = logit_lens(ctx.dense, comp[:1], positions="all", target=targets)
+    dataset = logit_lens(ctx.dense, comp, target=targets)
     return DemoSection(
         "Logit lens: at which layer does the answer appear?",
         "Each layer's residual stream decoded through the final norm and unembedding: the top token per layer and "

@@ -150,6 +150,16 @@ COLUMNS: dict[str, str] = {
     "entropy": "Entropy of a distribution, in nats.",
     # safety heads
     # lens
+    "lens": "The lens a row was decoded with: 'logit' (no translator) or 'tuned' (a TunedLens's translators).",
+    "norm": "The normalisation a row was decoded with: 'recompute' or 'frozen' (see the parameter norm).",
+    "depth": "Blocks applied to the vector at (site, layer): interp.sites.depth (resid_pre of layer l is l, its "
+             "resid_post l + 1).",
+    "is_last": "The row's position is the prompt's last token.",
+    "predicted_prob": "Probability of the predicted (top-1) token.",
+    "top_ids": "The top_k decoded token ids, best first, as a JSON list in one cell.",
+    "top_tokens": "The top_k decoded tokens' texts, best first, as a JSON list in one cell.",
+    "cross_entropy": "-log p of the actual next token (the next prompt token; after the prompt, the first target "
+                     "field's token), in nats.",
     # patching and internal chain of thought
     "effect": "Activation patching: the metric after patching minus the destination run's own metric (raw, "
               "before norm_logit_diff's normalisation; 0 = the patch changed nothing).",

@@ -1,13 +1,14 @@
 """Logit lens and tuned lens: every layer (and sublayer output) in both normalisations against a computation made
 directly on the Hugging Face model; the last layer equals the model's logits; batched = prompt by prompt; zero
-translators give exactly the logit lens; training reduces KL; aggregates, figures, hooks, save / load; and the
-dense organism (skipped only while data/organisms/dense/config.json is absent)."""
+translators give exactly the logit lens; training reduces KL; aggregates (also of a result read back or merged from
+shards), figures, hooks, save / load; and the dense organism (skipped only while data/organisms/dense/config.json
+is absent). KL, entropy and cross-entropy are in nats."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,6 @@ import pytest
 import torch
 
 import interp
-from interp.methods import lens as lens_mod
 from interp.methods.lens import (
     LensResult,
     TunedLens,
@@ -27,12 +27,14 @@ from interp.methods.lens import (
     logit_lens,
     train_tuned_lens,
 )
+from interp.methods.lens import reading as lens_reading
 from interp.prompts import encode
 
 from .helpers import PROMPTS
 
 ARCHS = ["gpt2", "llama", "gemma2", "qwen2_moe"]  # LayerNorm; GQA; softcap + (1 + w) norm; MoE with shared expert
 TWO_TARGETS = [{**p, "other": t} for p, t in zip(PROMPTS, [" is", " the", " John", " Paris"])]
+NATS_ATOL = 1e-5 * math.log(2)  # the 1e-5 bits bound these checks had in bits, in nats
 
 
 # --- a direct reference on the plain Hugging Face model ---------------------------------------------------------
@@ -119,16 +121,18 @@ def _check_rows(rows: pd.DataFrame, logits: torch.Tensor, final: torch.Tensor, t
     np.testing.assert_allclose(rows["target_prob"], lp[:, target].exp(), atol=1e-5, rtol=0)
     assert (rows["target_rank"].to_numpy() == ((lt > lt[:, target:target + 1]).sum(-1) + 1).numpy()).all()
     lpf = final.log_softmax(-1)[pos]
-    kl = (lpf.exp() * (lpf - lp)).sum(-1) / math.log(2)
-    np.testing.assert_allclose(rows["kl_bits"], kl, atol=1e-5, rtol=0)
-    ent = -(lp.exp() * lp).sum(-1) / math.log(2)
-    np.testing.assert_allclose(rows["entropy_bits"], ent, atol=1e-5, rtol=0)
+    kl = (lpf.exp() * (lpf - lp)).sum(-1)
+    np.testing.assert_allclose(rows["kl"], kl, atol=NATS_ATOL, rtol=0)
+    ent = -(lp.exp() * lp).sum(-1)
+    np.testing.assert_allclose(rows["entropy"], ent, atol=NATS_ATOL, rtol=0)
     nxt = torch.tensor([*ids[1:], target])[pos]  # the actual next token: the next prompt token, then the target
-    np.testing.assert_allclose(rows["ce_bits"], -lp.gather(1, nxt[:, None])[:, 0] / math.log(2), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(rows["cross_entropy"], -lp.gather(1, nxt[:, None])[:, 0], atol=NATS_ATOL, rtol=0)
     top = lp.topk(top_k, dim=-1)
-    for k in range(top_k):
-        np.testing.assert_allclose(rows[f"top{k + 1}_prob"], top.values[:, k].exp(), atol=1e-5, rtol=0)
-    assert (rows["top1_id"].to_numpy() == top.indices[:, 0].numpy()).all()
+    assert [json.loads(c) for c in rows["top_ids"]] == top.indices.tolist()  # the top_k tokens, in order
+    assert (rows["predicted_id"].to_numpy() == top.indices[:, 0].numpy()).all()
+    np.testing.assert_allclose(rows["predicted_prob"], top.values[:, 0].exp(), atol=1e-5, rtol=0)
+    assert (rows["target_id"] == target).all() and (rows["target_rr"] == 1.0 / rows["target_rank"]).all()
+    assert (rows["correct"] == (rows["predicted_id"] == target)).all()
 
 
 @pytest.mark.parametrize("norm", ["recompute", "frozen"])
@@ -163,16 +167,16 @@ def test_last_layer_is_the_models_own_distribution(models, arch, norm):
             row = last.loc[PROMPTS[idx]["id"]]
             t = int(batch.targets["target"][r])
             assert row["target_logit"] == pytest.approx(float(logits[r, t]), abs=1e-5)
-            assert row["top1_id"] == int(logp[r].argmax())
-            assert row["top1_prob"] == pytest.approx(float(logp[r].max().exp()), abs=1e-5)
-            assert abs(row["kl_bits"]) < 1e-5
+            assert row["predicted_id"] == int(logp[r].argmax())
+            assert row["predicted_prob"] == pytest.approx(float(logp[r].max().exp()), abs=1e-5)
+            assert abs(row["kl"]) < NATS_ATOL
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_batched_equals_prompt_by_prompt(models, arch):
     m = models[arch]
     for norm in ("recompute", "frozen"):
-        kw = {"sites": "sublayers", "norm": norm, "positions": "all", "targets": ("target", "other"), "top_k": 4}
+        kw = {"sites": "sublayers", "norm": norm, "positions": "all", "target": ("target", "other"), "top_k": 4}
         batched = logit_lens(m, TWO_TARGETS, batch_size=4, **kw).table
         alone = pd.concat([logit_lens(m, [p], **kw).table for p in TWO_TARGETS], ignore_index=True)
         pd.testing.assert_frame_equal(batched, alone, check_exact=False, atol=1e-5, rtol=0)
@@ -197,19 +201,33 @@ def test_positions_last_equals_the_last_row_of_positions_all(models):
     assert last["is_last"].all() and not every["is_last"].all()
 
 
+def test_a_field_span_or_a_list_of_positions_are_those_rows_of_positions_all(models):
+    m = models["llama"]
+    every = logit_lens(m, PROMPTS, sites="sublayers", positions="all", top_k=3).table
+    enc = encode(m, PROMPTS, spans=["subject"])
+    span = logit_lens(m, PROMPTS, sites="sublayers", positions="subject", top_k=3).table
+    want = pd.concat([every[(every["prompt_id"] == rec["id"]) & every["position"].between(s, e - 1)]
+                      for rec, (s, e) in zip(PROMPTS, enc.spans["subject"])])
+    pd.testing.assert_frame_equal(span, want.reset_index(drop=True), check_exact=False, atol=1e-5, rtol=0)
+    listed = logit_lens(m, PROMPTS, sites="sublayers", positions=[1, 0], top_k=3).table
+    want = every[every["position"].isin([0, 1])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(listed, want, check_exact=False, atol=1e-5, rtol=0)
+    assert set(listed["position"]) == {0, 1} and len(span) > 0
+
+
 def test_hooks_never_leak(models, monkeypatch):
     m = models["llama"]
     before = interp.hook_snapshot(m)
     logit_lens(m, PROMPTS, sites="sublayers", positions="all")
     assert interp.hook_snapshot(m) == before
-    real = lens_mod.forward
+    real = lens_reading.forward
 
     def failing(*args, read_fn=None, **kw):
         def boom(_name, _value):
             raise RuntimeError("boom inside the forward")
         return real(*args, read_fn=boom, **kw)
 
-    monkeypatch.setattr(lens_mod, "forward", failing)
+    monkeypatch.setattr(lens_reading, "forward", failing)
     with pytest.raises(RuntimeError, match="boom"):
         logit_lens(m, PROMPTS)
     with pytest.raises(RuntimeError, match="boom"):
@@ -220,7 +238,7 @@ def test_hooks_never_leak(models, monkeypatch):
 # --- aggregates -------------------------------------------------------------------------------------------------
 def test_summary_equals_a_naive_loop(models):
     m = models["qwen2_moe"]
-    res = logit_lens(m, TWO_TARGETS, targets=("target", "other"), positions="all", top_k=2)
+    res = logit_lens(m, TWO_TARGETS, target=("target", "other"), positions="all", top_k=2)
     assert isinstance(res, LensResult)
     summ = res.aggregate().table
     t = res.table
@@ -228,26 +246,35 @@ def test_summary_equals_a_naive_loop(models):
         for f in ("target", "other"):
             acc, rr, n = 0.0, 0.0, 0
             for rec in t.to_dict(orient="records"):
-                if rec["layer"] == layer and rec["is_last"]:
-                    acc += rec["top1_id"] == rec[f"{f}_id"]
-                    rr += 1.0 / rec[f"{f}_rank"]
+                if rec["layer"] == layer and rec["is_last"] and rec["target_field"] == f:
+                    acc += rec["predicted_id"] == rec["target_id"]
+                    rr += 1.0 / rec["target_rank"]
                     n += 1
-            row = summ[(summ["layer"] == layer) & (summ["target"] == f)].iloc[0]
+            row = summ[(summ["layer"] == layer) & (summ["target_field"] == f)].iloc[0]
             assert row["n"] == n == len(TWO_TARGETS)
             assert row["accuracy"] == pytest.approx(acc / n) and row["mrr"] == pytest.approx(rr / n)
     every = lens_summary(res, positions="all").table
-    assert set(every["n"]) == {len(t) // m.info.n_layers}
+    assert set(every["n"]) == {len(t) // (m.info.n_layers * 2)}
 
 
-def test_summary_reads_back_from_disk(models, tmp_path):
+def test_a_result_read_back_or_merged_from_shards_keeps_aggregate(models, tmp_path):
     m = models["llama"]
-    res = logit_lens(m, PROMPTS, sites="sublayers", norm="frozen")
-    path = res.to_parquet(tmp_path / "lens.parquet")
-    back = interp.Result.read(path)
-    pd.testing.assert_frame_equal(back.table, res.table)
-    pd.testing.assert_frame_equal(lens_summary(back).table, res.aggregate().table)
-    js = interp.Result.read(res.to_json(tmp_path / "lens.json"))
-    pd.testing.assert_frame_equal(js.table, res.table)
+    res = logit_lens(m, TWO_TARGETS, sites="sublayers", norm="frozen", target=["target", "other"])
+    want = res.aggregate().table
+    for ext in ("parquet", "csv", "json"):
+        back = interp.Result.read(getattr(res, f"to_{ext}")(tmp_path / f"lens.{ext}"))
+        assert isinstance(back, LensResult), ext
+        pd.testing.assert_frame_equal(back.table, res.table, check_exact=True)
+        pd.testing.assert_frame_equal(back.aggregate().table, want, check_exact=True)
+        pd.testing.assert_frame_equal(lens_summary(back, positions="all").table,
+                                      res.aggregate(positions="all").table, check_exact=True)
+    merged = interp.run_resumable("logit_lens", m, TWO_TARGETS, tmp_path / "run", shard_size=3, progress=False,
+                                  sites="sublayers", norm="frozen", target=["target", "other"], batch_size=1)
+    assert isinstance(merged, LensResult)
+    alone = logit_lens(m, TWO_TARGETS, sites="sublayers", norm="frozen", target=["target", "other"], batch_size=1)
+    pd.testing.assert_frame_equal(merged.table, alone.table, check_exact=False, atol=1e-6, rtol=0)
+    pd.testing.assert_frame_equal(merged.aggregate().table, alone.aggregate().table, check_exact=False, atol=1e-6,
+                                  rtol=0)
 
 
 def test_takeover_reads_the_constructed_curves():
@@ -255,13 +282,13 @@ def test_takeover_reads_the_constructed_curves():
     early = [0.1, 0.5, 0.7, 0.4, 0.2, 0.1]  # peaks at layer 2
     late = [0.0, 0.1, 0.2, 0.5, 0.8, 0.9]  # above from layer 3 on
     rows = [{"lens": "logit", "norm": "recompute", "site": "resid_post", "layer": la, "depth": la + 1.0,
-             "target": f, "mean_prob": v}
+             "target_field": f, "mean_target_prob": v}
             for f, vals in (("y_s1", early), ("y_t", late)) for la, v in zip(layers, vals)]
     got = lens_takeover(pd.DataFrame(rows)).iloc[0]
-    assert got["y_s1_peak_layer"] == int(np.argmax(early))
-    assert got["y_t_takeover_layer"] == next(i for i in layers if all(a > b for a, b in zip(late[i:], early[i:])))
-    never = [dict(r, mean_prob=0.0) if r["target"] == "y_t" else r for r in rows]
-    assert lens_takeover(pd.DataFrame(never)).iloc[0]["y_t_takeover_layer"] == -1
+    assert got["early_peak_layer"] == int(np.argmax(early))
+    assert got["takeover_layer"] == next(i for i in layers if all(a > b for a, b in zip(late[i:], early[i:])))
+    never = [dict(r, mean_target_prob=0.0) if r["target_field"] == "y_t" else r for r in rows]
+    assert lens_takeover(pd.DataFrame(never)).iloc[0]["takeover_layer"] == -1
 
 
 # --- figures ----------------------------------------------------------------------------------------------------
@@ -274,8 +301,8 @@ def test_heatmap_cells_are_the_top_tokens_and_their_probabilities(models, tmp_pa
     n_pos = t["position"].nunique()
     assert np.asarray(heat.z).shape == (m.info.n_layers, n_pos)
     for rec in t.to_dict(orient="records"):
-        assert heat.z[rec["layer"]][rec["position"]] == pytest.approx(rec["top1_prob"])
-        assert repr(rec["top3_token"]) in heat.customdata[rec["layer"]][rec["position"]]
+        assert heat.z[rec["layer"]][rec["position"]] == pytest.approx(rec["predicted_prob"])
+        assert repr(json.loads(rec["top_tokens"])[2]) in heat.customdata[rec["layer"]][rec["position"]]
     by_target = lens_heatmap(res, PROMPTS[1]["id"], color="target")
     t1 = res.table[res.table["prompt_id"] == PROMPTS[1]["id"]]
     assert by_target.data[0].z[0][0] == pytest.approx(t1[(t1.layer == 0) & (t1.position == 0)]["target_prob"].iloc[0])
@@ -284,14 +311,14 @@ def test_heatmap_cells_are_the_top_tokens_and_their_probabilities(models, tmp_pa
 
 def test_curves_plot_the_summary_for_each_lens_and_target(models):
     m = models["llama"]
-    logit = logit_lens(m, TWO_TARGETS, targets=("target", "other"))
-    tuned = logit_lens(m, TWO_TARGETS, targets=("target", "other"), lens=TunedLens.identity(m))
+    logit = logit_lens(m, TWO_TARGETS, target=("target", "other"))
+    tuned = logit_lens(m, TWO_TARGETS, target=("target", "other"), lens=TunedLens.identity(m))
     tuned.table["lens"] = "tuned"
-    fig = lens_curves(logit, tuned, metrics=("mean_prob", "accuracy"))
+    fig = lens_curves(logit, tuned, metrics=("mean_target_prob", "accuracy"))
     assert len(fig.data) == 2 * 2 * 2  # metrics x lenses x targets
     summ = logit.aggregate().table
     trace = next(d for d in fig.data if d.name == "other · logit (recompute)" and d.xaxis == "x2")
-    want = summ[summ["target"] == "other"].sort_values("layer")["accuracy"].to_numpy()
+    want = summ[summ["target_field"] == "other"].sort_values("layer")["accuracy"].to_numpy()
     np.testing.assert_allclose(trace.y, want)
     assert logit.figure().data  # the registered figure: curves for positions="last"
 
@@ -349,10 +376,10 @@ def test_training_lowers_held_out_kl_at_every_layer_but_the_last(models, arch, t
     plain = lens_summary(logit_lens(m, held, positions="all"), positions="all").table
     tuned = lens_summary(logit_lens(m, held, positions="all", lens=lens), positions="all").table
     n = m.info.n_layers
-    kl_plain, kl_tuned = plain["kl_bits"].to_numpy(), tuned["kl_bits"].to_numpy()
-    print(f"\n[{arch}] held-out KL bits per layer, logit {np.round(kl_plain, 4)} tuned {np.round(kl_tuned, 4)}")
+    kl_plain, kl_tuned = plain["kl"].to_numpy(), tuned["kl"].to_numpy()
+    print(f"\n[{arch}] held-out KL nats per layer, logit {np.round(kl_plain, 4)} tuned {np.round(kl_tuned, 4)}")
     assert (kl_tuned[: n - 1] < kl_plain[: n - 1]).all()
-    assert abs(kl_tuned[n - 1]) < 1e-5  # the last layer's translator stays the identity (its KL gradient is 0)
+    assert abs(kl_tuned[n - 1]) < NATS_ATOL  # the last layer's translator stays the identity (its KL gradient is 0)
     # save / load gives the same lens and the same table
     back = TunedLens.load(lens.save(tmp_path / "lens"))
     assert torch.equal(back.weight, lens.weight) and torch.equal(back.bias, lens.bias)
@@ -363,56 +390,36 @@ def test_training_lowers_held_out_kl_at_every_layer_but_the_last(models, arch, t
 
 # --- the dense organism -----------------------------------------------------------------------------------------
 ORGANISM = Path(__file__).resolve().parents[1] / "data" / "organisms" / "dense"
-CORPUS = Path(__file__).resolve().parents[1] / "data" / "organisms" / "corpus"
+MEASURE = Path(__file__).resolve().parents[1] / "docs" / "measure_lens.py"
 
 
 @pytest.mark.slow
 def test_dense_organism_lens_reading():
-    """Measured on the shipped dense organism (120 held-out 5-shot composite prompts): y_t is top-1 at 24 % of
-    prompts after block 0, 75 % after block 1, 98 % after block 4 (logit lens, recomputed norm; frozen gives the
-    same accuracies); y_s1 is top-1 at no layer (mean probability peaks at 0.005 after block 1; its MRR rises to
-    0.23 only at the last layer). No internal chain of thought: the answer appears directly. Tuned lens (250
-    steps): held-out KL to the final distribution 1.02 / 0.47 / 0.41 / 0.33 / 0.18 bits against the logit
-    lens's 1.83 / 0.99 / 0.68 / 0.51 / 0.20 at blocks 0-4 (lower at every layer but the last, as asserted).
+    """Measured on the shipped dense organism by docs/measure_lens.py (120 held-out 5-shot composite prompts):
+    y_t is top-1 at 24 % of prompts after block 0, 75 % after block 1, 98 % after block 4 (logit lens, recomputed
+    norm; frozen gives the same accuracies); y_s1 is top-1 at no layer (mean probability peaks after block 1 at
+    0.004, recomputed, or 0.005, frozen). No internal chain of thought: the answer appears directly. Tuned lens
+    (250 steps): held-out KL to the final distribution lower than the logit lens's at every layer but the last
+    (0.70 vs 1.27 nats after block 0; the README has them all), as asserted; the logit lens's last layer is the
+    model's own distribution in both normalisations.
     """
     if not (ORGANISM / "config.json").exists():
         pytest.skip("data/organisms/dense/config.json is absent: the dense organism is not shipped yet")
-    from interp.organisms.corpus import load_jsonl
+    import importlib.util
 
-    m = interp.load_model(ORGANISM, device="cpu")
-    records = load_jsonl(CORPUS / "composite.jsonl")
-    comp = [r for r in records if r["kind"] == "composite" and r["split"] == "heldout" and r["n_shot"] > 0]
-    rng = random.Random(0)
-    comp = rng.sample(comp, min(120, len(comp)))
-    fields = ("y_t", "y_s1", "y_s2")
-    t0 = time.time()
-    res = logit_lens(m, comp, targets=fields, top_k=5, batch_size=32)
-    frozen = logit_lens(m, comp, targets=fields, norm="frozen", top_k=5, batch_size=32)
-    t_lens = time.time() - t0
-    n = m.info.n_layers
-    for r in (res, frozen):  # the last layer is the model's own distribution in both modes
-        assert r.table[r.table["layer"] == n - 1]["kl_bits"].abs().max() < 1e-5
-    summ = pd.concat([res.aggregate().table, frozen.aggregate().table], ignore_index=True)
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print("\n", summ[["norm", "layer", "target", "accuracy", "mrr", "mean_prob", "median_rank", "kl_bits"]])
-    print(lens_takeover(summ).to_string())
-    print(lens_takeover(summ, metric="mrr").to_string())
-
-    # tuned lens: trained on training-split texts (all positions), evaluated on held-out composite prompts
-    train_recs = [r for r in records if r["split"] == "train" and r.get("target")]
-    texts = [r["prompt"] + r["target"] for r in random.Random(1).sample(train_recs, min(400, len(train_recs)))]
-    t1 = time.time()
-    tuned = train_tuned_lens(m, texts, steps=250, progress=False)
-    t_train = time.time() - t1
-    held = comp[:60]
-    kl_plain = lens_summary(logit_lens(m, held, targets=fields, positions="all"), positions="all").table
-    kl_tuned = lens_summary(logit_lens(m, held, targets=fields, positions="all", lens=tuned), positions="all").table
-    kp = kl_plain[kl_plain["target"] == "y_t"]["kl_bits"].to_numpy()
-    kt = kl_tuned[kl_tuned["target"] == "y_t"]["kl_bits"].to_numpy()
-    tuned_last = lens_summary(logit_lens(m, comp, targets=fields, lens=tuned)).table
-    print(f"held-out KL bits (all positions): logit {np.round(kp, 3)} tuned {np.round(kt, 3)}")
-    print(tuned_last[["layer", "target", "accuracy", "mrr", "mean_prob", "kl_bits"]].to_string())
-    print(lens_takeover(tuned_last).to_string())
-    print(f"timings: logit lens x2 on {len(comp)} prompts {t_lens:.1f}s, tuned lens training {t_train:.1f}s "
-          f"on {tuned.info['train']['n_tokens']} tokens")
+    spec = importlib.util.spec_from_file_location("measure_lens", MEASURE)
+    measure_lens = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(measure_lens)
+    out = measure_lens.measure()
+    n = out["model"].info.n_layers
+    for r in (out["recompute"], out["frozen"]):  # the last layer is the model's own distribution in both modes
+        assert r.table[r.table["layer"] == n - 1]["kl"].abs().max() < NATS_ATOL
+    summary = out["summary"]
+    y_s1 = summary[summary["target_field"] == "y_s1"]
+    y_t = summary[(summary["target_field"] == "y_t") & (summary["layer"] == n - 1)]
+    print(summary[["norm", "layer", "target_field", "accuracy", "mrr", "mean_target_prob", "kl"]].to_string())
+    print(lens_takeover(summary).to_string())
+    kp, kt = out["kl_logit"], out["kl_tuned"]
+    print(f"held-out KL nats (all positions): logit {np.round(kp, 3)} tuned {np.round(kt, 3)}")
+    assert (y_t["accuracy"] > 0.9).all() and (y_s1["accuracy"] == 0).all()
     assert (kt[: n - 1] < kp[: n - 1]).all()

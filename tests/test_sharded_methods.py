@@ -156,6 +156,15 @@ def test_moe_statistics_of_the_whole_set(qwen_moe, tmp_path):
         sharded("head_expert_correlation", qwen_moe, FACTS, tmp_path / "x", attribution=whole)
 
 
+def test_logit_lens_concatenates_and_keeps_its_aggregate(llama, tmp_path):
+    kw = {"sites": "sublayers", "norm": "frozen", "positions": "all", "top_k": 3}
+    whole = interp.logit_lens(llama, FACTS, **kw)
+    part = sharded("logit_lens", llama, FACTS, tmp_path, **kw)
+    assert isinstance(part, interp.LensResult)
+    assert_same(part, whole)
+    assert_same(part.aggregate(), whole.aggregate())
+
+
 def test_sahara_resumes_by_step(llama, tmp_path, monkeypatch):
     whole = safety_heads.sahara(llama, FACTS, steps=3)
     run = tmp_path / "run"

@@ -1,20 +1,24 @@
 """Figures of the logit / tuned lens: the classic layer x position picture of one prompt, and per-layer curves
-over a dataset (logit lens against tuned lens, one colour per target field)."""
+over a dataset (logit lens against tuned lens, one colour per target field). They read the table and its
+statistics (:mod:`.statistics`) only."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pandas as pd
 
-from ..errors import ParameterError
-from ..results import Result
+from ...errors import ParameterError
+from ...results import Result
+from .statistics import DISTRIBUTION_METRICS, as_summary, is_lens_table
 
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
-METRIC_TITLES = {"mean_prob": "target probability", "median_rank": "target rank (median)", "mrr": "MRR",
-                 "accuracy": "top-1 accuracy", "mean_logit": "target logit", "kl_bits": "KL(final || lens), bits",
-                 "entropy_bits": "entropy, bits", "ce_bits": "cross-entropy of the next token, bits"}
+METRIC_TITLES = {"mean_target_prob": "target probability", "median_target_rank": "target rank (median)",
+                 "mrr": "MRR", "accuracy": "top-1 accuracy", "mean_target_logit": "target logit",
+                 "kl": "KL(final || lens), nats", "entropy": "entropy, nats",
+                 "cross_entropy": "cross-entropy of the next token, nats"}
 
 
 def _short(token: str, n: int = 8) -> str:
@@ -26,14 +30,14 @@ def lens_heatmap(result: Result, prompt_id: str | None = None, *, site: str | No
                  lens: str | None = None, top_k: int | None = None, last_n: int | None = None) -> Any:
     """The classic logit-lens picture for one prompt: rows = layers (sublayer sites in depth order), columns =
     positions; each cell shows the decoded top-1 token, is coloured by its probability (``color="prob"``), by a
-    target field's probability (``color="target"``, ``"y_t"`` ...), or by ``"kl"`` / ``"entropy"`` (bits), and
-    its hover lists the top-k tokens with probabilities. Needs a logit_lens result; with positions="all" it shows
-    every token (or the ``last_n`` last ones), with "last" a single column."""
-    from ..viz import heatmap
+    target field's probability (``color="y_t"`` ..., the field's name), or by ``"kl"`` / ``"entropy"`` (nats),
+    and its hover lists the top-k tokens (the first with its probability). Needs a logit_lens result; with
+    positions="all" it shows every token (or the ``last_n`` last ones), with "last" a single column."""
+    from ...viz import heatmap
 
     table = result.table
-    if "top1_token" not in table.columns:
-        raise ParameterError("lens_heatmap needs a logit_lens result (columns top1_token, top1_prob, ...).")
+    if not is_lens_table(table):
+        raise ParameterError("lens_heatmap needs a logit_lens result (columns predicted_token, top_tokens, ...).")
     pid = prompt_id if prompt_id is not None else table["prompt_id"].iloc[0]
     t = table[table["prompt_id"] == pid]
     if t.empty:
@@ -44,18 +48,18 @@ def lens_heatmap(result: Result, prompt_id: str | None = None, *, site: str | No
         t = t[t["site"] == site]
         if t.empty:
             raise ParameterError(f"site={site!r} is not in the result (sites: {', '.join(table['site'].unique())}).")
-    if color == "prob":
-        zcol, ztitle = "top1_prob", "top-1 probability"
-    elif color in ("kl", "kl_bits"):
-        zcol, ztitle = "kl_bits", "KL(final || lens), bits"
-    elif color in ("entropy", "entropy_bits"):
-        zcol, ztitle = "entropy_bits", "entropy, bits"
-    elif f"{color}_prob" in t.columns:
-        zcol, ztitle = f"{color}_prob", f"p({color})"
+    fields = list(dict.fromkeys(t["target_field"])) if "target_field" in t.columns else []
+    if color in ("prob", "kl", "entropy"):
+        zcol = {"prob": "predicted_prob", "kl": "kl", "entropy": "entropy"}[color]
+        ztitle = {"prob": "top-1 probability", "kl": "KL(final || lens), nats", "entropy": "entropy, nats"}[color]
+        if fields:  # one row per target field: the decoded distribution is the same in each
+            t = t[t["target_field"] == fields[0]]
+    elif color in fields:
+        zcol, ztitle = "target_prob", f"p({color})"
+        t = t[t["target_field"] == color]
     else:
-        raise ParameterError(f"color={color!r}: use 'prob', 'kl', 'entropy' or a target field of the result.")
-    k = sum(1 for c in t.columns if c.startswith("top") and c.endswith("_prob"))
-    k = min(k, top_k) if top_k else k
+        raise ParameterError(f"color={color!r}: use 'prob', 'kl', 'entropy' or a target field of the result "
+                             f"({', '.join(fields) or 'none'}).")
     t = t.sort_values(["depth", "position"], kind="stable")
     rows = list(dict.fromkeys(zip(t["depth"], t["layer"], t["site"])))
     row_label = {r: f"L{r[1]} {r[2]}" for r in rows}
@@ -75,8 +79,10 @@ def lens_heatmap(result: Result, prompt_id: str | None = None, *, site: str | No
     for rec in t.to_dict(orient="records"):
         i, j = ri[(rec["depth"], rec["layer"], rec["site"])], pi[rec["position"]]
         z[i][j] = rec[zcol]
-        text[i][j] = _short(rec["top1_token"])
-        lines = [f"{n}. {rec[f'top{n}_token']!r} {rec[f'top{n}_prob']:.3f}" for n in range(1, k + 1)]
+        text[i][j] = _short(rec["predicted_token"])
+        toks = json.loads(rec["top_tokens"])
+        k = min(len(toks), top_k) if top_k else len(toks)
+        lines = [f"{n + 1}. {toks[n]!r}" + (f" {rec['predicted_prob']:.3f}" if n == 0 else "") for n in range(k)]
         hover[i][j] = "<br>".join(lines)
     fig = heatmap(z, [col_label[p] for p in positions], [row_label[r] for r in rows],
                   title=f"{lens} lens ({t['norm'].iloc[0]} norm), prompt {pid!r}: top token, coloured by {ztitle}",
@@ -88,32 +94,28 @@ def lens_heatmap(result: Result, prompt_id: str | None = None, *, site: str | No
     return fig
 
 
-def _as_summary(item: Any, positions: str) -> pd.DataFrame:
-    from .lens import lens_summary
-
-    if isinstance(item, Result):
-        return lens_summary(item, positions=positions).table if item.method == "logit_lens" else item.table
-    if isinstance(item, pd.DataFrame):
-        return lens_summary(item, positions=positions).table if "is_last" in item.columns else item
-    raise ParameterError(f"lens_curves takes logit_lens results or their summaries, got {type(item).__name__}.")
-
-
-def lens_curves(*results: Any, metrics: tuple[str, ...] = ("mean_prob", "median_rank", "accuracy", "kl_bits"),
-                targets: list[str] | None = None, site: str | None = "resid_post", positions: str = "last") -> Any:
-    """Per-layer curves over a dataset: one panel per metric (target probability, median rank, top-1 accuracy,
-    MRR, KL ...), one colour per target field, one dash style per lens x norm (pass the logit-lens and the
-    tuned-lens results together to compare them). Takes logit_lens results or :func:`lens_summary` results."""
+def lens_curves(*results: Any, metrics: tuple[str, ...] = ("mean_target_prob", "median_target_rank", "accuracy",
+                                                           "kl"),
+                target: str | list[str] | None = None, site: str | None = "resid_post",
+                positions: str = "last") -> Any:
+    """Per-layer curves over a dataset: one panel per metric (target probability, median target rank, top-1
+    accuracy, MRR, KL in nats ...), one colour per target field, one dash style per lens x norm (pass the
+    logit-lens and the tuned-lens results together to compare them). Takes logit_lens results or
+    :func:`~interp.methods.lens.lens_summary` results. ``target``: the target field(s) drawn (default: all)."""
     from plotly.subplots import make_subplots
 
     if not results:
         raise ParameterError("lens_curves needs at least one result.")
-    summary = pd.concat([_as_summary(r, positions) for r in results], ignore_index=True)
+    summary = pd.concat([as_summary(r, positions) for r in results], ignore_index=True)
     for mtr in metrics:
         if mtr not in METRIC_TITLES:
             raise ParameterError(f"metric {mtr!r} is not one of {', '.join(METRIC_TITLES)}.")
     if site is not None and site in set(summary["site"]):
         summary = summary[summary["site"] == site]
-    fields = targets if targets is not None else [f for f in dict.fromkeys(summary["target"]) if f]
+    if target is None:
+        fields = [f for f in dict.fromkeys(summary["target_field"]) if f]
+    else:
+        fields = [target] if isinstance(target, str) else list(target)
     variants = list(dict.fromkeys(zip(summary["lens"], summary["norm"])))
     cols = 2 if len(metrics) > 1 else 1
     nrows = (len(metrics) + cols - 1) // cols
@@ -122,11 +124,12 @@ def lens_curves(*results: Any, metrics: tuple[str, ...] = ("mean_prob", "median_
     shown: set[str] = set()
     for mi, mtr in enumerate(metrics):
         r, c = mi // cols + 1, mi % cols + 1
-        per_target = mtr not in ("kl_bits", "entropy_bits", "ce_bits")
+        per_target = mtr not in DISTRIBUTION_METRICS
         groups = fields if per_target else [fields[0] if fields else ""]
         for vi, (lens_name, norm) in enumerate(variants):
             for fi, f in enumerate(groups):
-                g = summary[(summary["lens"] == lens_name) & (summary["norm"] == norm) & (summary["target"] == f)]
+                g = summary[(summary["lens"] == lens_name) & (summary["norm"] == norm)
+                            & (summary["target_field"] == f)]
                 g = g.sort_values("depth")
                 if g.empty or mtr not in g.columns:
                     continue
@@ -139,7 +142,7 @@ def lens_curves(*results: Any, metrics: tuple[str, ...] = ("mean_prob", "median_
                                 row=r, col=c)
                 shown.add(name)
         fig.update_xaxes(title_text=x_col, row=r, col=c)
-        if mtr == "median_rank":
+        if mtr == "median_target_rank":
             fig.update_yaxes(type="log", row=r, col=c)
     fig.update_layout(title=f"Lens per layer over {int(summary['n'].max()) if len(summary) else 0} prompts "
                             f"({positions} position)", height=330 * nrows + 80)
@@ -147,12 +150,14 @@ def lens_curves(*results: Any, metrics: tuple[str, ...] = ("mean_prob", "median_
 
 
 def lens_figure(result: Result, kind: str = "auto", **kwargs: Any) -> Any:
-    """The registered figure of logit_lens: the layer x position heatmap of one prompt for positions="all"
-    results, the per-layer dataset curves otherwise (``kind="heatmap"`` / ``"curves"`` to choose)."""
+    """The registered figure of logit_lens: the layer x position heatmap of one prompt for results decoded at
+    more than the last position, the per-layer dataset curves otherwise (``kind="heatmap"`` / ``"curves"`` to
+    choose)."""
     if kind == "auto":
-        kind = "heatmap" if result.meta.get("parameters", {}).get("positions") == "all" else "curves"
+        kind = "curves" if bool(result.table["is_last"].all()) else "heatmap"
     if kind == "heatmap":
         return lens_heatmap(result, **kwargs)
     if kind == "curves":
-        return lens_curves(result, **kwargs)
+        positions = "last" if bool(result.table["is_last"].any()) else "all"
+        return lens_curves(result, positions=kwargs.pop("positions", positions), **kwargs)
     raise ParameterError(f"kind={kind!r} is not one of 'auto', 'heatmap', 'curves'.")
