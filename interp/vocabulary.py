@@ -30,15 +30,16 @@ PARAMETERS: dict[str, str] = {
                "aligned by `align`).",
     # shared
     "target": "The prompt field (or fields, where a method scores several) whose text's first token is scored; "
-              "default 'target'.",
+              "default 'target' (None, where a method allows it: the model's own top-1 token).",
     "wrong": "The prompt field whose first token is the contrast answer of a logit difference (None: the target "
              "of the other prompt of the pair).",
     "metric": "What is scored: a name from interp.metrics ('logit_diff', 'prob', 'logprob', 'rank', 'kl'), "
               "patching's 'norm_logit_diff' ((LD - LD_corrupt) / (LD_clean - LD_corrupt) per pair: 1 = clean, "
               "0 = corrupt), or a callable metric (see interp.metrics.MetricFn).",
-    "ablation": "How a component is ablated: for heads 'query' (scale the query by eps: undifferentiated "
-                "attention), 'z' (scale the head's output by eps), 'key', 'mean_value', 'zero'; for experts "
-                "'zero' (drop its output) or 'reroute' (its router logit to -inf before top-k).",
+    "ablation": "How a component is ablated: for heads (interp.ablate_heads) 'query' (scale the head's query by "
+                "eps: undifferentiated attention), 'output' (scale its output z by eps), 'key' (scale its KV "
+                "group's key by eps), 'mean' (z replaced by a mean), 'zero' (z set to 0); for experts 'zero' "
+                "(drop its output) or 'reroute' (its router logit to -inf before top-k).",
     "sites": "Which component kinds are patched, restored, knocked out or decoded: names from interp.sites "
              "('resid_pre', 'resid_mid', 'resid_post', 'attn_out', 'mlp_out', 'z').",
     "layers": "Layer (block) indices, 0-based; None means every layer.",
@@ -146,9 +147,26 @@ COLUMNS: dict[str, str] = {
     "correct": "The top-1 prediction is the target token.",
     # generic values
     "score": "The method's score for the row (its unit is in the schema).",
+    "l2_norm": "The L2 norm of a vector (e.g. a residual-stream state).",
     "kl": "KL divergence, in nats.",
     "entropy": "Entropy of a distribution, in nats.",
     # safety heads
+    "heads": "A set of heads in one cell, written '(0, 2), (1, 0)' ((layer, head) integer pairs; '' for none).",
+    "n_heads": "The number of heads in the row's head set.",
+    "r": "Generalised Ships: the 1-based index of the singular-vector pair whose angle the row holds.",
+    "angle": "Generalised Ships: the principal angle between the r-th singular vectors with and without the "
+             "heads ablated, in degrees.",
+    "sigma_clean": "Generalised Ships: the r-th singular value of M, the final-norm outputs of the clean model.",
+    "sigma_ablated": "Generalised Ships: the r-th singular value of M_A, the final-norm outputs with the heads "
+                     "ablated.",
+    "step": "Sahara: the greedy step (1-based; the size of the group once the step's head is added).",
+    "step_rank": "Sahara: the candidate's rank within its step by score (1 = the head the step adds).",
+    "chosen": "Sahara: the candidate is the head its step adds to the group.",
+    "variant": "attack_success_rate: the name of the variant (the head set ablated, or 'clean').",
+    "variant_group": "attack_success_rate: the variant's name without a trailing ' #i' (draws of one control).",
+    "response": "The generated text (the new tokens only, EOS excluded).",
+    "n_new_tokens": "The number of generated tokens (EOS excluded).",
+    "success": "attack_success_rate: the judge says the attack succeeded on the response.",
     # lens
     "lens": "The lens a row was decoded with: 'logit' (no translator) or 'tuned' (a TunedLens's translators).",
     "norm": "The normalisation a row was decoded with: 'recompute' or 'frozen' (see the parameter norm).",

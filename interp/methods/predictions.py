@@ -27,17 +27,24 @@ SCHEMA = Schema(
 
 
 def predictions_figure(result: Result, max_prompts: int = 8) -> Any:
-    """One bar group per prompt: its top-k next tokens and their probabilities."""
+    """For each of the first ``max_prompts`` prompts, its top-k next tokens by rank: x is the rank, one bar group
+    per rank with one bar per prompt (labelled with its token), so prompts never share a bar."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for pid in list(dict.fromkeys(result.table["prompt_id"]))[:max_prompts]:
+    pids = list(dict.fromkeys(result.table["prompt_id"]))
+    for pid in pids[:max_prompts]:
         rows = result.table[result.table["prompt_id"] == pid]
-        fig.add_trace(go.Bar(name=str(pid), x=[f"#{r} {t!r}" for r, t in zip(rows["prediction_rank"],
-                                                                              rows["predicted_token"])],
-                             y=rows["prob"], hovertemplate="%{x}<br>p=%{y:.4f}<extra>" + str(pid) + "</extra>"))
-    fig.update_layout(title="Next-token predictions at the last prompt position", yaxis_title="probability",
-                      barmode="group")
+        fig.add_trace(go.Bar(name=str(pid), x=[f"#{r}" for r in rows["prediction_rank"]], y=rows["prob"],
+                             text=[repr(t) for t in rows["predicted_token"]], textposition="outside",
+                             customdata=rows["predicted_token"],
+                             hovertemplate="prompt " + str(pid) + "<br>rank %{x}: %{customdata!r}<br>"
+                             "p=%{y:.4f} (probability)<extra></extra>"))
+    shown = min(max_prompts, len(pids))
+    more = f" of {len(pids)}" if len(pids) > shown else ""
+    fig.update_layout(title=f"Top next tokens at the last prompt position ({shown}{more} prompts, one colour each)",
+                      xaxis_title="rank of the predicted token", yaxis_title="probability", barmode="group",
+                      legend_title_text="prompt", autosize=True)
     return fig
 
 

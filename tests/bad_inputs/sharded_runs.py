@@ -24,6 +24,13 @@ def refused_without_writing(tmp_path, method, model, prompts, **params):
         assert not out.exists(), "a refused run wrote its directory"
 
 
+def _with_shard_inputs(fn, **inputs):
+    from interp.registry import shard_inputs
+
+    with shard_inputs(**inputs):
+        return fn()
+
+
 CASES = [
     ("sharded attribution patching with verify_top",
      lambda m, t, d: refused_without_writing(t, "attribution_patching", m, GOOD, corrupt=CORRUPT, verify_top=3,
@@ -46,8 +53,9 @@ CASES = [
     ("sahara split over Ray workers",
      lambda m, t, d: run_on_ray("sahara", d["llama"], GOOD, workers=2, steps=1), ParameterError,
      "sahara needs the whole prompt set at every stage"),
-    ("causal trace with a negative subject std",
-     lambda m, t, d: causal_trace(m, GOOD, subject_std=-1.0), ParameterError, "subject_std must be a positive"),
+    ("causal trace with a negative subject std (a shard input)",
+     lambda m, t, d: _with_shard_inputs(lambda: causal_trace(m, GOOD), subject_std=-1.0), ParameterError,
+     "subject_std must be a positive"),
     ("relation evidence with a token id outside the vocabulary",
      lambda m, t, d: relation_evidence(m, GOOD, attributes=[10**9]), ParameterError,
      "attribute token id 1000000000 is outside the vocabulary"),
