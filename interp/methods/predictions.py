@@ -38,7 +38,7 @@ def predictions_figure(result: Result, max_prompts: int = 8) -> Any:
         fig.add_trace(go.Bar(name=str(pid), x=[f"#{r}" for r in rows["prediction_rank"]], y=rows["prob"],
                              text=[repr(t) for t in rows["predicted_token"]], textposition="outside",
                              customdata=rows["predicted_token"],
-                             hovertemplate="prompt " + str(pid) + "<br>rank %{x}: %{customdata!r}<br>"
+                             hovertemplate="prompt " + str(pid) + "<br>rank %{x}: %{customdata}<br>"
                              "p=%{y:.4f} (probability)<extra></extra>"))
     shown = min(max_prompts, len(pids))
     more = f" of {len(pids)}" if len(pids) > shown else ""
