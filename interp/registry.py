@@ -233,7 +233,7 @@ def register_method(
     *,
     paper: str,
     cost: str,
-    schema: Schema | None = None,
+    schema: Schema,
     inputs: str = "prompts",
     figure: Callable[..., Any] | None = None,
     family: str = "",
@@ -256,7 +256,7 @@ def register_method(
     for a check run, or a function ``(model, prompts) -> dict`` of them) tell the contract tests how to run it."""
     if inputs not in INPUT_KINDS:
         raise ParameterError(f"inputs={inputs!r} is not one of {', '.join(map(repr, INPUT_KINDS))}.")
-    if schema is not None and not isinstance(schema, Schema):
+    if not isinstance(schema, Schema):
         raise ParameterError(f"register_method({name!r}): schema must be an interp.Schema, got {schema!r}.")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -69,16 +69,26 @@ def test_figure_is_plotly():
 def test_registry_lists_and_accepts_a_users_method():
     assert get_method("predictions").cost.startswith("1 forward")
 
-    @interp.register_method("my_count_method", paper="none", cost="0 forwards", replace=True)
+    schema = interp.Schema(keys=(), value="score", unit="prompts", sign="higher", columns={"score": "int"})
+
+    @interp.register_method("my_count_method", paper="none", cost="0 forwards", replace=True, schema=schema)
     def my_count_method(model, prompts, *, factor: int = 2) -> interp.Result:
         """Counts prompts times a factor."""
-        return interp.Result(pd.DataFrame({"score": [len(prompts) * factor]}), interp.make_meta("my_count_method"))
+        return interp.Result(pd.DataFrame({"score": [len(prompts) * factor]}), interp.make_meta())
 
     entry = require_method("my_count_method")
     assert entry.parameters == {"factor": 2} and entry.summary == "Counts prompts times a factor."
     assert "my_count_method" in [e.name for e in list_methods()]
     with pytest.raises(interp.ParameterError, match="already registered"):
-        interp.register_method("my_count_method", paper="", cost="")(lambda m, p: None)
+        interp.register_method("my_count_method", paper="", cost="", schema=schema)(lambda m, p: None)
+    with pytest.raises(TypeError, match="schema"):  # the contract is declared, not remembered
+        interp.register_method("no_schema_method", paper="", cost="")(lambda m, p: None)
+    res = my_count_method(None, ["a", "b"], factor=3)
+    assert res.table["score"].tolist() == [6] and res.meta["parameters"] == {"factor": 3}
+    with pytest.raises(interp.ParameterError, match="undeclared"):  # the table is checked against the schema
+        interp.register_method("bad_table_method", paper="", cost="", schema=schema)(
+            lambda m, p: interp.Result(pd.DataFrame({"score": [1], "extra": [2]}), {}))(None, ["a"])
+    interp.registry._REGISTRY.pop("bad_table_method", None)
 
 
 def test_csv_is_safe_to_open_and_still_exact(tmp_path):

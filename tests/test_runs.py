@@ -26,7 +26,8 @@ import interp
 from interp.methods.predictions import predictions
 from interp.runs import run_resumable
 
-@interp.register_method("slow_predictions", paper="-", cost="1 forward per prompt, then a pause")
+@interp.register_method("slow_predictions", paper="-", cost="1 forward per prompt, then a pause",
+                        schema=interp.get_method("predictions").schema)
 def slow_predictions(model, prompts, *, top_k=3):
     time.sleep(0.4)  # a pause per shard, so the parent can kill the run part-way
     return predictions(model, prompts, top_k=top_k)
@@ -45,7 +46,8 @@ def llama(tiny_model_dirs):
 def test_killed_run_resumes_to_the_uninterrupted_table(llama, tiny_model_dirs, tmp_path):
     from interp.methods.predictions import predictions
 
-    @interp.register_method("slow_predictions", paper="-", cost="1 forward per prompt, then a pause", replace=True)
+    @interp.register_method("slow_predictions", paper="-", cost="1 forward per prompt, then a pause", replace=True,
+                            schema=interp.get_method("predictions").schema)
     def slow_predictions(model, prompts, *, top_k=3):
         return predictions(model, prompts, top_k=top_k)
 
