@@ -4,14 +4,26 @@ Research code calls plain functions that return a :class:`Result`::
 
     import interp
     model = interp.load_model("data/organisms/dense")
-    prompts = interp.PromptSet("data/factual_heldout.jsonl")
+    prompts = interp.PromptSet("data/organisms/corpus/factual.jsonl").filter(split="heldout")
     result = interp.predictions(model, prompts)
     result.table, result.figure(), result.to_parquet("out.parquet")
+
+The modules, in the order a computation flows through them:
+
+- ``model`` (load_model, ModelInfo) -> ``prompts`` (prompt_set, files, tokens, batches)
+- -> ``capture`` / ``hooks`` + ``interventions`` + ``variants`` (the batched forwards), with ``sites`` (component
+  names -> hooks), ``decode`` (residual -> logits), ``metrics`` (what is scored), ``experts`` (MoE internals),
+  ``generation``
+- -> ``methods/`` (one package or module per family), joined through ``registry`` (the contract) and
+  ``vocabulary`` (one name, one meaning)
+- -> ``results`` (Result, exports; ``provenance``, ``atomic``) -> ``viz`` (the figure convention)
+- around them: ``runs`` / ``distributed`` / ``checkpoints`` (sharded, resumable runs), ``cli``, ``demo``
+  (``report``, ``demo_sections``, ``outputs``), ``checks`` (check runs of any method), ``organisms``, ``fixtures``.
 """
 
 __version__ = "0.1.0"
 
-from . import experts, metrics, sites  # noqa: E402
+from . import experts, metrics, sites, viz  # noqa: E402
 from .capture import Capture, capture, head_outputs  # noqa: E402
 from .decode import apply_final_norm, decode, norm_scale, unembed  # noqa: E402
 from .errors import (  # noqa: E402
@@ -65,7 +77,7 @@ from .variants import forward, run_variants  # noqa: E402
 __all__ = [
     "ArchitectureError", "Batch", "Capture", "DeviceError", "Edit", "HookNameError", "InterpError",
     "Intervention", "Model", "ModelInfo", "ModelLoadError", "ParameterError", "PromptError", "PromptSet",
-    "Result", "Schema", "ShardPlan", "SpanError", "TargetTokenWarning", "metrics", "sites",
+    "Result", "Schema", "ShardPlan", "SpanError", "TargetTokenWarning", "metrics", "sites", "viz",
     "ablate_heads", "add_embedding_noise", "apply_final_norm", "as_model", "batches",
     "capture", "decode", "encode", "forward", "gaussian_noise", "get_method", "head_outputs", "hook_snapshot",
     "hooked", "list_methods", "load_model", "make_batch", "make_meta", "mask_attention", "norm_scale", "patch",

@@ -3,8 +3,8 @@ and no registered method uses a parameter or column name outside it."""
 
 from pathlib import Path
 
-from interp.cli import main
 from interp import vocabulary
+from interp.cli import main
 from interp.registry import list_methods
 
 ROOT = Path(__file__).resolve().parents[1]
