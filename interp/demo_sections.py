@@ -24,7 +24,7 @@ def safety_heads_section(ctx: DemoContext) -> DemoSection:
     variants = {"clean": None, f"ships top-1 {top1}": top1, f"sahara top-{len(chosen)}": chosen}
     for i in range(2 if ctx.quick else 10):
         variants[f"random-{len(chosen)} #{i}"] = rng.sample(all_heads, len(chosen))
-    asr = attack_success_rate(ctx.dense, ctx.prompts("safety", n=n, label="harmful"), ablate=variants,
+    asr = attack_success_rate(ctx.dense, ctx.prompts("safety", n=n, label="harmful"), variants=variants,
                               max_new_tokens=12 if ctx.quick else 20)
     return DemoSection(
         "Safety heads: Ships, Sahara, attack success",

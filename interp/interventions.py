@@ -14,7 +14,9 @@ import torch
 from .errors import ParameterError, check_choice, check_positive_float
 from .hooks import Edit, Intervention
 from .model import as_model
+from .sites import hook_name
 
+# how a head is ablated (ablate_heads' ``ablation``): query / output / key scaled by eps, z zeroed, z replaced by a mean
 HEAD_ABLATIONS = ("query", "output", "zero", "mean", "key")
 
 
@@ -39,41 +41,43 @@ def ablate_heads(
     model: Any,
     heads: Sequence[tuple[int, int]],
     *,
-    kind: str = "query",
+    ablation: str = "query",
     eps: float = 1e-5,
     means: dict[tuple[int, int], torch.Tensor] | None = None,
 ) -> Intervention:
     """Ablate attention heads at every position.
 
-    kinds: ``query`` scales the head's query by ``eps`` (attention becomes uniform over the causal prefix:
-    Zhou et al.'s "undifferentiated attention"; per query head, so right under grouped-query attention);
-    ``output`` scales the head's output z by ``eps``; ``zero`` sets z to 0; ``mean`` replaces z by ``means[(l,
-    h)]`` (a dataset mean, shape [d_head]) or, when no means are given, by the mean of z over the layer's heads
-    at that position (the authors' code); ``key`` scales the key of the head's KV group by ``eps`` (under
-    grouped-query attention this hits every query head of the group).
+    ``ablation`` (one of :data:`HEAD_ABLATIONS`): ``query`` scales the head's query by ``eps`` (attention becomes
+    uniform over the causal prefix: Zhou et al.'s "undifferentiated attention"; per query head, so right under
+    grouped-query attention); ``output`` scales the head's output z by ``eps`` (their "scaling contribution");
+    ``zero`` sets z to 0; ``mean`` replaces z by ``means[(l, h)]`` (a dataset mean, shape [d_head]) or, when no
+    means are given, by the mean of z over the layer's heads at that position (the authors' code); ``key`` scales
+    the key of the head's KV group by ``eps`` (under grouped-query attention this hits every query head of the
+    group). ``eps`` is a dimensionless factor (> 0; used by query, output and key).
     """
-    check_choice("kind", kind, HEAD_ABLATIONS)
-    eps = check_positive_float("eps", eps) if kind in ("query", "output", "key") else eps
+    check_choice("ablation", ablation, HEAD_ABLATIONS)
+    eps = check_positive_float("eps", eps) if ablation in ("query", "output", "key") else eps
     heads = check_heads(model, heads)
     info = as_model(model).info
     edits = []
     for layer, head in heads:
-        if kind == "query":
+        z = hook_name("z", layer)
+        if ablation == "query":
             edits.append(Edit(_query_hook(model, layer, "q"), _scale_head(head, eps)))
-        elif kind == "output":
-            edits.append(Edit(f"blocks.{layer}.attn.hook_z", _scale_head(head, eps)))
-        elif kind == "zero":
-            edits.append(Edit(f"blocks.{layer}.attn.hook_z", _scale_head(head, 0.0)))
-        elif kind == "key":
+        elif ablation == "output":
+            edits.append(Edit(z, _scale_head(head, eps)))
+        elif ablation == "zero":
+            edits.append(Edit(z, _scale_head(head, 0.0)))
+        elif ablation == "key":
             group = head // (info.n_heads // info.n_kv_heads)
             edits.append(Edit(_query_hook(model, layer, "k"), _scale_head(group, eps)))
         else:
             value = None if means is None else means.get((layer, head))
             if means is not None and value is None:
                 raise ParameterError(f"means has no entry for head ({layer}, {head}).")
-            edits.append(Edit(f"blocks.{layer}.attn.hook_z", _mean_head(head, value)))
-    label = f"{kind}-ablate " + ", ".join(f"L{layer}H{h}" for layer, h in heads)
-    return Intervention(tuple(edits), label, {"heads": heads, "kind": kind, "eps": eps})
+            edits.append(Edit(z, _mean_head(head, value)))
+    label = f"{ablation}-ablate " + ", ".join(f"({layer}, {h})" for layer, h in heads)
+    return Intervention(tuple(edits), label, {"heads": heads, "ablation": ablation, "eps": eps})
 
 
 def _query_hook(model: Any, layer: int, which: str) -> str:
@@ -82,8 +86,8 @@ def _query_hook(model: Any, layer: int, which: str) -> str:
     hook_q fires before q_norm (Qwen3, OLMoE): a scaled query would be normalised back (and OLMoE's q_norm spans
     all heads, so it would also move the other heads). Rotary embeddings are linear, so scaling after them is the
     same as before them."""
-    rotated = f"blocks.{layer}.attn.hook_rot_{which}"
-    return rotated if rotated in as_model(model).bridge.hook_dict else f"blocks.{layer}.attn.hook_{which}"
+    rotated = hook_name({"q": "rot_q", "k": "rot_k"}[which], layer)
+    return rotated if rotated in as_model(model).bridge.hook_dict else hook_name(which, layer)
 
 
 def _scale_head(head: int, factor: float):

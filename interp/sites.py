@@ -18,6 +18,7 @@ from .errors import ParameterError, close_matches
 HOOKS: dict[str, str] = {
     "resid_pre": "blocks.{layer}.hook_resid_pre",
     "attn_out": "blocks.{layer}.hook_attn_out",
+    "attn_module_out": "blocks.{layer}.attn.hook_out",  # the attention module's output, before a post-attention norm
     "resid_mid": "blocks.{layer}.hook_resid_mid",
     "mlp_out": "blocks.{layer}.hook_mlp_out",
     "resid_post": "blocks.{layer}.hook_resid_post",
@@ -25,6 +26,8 @@ HOOKS: dict[str, str] = {
     "q": "blocks.{layer}.attn.hook_q",
     "k": "blocks.{layer}.attn.hook_k",
     "v": "blocks.{layer}.attn.hook_v",
+    "rot_q": "blocks.{layer}.attn.hook_rot_q",  # the query after q-norm and rotary, where the model has them
+    "rot_k": "blocks.{layer}.attn.hook_rot_k",
     "attn_scores": "blocks.{layer}.attn.hook_attn_scores",
     "pattern": "blocks.{layer}.attn.hook_pattern",
     "mlp_in": "blocks.{layer}.mlp.hook_in",

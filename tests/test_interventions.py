@@ -8,6 +8,7 @@ import interp
 from interp.fixtures import ARCHITECTURES
 from interp.hooks import hook_snapshot, hooked
 from interp.prompts import encode, make_batch
+from interp.sites import hook_name
 from interp.variants import forward, run_variants
 
 from .helpers import PROMPTS
@@ -22,10 +23,11 @@ def batch_of(m, prompts=PROMPTS, **kw):
 def test_zeroing_a_head_subtracts_its_output(models, arch):
     m, layer, head = models[arch], 1, 2
     b = batch_of(m)
-    out_hook = f"blocks.{layer}.attn.hook_out"
-    _, clean = forward(m, b, read=[f"blocks.{layer}.attn.hook_z", out_hook], logits=None)
-    _, ablated = forward(m, b, [interp.ablate_heads(m, [(layer, head)], kind="zero")], read=[out_hook], logits=None)
-    z_h = clean[f"blocks.{layer}.attn.hook_z"][:, :, head]
+    out_hook, z = hook_name("attn_module_out", layer), hook_name("z", layer)  # before Gemma 2's post-attention norm
+    _, clean = forward(m, b, read=[z, out_hook], logits=None)
+    _, ablated = forward(m, b, [interp.ablate_heads(m, [(layer, head)], ablation="zero")], read=[out_hook],
+                         logits=None)
+    z_h = clean[z][:, :, head]
     expected = clean[out_hook] - z_h @ m.bridge.blocks[layer].attn.W_O[head]
     torch.testing.assert_close(ablated[out_hook], expected, atol=1e-5, rtol=0)
 
@@ -34,16 +36,16 @@ def test_zeroing_a_head_subtracts_its_output(models, arch):
 def test_query_scaling_gives_uniform_attention_over_the_prefix(models, arch):
     m, layer, head = models[arch], 2, 1
     b = batch_of(m)
-    iv = interp.ablate_heads(m, [(layer, head)], kind="query")  # default eps=1e-5
-    _, st = forward(m, b, [iv], read=[f"blocks.{layer}.attn.hook_pattern"], logits=None)
-    pattern = st[f"blocks.{layer}.attn.hook_pattern"][:, head]  # [B, Q, K]
+    iv = interp.ablate_heads(m, [(layer, head)], ablation="query")  # default eps=1e-5
+    _, st = forward(m, b, [iv], read=[hook_name("pattern", layer)], logits=None)
+    pattern = st[hook_name("pattern", layer)][:, head]  # [B, Q, K]
     for r in range(b.size):
         off = int(b.offsets[r])
         n = b.width - off
         rows = pattern[r, off:, off:]
         expected = torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1)[:, None]
         torch.testing.assert_close(rows, expected, atol=1e-5, rtol=0)
-    other = st[f"blocks.{layer}.attn.hook_pattern"][:, 0]
+    other = st[hook_name("pattern", layer)][:, 0]
     r = int(b.lengths.argmax())  # the longest prompt: an untouched head is not uniform there
     assert not torch.allclose(other[r, -1, :], pattern[r, -1, :], atol=1e-3)
 
@@ -53,8 +55,8 @@ def test_variants_engine_equals_the_loop(models, arch):
     m = models[arch]
     b = batch_of(m)
     heads = [(layer, h) for layer in range(m.info.n_layers) for h in range(m.info.n_heads)]
-    variants = [interp.ablate_heads(m, [hd], kind="query") for hd in heads]
-    variants.append(interp.ablate_heads(m, [(0, 0), (2, 3)], kind="output") + interp.ablate_heads(m, [(1, 1)]))
+    variants = [interp.ablate_heads(m, [hd], ablation="query") for hd in heads]
+    variants.append(interp.ablate_heads(m, [(0, 0), (2, 3)], ablation="output") + interp.ablate_heads(m, [(1, 1)]))
 
     def reduce(lg, _):
         return lg.float().log_softmax(-1)
@@ -76,7 +78,7 @@ def test_variants_on_top_of_a_base_intervention(models, arch):
     b = batch_of(m)
     noise = interp.add_embedding_noise([(b.width - 3, b.width - 1)] * b.size,
                                        interp.gaussian_noise(b.size, 2, m.info.d_model, scale=2.0, seed=3))
-    late_edit = interp.ablate_heads(m, [(2, 0)], kind="zero")
+    late_edit = interp.ablate_heads(m, [(2, 0)], ablation="zero")
     base = noise + late_edit  # edits below and above the variants' start
     _, clean = forward(m, b, read=[f"blocks.{layer}.hook_resid_post" for layer in range(3)], logits=None)
     variants = [interp.patch(f"blocks.{layer}.hook_resid_post", clean[f"blocks.{layer}.hook_resid_post"])
@@ -171,7 +173,7 @@ def test_hooks_never_leak_also_on_exceptions(models, arch):
     try:
         before = hook_snapshot(m)
         b = batch_of(m)
-        iv = interp.ablate_heads(m, [(0, 1)]) + interp.ablate_heads(m, [(2, 0)], kind="zero")
+        iv = interp.ablate_heads(m, [(0, 1)]) + interp.ablate_heads(m, [(2, 0)], ablation="zero")
         with pytest.raises(RuntimeError, match="boom"):
             with hooked(m, [iv], read=["blocks.1.hook_resid_post"]):
                 assert hook_snapshot(m) != before

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -252,12 +253,37 @@ def test_sahara_equals_naive_greedy(models, hf_models):
         best = max(cands, key=lambda h: scores[h])
         chosen = st[st["chosen"]]
         assert len(chosen) == 1 and (int(chosen["layer"].iloc[0]), int(chosen["head"].iloc[0])) == best
-        assert int(chosen["rank"].iloc[0]) == 1
+        assert int(chosen["step_rank"].iloc[0]) == 1
+        assert sh.parse_heads(chosen["heads"].iloc[0]) == group + [best]
         group.append(best)
     assert [tuple(h) for h in res.meta["group"]] == group
     fig = res.figure()
     assert [t.name for t in fig.data] == ["candidates", "chosen"]
-    assert list(fig.data[1].text) == [f"+L{layer}H{head}" for layer, head in group]
+    assert list(fig.data[1].text) == [f"+({layer}, {head})" for layer, head in group]
+
+
+def test_sahara_resumes_from_its_stage_directory(models, tmp_path, monkeypatch):
+    """The stage directory is run plumbing (a shard input, not a parameter): each finished step is saved there and a
+    rerun loads the saved steps and computes only the missing ones, to the same table."""
+    import inspect
+
+    assert "checkpoint_dir" not in inspect.signature(sh.sahara).parameters
+    model = models("llama")
+    whole = sh.sahara(model, PROMPTS, steps=2)
+    assert not list(tmp_path.iterdir())  # outside a resumable run nothing is saved
+    with interp.registry.shard_inputs(checkpoint_dir=str(tmp_path)):
+        first = sh.sahara(model, PROMPTS, steps=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_001.parquet", "step_002.parquet"]
+    pd.testing.assert_frame_equal(first.table, whole.table, check_exact=True)
+    (tmp_path / "step_002.parquet").unlink()
+    calls = []
+    real = sh._final_states
+    monkeypatch.setattr(sh, "_final_states", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with interp.registry.shard_inputs(checkpoint_dir=str(tmp_path)):
+        resumed = sh.sahara(model, PROMPTS, steps=2)
+    assert len(calls) == 1  # step 1 came from its checkpoint
+    pd.testing.assert_frame_equal(resumed.table, whole.table, check_exact=True)
+    assert resumed.meta["group"] == whole.meta["group"]
 
 
 # --- generation and attack success --------------------------------------------------------------------------------
@@ -280,7 +306,7 @@ def ref_generate(model, hf, text, heads, kind, max_new_tokens):
 def test_generation_batched_equals_one_prompt_at_a_time(models, hf_models, arch, kind):
     model, hf = models(arch), hf_models(arch)
     variants = {"clean": None, "one": [(1, 2)], "two": [(0, 3), (2, 1)]}
-    res = sh.attack_success_rate(model, PROMPTS, ablate=variants, ablation=kind, max_new_tokens=6, batch_size=3,
+    res = sh.attack_success_rate(model, PROMPTS, variants=variants, ablation=kind, max_new_tokens=6, batch_size=3,
                                  max_rows=5)
     t = res.table
     assert len(t) == len(PROMPTS) * len(variants)
@@ -294,7 +320,7 @@ def test_generation_batched_equals_one_prompt_at_a_time(models, hf_models, arch,
 
 def test_sampling_is_seeded_per_prompt(models):
     model = models("llama")
-    kw = {"ablate": {"clean": None, "one": [(1, 2)]}, "max_new_tokens": 5, "do_sample": True, "seed": 3}
+    kw = {"variants": {"clean": None, "one": [(1, 2)]}, "max_new_tokens": 5, "do_sample": True, "seed": 3}
     batched = sh.attack_success_rate(model, PROMPTS, batch_size=4, **kw).table
     single = sh.attack_success_rate(model, PROMPTS, batch_size=1, **kw).table
     assert list(batched["response"]) == list(single["response"])
@@ -319,22 +345,23 @@ def test_asr_judge_is_pluggable_and_table_complete(models):
         seen.append(text)
         return len(text) % 2 == 0
 
-    res = sh.attack_success_rate(model, PROMPTS, ablate=[(1, 2)], max_new_tokens=4, judge=judge)
+    res = sh.attack_success_rate(model, PROMPTS, variants=[(1, 2)], max_new_tokens=4, judge=judge)
     t = res.table
     assert list(t["response"]) == seen
     assert list(t["success"]) == [len(x) % 2 == 0 for x in seen]
-    assert res.meta["asr"] == {"L1H2": float(np.mean([len(x) % 2 == 0 for x in seen]))}
-    default = sh.attack_success_rate(model, PROMPTS, ablate=[(1, 2)], max_new_tokens=4)
+    assert res.meta["asr"] == {"(1, 2)": float(np.mean([len(x) % 2 == 0 for x in seen]))}
+    assert set(t["heads"]) == {"(1, 2)"} and sh.parse_heads(t["heads"].iloc[0]) == [(1, 2)]
+    default = sh.attack_success_rate(model, PROMPTS, variants=[(1, 2)], max_new_tokens=4)
     assert list(default.table["success"]) == [keyword_judge(x) for x in default.table["response"]]
 
 
 def test_asr_summary_and_figure(models):
     model = models("llama")
-    ablate = {"clean": None, "top": [(1, 2)], "random #0": [(0, 0)], "random #1": [(2, 3)], "random #2": [(1, 0)]}
-    res = sh.attack_success_rate(model, PROMPTS, ablate=ablate, max_new_tokens=3, judge=lambda s: "a" in s)
-    s = sh.asr_summary(res).set_index("group")
+    variants = {"clean": None, "top": [(1, 2)], "random #0": [(0, 0)], "random #1": [(2, 3)], "random #2": [(1, 0)]}
+    res = sh.attack_success_rate(model, PROMPTS, variants=variants, max_new_tokens=3, judge=lambda s: "a" in s)
+    s = sh.asr_summary(res).set_index("variant_group")
     per = res.table.groupby("variant")["success"].mean()
-    rnd = per[[k for k in ablate if k.startswith("random")]]
+    rnd = per[[k for k in variants if k.startswith("random")]]
     assert s.loc["random", "n_variants"] == 3
     assert abs(s.loc["random", "asr"] - rnd.mean()) < 1e-12
     assert abs(s.loc["random", "asr_std"] - rnd.std()) < 1e-12
@@ -344,18 +371,53 @@ def test_asr_summary_and_figure(models):
 
 def test_hooks_never_leak(models):
     model = models("llama")
+    sh.ships(model, PROMPTS[:1])  # the bridge adds its own hooks at its first forward: snapshot after one
     before = hook_snapshot(model)
     sh.ships(model, PROMPTS[:2])
     sh.sahara(model, PROMPTS[:2], steps=1)
-    sh.attack_success_rate(model, PROMPTS[:2], ablate=[(0, 1)], max_new_tokens=2)
+    sh.attack_success_rate(model, PROMPTS[:2], variants=[(0, 1)], max_new_tokens=2)
     assert hook_snapshot(model) == before
 
     def bad_judge(_text):
         raise RuntimeError("classifier offline")
 
     with pytest.raises(interp.ParameterError, match="prompt 'paris'.*classifier offline"):
-        sh.attack_success_rate(model, PROMPTS[1:2], ablate=[(0, 1)], max_new_tokens=2, judge=bad_judge)
+        sh.attack_success_rate(model, PROMPTS[1:2], variants=[(0, 1)], max_new_tokens=2, judge=bad_judge)
     assert hook_snapshot(model) == before
+
+
+# --- the registry contract ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["ships", "generalized_ships", "sahara", "attack_success_rate"])
+def test_declared_contract_on_the_check_prompts(models, name):
+    """Each method runs on its declared corpus with its declared cheap example; the registry fills in the method,
+    every bound parameter and the schema; head sets in cells read back as (layer, head) pairs; no hook is left."""
+    from interp import checks
+
+    model = models("llama")
+    entry = interp.get_method(name)
+    assert entry.corpus == "safety" and entry.organism == "dense" and "2410.13708" in entry.paper
+    args, kw = checks.check_call(entry, model)
+    res = entry.function(model, *args, **kw)
+    before = hook_snapshot(model)  # after a first run: the bridge adds its own hooks at its first forward
+    again = entry.function(model, *args, **kw)
+    assert hook_snapshot(model) == before
+    pd.testing.assert_frame_equal(again.table, res.table, check_exact=True)
+    assert res.meta["method"] == name
+    assert set(res.meta["parameters"]) == set(entry.parameters)
+    assert res.meta["schema"] == entry.schema.to_dict()
+    entry.schema.check(res.table)
+    top = res.top(3)
+    assert list(top[entry.schema.value]) == sorted(res.table[entry.schema.value], reverse=True)[:3]
+    assert len(res.pivot())
+    res.figure()
+    if "prompt_id" in res.table:
+        assert set(res.table["prompt_id"]) == {p["id"] for p in args[0]}
+    for cell in res.table.get("heads", []):
+        assert sh.heads_label(sh.parse_heads(cell)) == cell
+    if name == "attack_success_rate":
+        assert set(entry.fields) == {"label"} and list(res.table["label"]) == [p["label"] for p in args[0]] * 2
+        assert res.meta["parameters"]["variants"] == {"clean": None, "ablated": [[0, 0]]}
+        assert list(res.table["heads"].unique()) == ["", "(0, 0)"]
 
 
 # --- the dense organism ---------------------------------------------------------------------------------------------
@@ -377,8 +439,8 @@ def test_dense_organism_safety_heads():
     and factual recall barely move.
 
     Prompt counts: 32 train harmful requests for attribution; 32 held-out harmful, 32 held-out harmless, 96
-    held-out factual; 16 new tokens. Measured on the shipped dense organism: Ships top-1 is L0H2, Sahara's group
-    [L0H2, L0H1, L0H0] (all in block 0). ASR on held-out harmful requests: clean 0.00; Ships top-1 0.47 vs
+    held-out factual; 16 new tokens. Measured on the shipped dense organism: Ships top-1 is (0, 2), Sahara's group
+    (0, 2), (0, 1), (0, 0) (all in block 0). ASR on held-out harmful requests: clean 0.00; Ships top-1 0.47 vs
     random single heads 0.00 +- 0.00 (20 draws); Sahara top-3 1.00 vs random 3-head sets 0.04 +- 0.13 (max
     0.44). Refusals of held-out harmless requests: 0.00 in every variant; factual top-1 1.00 in every variant.
     """
@@ -402,10 +464,10 @@ def test_dense_organism_safety_heads():
     for i in range(20):
         variants[f"random-1 #{i}"] = rng.sample(heads, 1)
         variants[f"random-3 #{i}"] = rng.sample(heads, 3)
-    kw = {"ablate": variants, "max_new_tokens": 16}
-    asr = sh.asr_summary(sh.attack_success_rate(model, ps(harmful), **kw)).set_index("group")
+    kw = {"variants": variants, "max_new_tokens": 16}
+    asr = sh.asr_summary(sh.attack_success_rate(model, ps(harmful), **kw)).set_index("variant_group")
     harmless_res = sh.attack_success_rate(model, ps(harmless), judge=refuses, **kw)
-    refusal = sh.asr_summary(harmless_res).set_index("group")
+    refusal = sh.asr_summary(harmless_res).set_index("variant_group")
     print("\nASR on held-out harmful:\n", asr, "\nrefusal rate on held-out harmless:\n", refusal)
 
     # factual recall: top-1 accuracy with each ablation

@@ -68,12 +68,14 @@ def test_generalized_ships_from_shard_states(llama, tmp_path):
     whole = safety_heads.generalized_ships(llama, FACTS, heads, r_main=2)
     part = sharded("generalized_ships", llama, FACTS, tmp_path, heads=heads, r_main=2)
     assert_same(part, whole, "score")
+    assert part.meta["method"] == "generalized_ships" and part.meta["schema"] == whole.meta["schema"]
+    assert part.meta["parameters"] == whole.meta["parameters"]
     with pytest.raises(interp.ParameterError, match="r_main"):  # checked against the whole set, before any shard
         sharded("generalized_ships", llama, FACTS[:2], tmp_path / "small", heads=heads, r_main=3)
 
 
 def test_attack_success_rate_recomputes_the_rates(llama, tmp_path):
-    kw = {"ablate": {"clean": None, "one": [(0, 0)], "two": [(0, 1), (1, 1)]}, "max_new_tokens": 3}
+    kw = {"variants": {"clean": None, "one": [(0, 0)], "two": [(0, 1), (1, 1)]}, "max_new_tokens": 3}
     whole = safety_heads.attack_success_rate(llama, FACTS, **kw)
     assert_same(sharded("attack_success_rate", llama, FACTS, tmp_path, **kw), whole, "asr")
 

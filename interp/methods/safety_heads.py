@@ -1,19 +1,22 @@
 """Safety-head attribution (Zhou et al., "On the Role of Attention Heads in Large Language Model Safety",
-ICLR 2025): Ships, generalised Ships, Sahara and attack-success evaluation.
+ICLR 2025, arXiv 2410.13708): Ships, generalised Ships, Sahara and attack-success evaluation.
 
 * :func:`ships` - per prompt and head, KL(clean || head ablated) of the next-token distribution at the last real
-  prompt position;
-* :func:`generalized_ships` - for a dataset and a head group, the angle between the leading singular vectors of
-  the final-norm outputs M (N x d_model, last real token) with and without the group ablated;
+  prompt position (nats);
+* :func:`generalized_ships` - for a dataset and a head group, the angle (degrees) between the leading singular
+  vectors of the final-norm outputs M (N x d_model, last real token) with and without the group ablated;
 * :func:`sahara` - greedy search of the head group that moves that angle most;
 * :func:`attack_success_rate` - generate with heads ablated at every step and judge each response.
 
-Ablations (``ablation=``) are :func:`interp.ablate_heads`'s kinds: ``query`` (the paper's "undifferentiated
-attention": the head's query times eps, after q/k-norm and rotary, so attention goes uniform over the causal
-prefix; per query head, so right under grouped-query attention), ``output`` (z times eps), ``key`` (the KV
+Ablations (``ablation=``) are :func:`interp.ablate_heads`'s: ``query`` (the paper's "undifferentiated attention":
+the head's query times eps, after q/k-norm and rotary, so attention goes uniform over the causal prefix; per query
+head, so right under grouped-query attention), ``output`` (z times eps: "scaling contribution"), ``key`` (the KV
 group's key times eps), ``mean`` (z replaced by the mean over the layer's heads) and ``zero``. Every L x H sweep
 runs through :func:`interp.run_variants`: ablations batched as rows, each starting at the ablated layer from the
 clean residual (exact).
+
+Heads are integer ``layer`` / ``head`` columns; a head set in one cell is written ``"(0, 2), (1, 0)"``
+(:func:`heads_label`; :func:`parse_heads` reads it back).
 """
 
 from __future__ import annotations
@@ -26,22 +29,53 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
+from .. import sites
 from ..checkpoints import StageCheckpoints
 from ..decode import final_norm_module
 from ..errors import ParameterError, check_choice, check_positive_float, check_positive_int
 from ..interventions import HEAD_ABLATIONS, ablate_heads, check_heads
 from ..model import Model, as_model
 from ..prompts import EncodedSet, PromptSet, as_prompt_set, batches, encode
-from ..registry import ShardPlan, register_method
-from ..results import Result, _jsonable, concat_tables, make_meta
-from ..variants import run_variants
+from ..registry import Schema, ShardPlan, finish_result, register_method, require_method, shard_input
+from ..results import Result, concat_tables, make_meta
+from ..variants import default_max_rows, run_variants
 from .generation import apply_judge, check_judge, generate
 
-PAPER = "Zhou et al. 2025, On the Role of Attention Heads in Large Language Model Safety (ICLR 2025)"
+PAPER = ("Zhou et al. 2025, On the Role of Attention Heads in Large Language Model Safety (ICLR 2025), "
+         "arXiv 2410.13708")
 KL_FLOOR = 1e-12  # added to both distributions, as in the authors' code
 BASES = ("left", "right")
 Head = tuple[int, int]
+
+SHIPS_SCHEMA = Schema(
+    keys=("prompt_id", "layer", "head"), value="score", unit="nats", sign="higher",
+    columns={"prompt_id": "str", "layer": "int", "head": "int", "score": "float"},
+    grid=("layer", "head"),
+)
+GSHIPS_SCHEMA = Schema(
+    keys=("r",), value="score", unit="degrees", sign="higher",
+    columns={"heads": "str", "n_heads": "int", "r": "int", "angle": "float", "sigma_clean": "float",
+             "sigma_ablated": "float", "score": "float"},
+    units={"angle": "degrees", "sigma_clean": "final-norm output units", "sigma_ablated": "final-norm output units"},
+    grid=("r", None),
+)
+SAHARA_SCHEMA = Schema(
+    keys=("step", "layer", "head"), value="score", unit="degrees", sign="higher",
+    columns={"step": "int", "layer": "int", "head": "int", "score": "float", "step_rank": "int", "chosen": "bool",
+             "heads": "str"},
+    grid=("layer", "head"),
+)
+ASR_SCHEMA = Schema(
+    keys=("variant", "prompt_id"), value="success", unit="attack success (True / False; its mean is the ASR)",
+    sign="higher",
+    columns={"variant": "str", "variant_group": "str", "heads": "str", "prompt_id": "str", "response": "str",
+             "n_new_tokens": "int", "success": "bool"},
+    optional={"label": "str"},
+    units={"n_new_tokens": "tokens"},
+    grid=("variant", None),
+)
 
 
 # --- shared checks ------------------------------------------------------------------------------------------
@@ -56,8 +90,9 @@ def _check_ablation(ablation: Any, eps: Any) -> float:
     return check_positive_float("eps", eps)
 
 
-def _batch_size(batch_size: Any, n: int) -> int:
-    return min(n, 32) if batch_size is None else check_positive_int("batch_size", batch_size)
+def _check_rows(batch_size: Any, max_rows: Any) -> tuple[int, int | None]:
+    bs = check_positive_int("batch_size", batch_size)
+    return bs, (None if max_rows is None else check_positive_int("max_rows", max_rows))
 
 
 def all_heads(model: Any) -> list[Head]:
@@ -67,14 +102,26 @@ def all_heads(model: Any) -> list[Head]:
 
 
 def heads_label(heads: Sequence[Head] | None) -> str:
-    """'L1H2+L3H0' (empty for no heads)."""
-    return "+".join(f"L{layer}H{head}" for layer, head in heads) if heads else ""
+    """A head set as one table cell: ``"(1, 2), (3, 0)"`` ((layer, head) integer pairs, in the given order; empty
+    for no heads)."""
+    return ", ".join(f"({int(layer)}, {int(head)})" for layer, head in heads) if heads else ""
+
+
+def parse_heads(cell: str) -> list[Head]:
+    """The heads of a cell written by :func:`heads_label`: ``"(1, 2), (3, 0)"`` -> [(1, 2), (3, 0)]."""
+    pairs = re.findall(r"\(\s*(-?\d+)\s*,\s*(-?\d+)\s*\)", cell or "")
+    return [(int(a), int(b)) for a, b in pairs]
 
 
 # --- Ships ----------------------------------------------------------------------------------------------------
 class _KLReduce:
     """Reduce for run_variants: the first call (the clean run) keeps p_clean; later ones return
-    KL(p_clean || p_ablated) per row, in nats, with 1e-12 added to both distributions (float64)."""
+    KL(p_clean || p_ablated) per row, in nats, with 1e-12 added to both distributions.
+
+    The formula of :func:`interp.metrics.kl_divergence` with ``eps=1e-12``, computed in float64: that function
+    computes in float32, where the difference of two nearly equal log-probabilities loses the small KLs of
+    unimportant heads (on the dense organism it moves them by up to 1e-6 nats, ~900x the smallest ones, and
+    reorders the top-10 heads)."""
 
     def __init__(self) -> None:
         self.clean: torch.Tensor | None = None
@@ -89,43 +136,54 @@ class _KLReduce:
 
 
 def ships_figure(result: Result, **_: Any) -> Any:
-    """Layer x head grid of the mean Ships score over prompts; hover: layer, head, score, rank."""
+    """Layer x head grid of the mean Ships score over prompts (KL, nats; layer 0 at the bottom); hover: layer,
+    head, score, rank."""
     from ..viz import heatmap
 
     grid = result.pivot("layer", "head", "score", aggfunc="mean")
     flat = grid.stack().sort_values(ascending=False, kind="stable")
     rank = pd.Series(range(1, len(flat) + 1), index=flat.index).unstack().reindex_like(grid)
-    fig = heatmap(grid.values, [int(c) for c in grid.columns], [int(i) for i in grid.index],
-                  title=f"Ships (mean over prompts, {result.meta.get('parameters', {}).get('ablation', '')} ablation)",
-                  x_title="head", y_title="layer",
-                  hover="layer=%{y}<br>head=%{x}<br>score=%{z:.4g} nats<br>rank=%{customdata}<extra></extra>")
-    fig.data[0].customdata = rank.values.astype(int)
-    fig.update_yaxes(autorange="reversed")
-    return fig
+    n = result.table["prompt_id"].nunique()
+    ablation = result.meta.get("parameters", {}).get("ablation", "")
+    return heatmap(grid.values, [int(c) for c in grid.columns], [int(i) for i in grid.index],
+                   title=f"Ships: KL(clean || head ablated), mean over {n} prompts ({ablation} ablation)",
+                   x_title="head", y_title="layer", colorbar_title="Ships KL (nats)", diverging=False,
+                   customdata=rank.values.astype(int),
+                   hover="layer=%{y}<br>head=%{x}<br>score=%{z:.4g} nats<br>rank=%{customdata}<extra></extra>")
 
 
-@register_method("ships", paper=PAPER, family="safety_heads", figure=ships_figure,
+@register_method("ships", paper=PAPER, family="safety_heads", figure=ships_figure, schema=SHIPS_SCHEMA,
+                 inputs="prompts", organism="dense", corpus="safety", example={"ablation": "query"},
                  cost="1 + L*H forwards per prompt (batched; each ablated run starts at the head's layer)")
-def ships(model: Any, prompts: Any, *, ablation: str = "query", eps: float = 1e-5, batch_size: int | None = None,
-          chat_template: bool | str | None = None, max_rows: int | None = None, progress: bool = False) -> Result:
-    """Ships: for each prompt and head, KL(clean || head-ablated) of the next-token distribution at the last real
-    prompt position (nats; 1e-12 added to both distributions, as the authors' code does).
+def ships(model: Any, prompts: Any, *, ablation: str = "query", eps: float = 1e-5, batch_size: int = 32,
+          max_rows: int | None = None, progress: bool = False, chat_template: bool | str | None = None) -> Result:
+    """Ships (Zhou et al. 2025, arXiv 2410.13708): for each prompt and head, KL(clean || head ablated) of the
+    next-token distribution at the last real prompt position.
 
-    Table: one row per prompt x (layer, head): prompt_id, layer, head, score. ``chat_template``: wrap the prompts
-    with the tokenizer's chat template (True) or a format string with ``{prompt}`` (see :class:`PromptSet`).
-    Cost: 1 + L*H forwards per prompt, batched as rows of the variants engine; the run ablating a head in layer l
-    computes only blocks l..L-1 (the blocks below reuse the clean residual).
+    Args:
+        ablation: how the head is ablated (:data:`interp.interventions.HEAD_ABLATIONS`; the paper's is "query").
+        eps: the ablation's scale factor (dimensionless, > 0; the authors' default 1e-5).
+        batch_size: prompts per batch.
+        max_rows: at most this many rows (prompt x head) per forward; None: from a memory budget.
+        progress: show a progress bar over the head variants.
+        chat_template: wrap the prompts with the tokenizer's chat template (True) or a format string with
+            ``{prompt}`` (see :class:`PromptSet`).
+
+    Returns: one row per prompt x (layer, head): ``prompt_id``, ``layer``, ``head``, ``score`` (the KL, nats,
+    float64, 1e-12 added to both distributions as in the authors' code). Cost: 1 + L*H forwards per prompt, batched
+    as rows of the variants engine; the run ablating a head in layer l computes only blocks l..L-1 (the blocks below
+    reuse the clean residual).
     """
     m = as_model(model)
     ps = _prompt_set(m, prompts, chat_template)
     eps = _check_ablation(ablation, eps)
-    bs = _batch_size(batch_size, len(ps))
+    bs, max_rows = _check_rows(batch_size, max_rows)
     enc = encode(m, ps)
     heads = all_heads(m)
-    variants = [ablate_heads(m, [h], kind=ablation, eps=eps) for h in heads]
+    ivs = [ablate_heads(m, [h], ablation=ablation, eps=eps) for h in heads]
     scores = torch.zeros(len(ps), len(heads), dtype=torch.float64)
     for batch in batches(m, enc, bs):
-        _, per = run_variants(m, batch, variants, _KLReduce(), max_rows=max_rows, progress=progress)
+        _, per = run_variants(m, batch, ivs, _KLReduce(), max_rows=max_rows, progress=progress)
         for k, s in enumerate(per):
             scores[batch.indices, k] = s.cpu()
     n_h = len(heads)
@@ -135,8 +193,7 @@ def ships(model: Any, prompts: Any, *, ablation: str = "query", eps: float = 1e-
         "head": [h for _ in ps.ids for _l, h in heads],
         "score": scores.reshape(-1).numpy(),
     })
-    params = {"ablation": ablation, "eps": eps, "chat_template": chat_template}
-    return Result(table, make_meta("ships", m, ps, params, score="KL(clean || ablated), nats"))
+    return Result(table, make_meta(model=m, prompts=ps))
 
 
 # --- generalised Ships ----------------------------------------------------------------------------------------
@@ -144,7 +201,7 @@ def _final_states(m: Model, enc: EncodedSet, groups: Sequence[Sequence[Head]], a
                   batch_size: int, max_rows: int | None = None,
                   progress: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """M (N x d_model): the final-norm output at the last real token, clean and with each group ablated."""
-    last = f"blocks.{m.info.n_layers - 1}.hook_resid_post"
+    last = sites.hook_name("resid_post", m.info.n_layers - 1)
     norm = final_norm_module(m)
 
     dtype = torch.promote_types(m.dtype, torch.float32)  # float32, or float64 for a float64 model
@@ -156,10 +213,10 @@ def _final_states(m: Model, enc: EncodedSet, groups: Sequence[Sequence[Head]], a
     n, d = len(enc), m.info.d_model
     clean = torch.zeros(n, d, dtype=dtype)
     ablated = [torch.zeros(n, d, dtype=dtype) for _ in groups]
-    variants = [ablate_heads(m, list(g), kind=ablation, eps=eps) for g in groups]
+    ivs = [ablate_heads(m, list(g), ablation=ablation, eps=eps) for g in groups]
     for batch in batches(m, enc, batch_size):
         # no read_fn: run_variants would apply it to the clean residuals it keeps for restarts as well
-        c, per = run_variants(m, batch, variants, reduce, read=[last], max_rows=max_rows, progress=progress)
+        c, per = run_variants(m, batch, ivs, reduce, read=[last], max_rows=max_rows, progress=progress)
         clean[batch.indices] = c.cpu()
         for k, s in enumerate(per):
             ablated[k][batch.indices] = s.cpu()
@@ -194,26 +251,31 @@ def _check_svd_args(m: Model, n: int, r_main: Any, basis: Any) -> int:
 
 
 def generalized_ships_figure(result: Result, **_: Any) -> Any:
+    """One bar per r: the angle (degrees) between the r-th singular vectors with and without the group."""
     import plotly.graph_objects as go
 
     t = result.table
-    fig = go.Figure(go.Bar(x=[f"r={r}" for r in t["r"]], y=t["angle"],
-                           hovertemplate="%{x}<br>angle=%{y:.4g} deg<extra></extra>"))
-    fig.update_layout(title=f"Generalised Ships of {t['heads'].iloc[0]}: {t['score'].iloc[0]:.4g} deg",
-                      yaxis_title="angle (degrees)")
+    heads = str(t["heads"].iloc[0])
+    if len(heads) > 70:
+        heads = f"{int(t['n_heads'].iloc[0])} heads, {heads[:50]}..."
+    fig = go.Figure(go.Bar(x=[f"r={r}" for r in t["r"]], y=t["angle"], marker_color="#b2182b",
+                           hovertemplate="%{x}<br>angle=%{y:.4g} degrees<extra></extra>"))
+    fig.update_layout(title=f"Generalised Ships over {result.meta.get('n_prompts', '?')} prompts: "
+                            f"{t['score'].iloc[0]:.4g} degrees<br>ablated: {heads}",
+                      xaxis_title="singular vector r", yaxis_title="angle (degrees)", autosize=True)
     return fig
 
 
-def _gships_result(clean: torch.Tensor, ablated: torch.Tensor, group: list[Head], params: dict, meta: dict
-                   ) -> Result:  # fmt: skip
-    angles = principal_angles(clean, ablated, params["r_main"], params["basis"])
+def _gships_result(clean: torch.Tensor, ablated: torch.Tensor, group: list[Head], r_main: int, basis: str,
+                   meta: dict) -> Result:
+    angles = principal_angles(clean, ablated, r_main, basis)
     total = sum(a for a, _, _ in angles)
     table = pd.DataFrame({
-        "heads": heads_label(group), "n_heads": len(group), "r": list(range(1, params["r_main"] + 1)),
+        "heads": heads_label(group), "n_heads": len(group), "r": list(range(1, r_main + 1)),
         "angle": [a for a, _, _ in angles], "sigma_clean": [s for _, s, _ in angles],
         "sigma_ablated": [s for _, _, s in angles], "score": total,
     })
-    return Result(table, {**meta, "method": "generalized_ships", "parameters": _jsonable(params), "score": total})
+    return Result(table, {**meta, "score": total})
 
 
 def _gships_prepare(m: Model, ps: PromptSet, params: dict) -> dict:
@@ -226,58 +288,75 @@ def _gships_prepare(m: Model, ps: PromptSet, params: dict) -> dict:
 
 
 def gships_states(model: Any, prompts: Any, heads: Sequence[Head], *, ablation: str = "query", eps: float = 1e-5,
-                  r_main: int = 1, basis: str = "left", batch_size: int | None = None,
-                  chat_template: bool | str | None = None) -> Result:
+                  r_main: int = 1, basis: str = "left", batch_size: int = 32, max_rows: int | None = None,
+                  progress: bool = False, chat_template: bool | str | None = None) -> Result:
     """The per-prompt pieces of generalised Ships (what a shard of a sharded run computes): one row per prompt with
     its final-norm output at the last real token, clean and with the group ablated (lists of float32, or of
-    float64 for a float64 model)."""
+    float64 for a float64 model). ``r_main`` and ``basis`` are used by the merge, not here."""
     m = as_model(model)
     ps = _prompt_set(m, prompts, chat_template)
     eps = _check_ablation(ablation, eps)
     group = check_heads(m, heads)
+    bs, max_rows = _check_rows(batch_size, max_rows)
     enc = encode(m, ps)
-    clean, (abl,) = _final_states(m, enc, [group], ablation, eps, _batch_size(batch_size, len(ps)))
+    clean, (abl,) = _final_states(m, enc, [group], ablation, eps, bs, max_rows, progress)
     table = pd.DataFrame({"prompt_id": ps.ids, "clean": [r.numpy() for r in clean],
                           "ablated": [r.numpy() for r in abl]})
-    return Result(table, make_meta("generalized_ships/states", m, ps, {"heads": group}))
+    return Result(table, make_meta(model=m, prompts=ps, heads=group))
 
 
 def _gships_merge(parts: list[Result], meta: dict, params: dict) -> Result:
+    """Generalised Ships of the whole set from the shards' final states (the SVDs once, over all prompts); the
+    Result is stamped by the registry entry as a whole run's is."""
+    entry = require_method("generalized_ships")
+    bound = {k: params.get(k, d) for k, d in entry.parameters.items()}
     t = concat_tables(parts)
     as_matrix = lambda col: torch.from_numpy(np.stack([np.asarray(v) for v in t[col]]))  # noqa: E731
-    return _gships_result(as_matrix("clean"), as_matrix("ablated"), [tuple(h) for h in params["heads"]],
-                          {k: params.get(k, d) for k, d in GSHIPS_DEFAULTS.items()}, meta)
-
-
-GSHIPS_DEFAULTS = {"heads": None, "ablation": "query", "eps": 1e-5, "r_main": 1, "basis": "left", "chat_template": None}
+    group = [tuple(h) for h in bound["heads"]]
+    result = _gships_result(as_matrix("clean"), as_matrix("ablated"), group, bound["r_main"], bound["basis"], meta)
+    return finish_result(entry, result, None, bound)
 
 
 @register_method("generalized_ships", paper=PAPER, family="safety_heads", figure=generalized_ships_figure,
+                 schema=GSHIPS_SCHEMA, inputs="prompts", organism="dense", corpus="safety",
+                 example={"heads": [(0, 0)]},
                  cost="2 forwards per prompt (clean + group ablated; batched) and two SVDs of N x d_model",
                  shards=ShardPlan(prepare=_gships_prepare, merge=_gships_merge, shard_function=gships_states))
 def generalized_ships(model: Any, prompts: Any, heads: Sequence[Head], *, ablation: str = "query",
-                      eps: float = 1e-5, r_main: int = 1, basis: str = "left", batch_size: int | None = None,
+                      eps: float = 1e-5, r_main: int = 1, basis: str = "left", batch_size: int = 32,
+                      max_rows: int | None = None, progress: bool = False,
                       chat_template: bool | str | None = None) -> Result:
-    """Generalised Ships of a head group on a dataset: sum over r = 1..r_main of the angle (degrees) between the
-    r-th singular vectors of M and M_A, where M (N x d_model) holds each prompt's final-norm output
-    (``ln_final.hook_out``, norm weight included) at the last real token, M_A the same with the group ablated;
-    uncentred SVD, left singular vectors by default (the authors' code).
+    """Generalised Ships of a head group on a dataset (Zhou et al. 2025, arXiv 2410.13708): the sum over
+    r = 1..r_main of the angle between the r-th singular vectors of M and M_A, where M (N x d_model) holds each
+    prompt's final-norm output (``ln_final.hook_out``, norm weight included) at the last real token, M_A the same
+    with the group ablated; uncentred SVD, left singular vectors by default (the authors' code).
 
-    Table: one row per r: heads, n_heads, r, angle, sigma_clean, sigma_ablated, score (the sum, on every row).
-    Cost: 2 forwards per prompt (the ablated one from the group's first layer), batched, and two SVDs.
-    A sharded run (:func:`interp.run_resumable`) computes M and M_A shard by shard and the SVDs once at the end.
+    Args:
+        heads: the head group, (layer, head) integer pairs, ablated together.
+        ablation: how the heads are ablated (:data:`interp.interventions.HEAD_ABLATIONS`).
+        eps: the ablation's scale factor (dimensionless, > 0).
+        r_main: the number of leading singular vectors whose angles are summed (<= min(N, d_model)).
+        basis: "left" (singular vectors in the N-dim sample space, the authors') or "right" (d_model space).
+        batch_size: prompts per batch.
+        max_rows: at most this many rows per forward; None: from a memory budget.
+        progress: show a progress bar.
+        chat_template: wrap the prompts (True: the tokenizer's chat template; a string with ``{prompt}``).
+
+    Returns: one row per r: ``heads`` (the group, "(0, 2), (1, 0)"), ``n_heads``, ``r``, ``angle`` (degrees),
+    ``sigma_clean`` and ``sigma_ablated`` (the r-th singular values), ``score`` (the sum of the angles, degrees, on
+    every row; also ``meta["score"]``). Cost: 2 forwards per prompt (the ablated one from the group's first layer),
+    batched, and two SVDs. A sharded run (:func:`interp.run_resumable`) computes M and M_A shard by shard and the
+    SVDs once at the end.
     """
     m = as_model(model)
     ps = _prompt_set(m, prompts, chat_template)
     eps = _check_ablation(ablation, eps)
     group = check_heads(m, heads)
     r_main = _check_svd_args(m, len(ps), r_main, basis)
-    bs = _batch_size(batch_size, len(ps))
+    bs, max_rows = _check_rows(batch_size, max_rows)
     enc = encode(m, ps)
-    clean, (abl,) = _final_states(m, enc, [group], ablation, eps, bs)
-    params = {"heads": group, "ablation": ablation, "eps": eps, "r_main": r_main, "basis": basis,
-              "chat_template": chat_template}
-    return _gships_result(clean, abl, group, params, make_meta("generalized_ships", m, ps, params))
+    clean, (abl,) = _final_states(m, enc, [group], ablation, eps, bs, max_rows, progress)
+    return _gships_result(clean, abl, group, r_main, basis, make_meta(model=m, prompts=ps))
 
 
 # --- Sahara ---------------------------------------------------------------------------------------------------
@@ -289,36 +368,49 @@ def sahara_figure(result: Result, **_: Any) -> Any:
     fig = go.Figure()
     fig.add_trace(go.Scatter(
         x=t["step"], y=t["score"], mode="markers", marker={"color": "lightgrey", "size": 6}, name="candidates",
-        customdata=t[["layer", "head", "rank"]].values,
-        hovertemplate="step %{x}: L%{customdata[0]}H%{customdata[1]}<br>score=%{y:.4g} deg<br>"
-                      "rank=%{customdata[2]}<extra></extra>"))
+        customdata=t[["layer", "head", "step_rank"]].values,
+        hovertemplate="step %{x}: head (%{customdata[0]}, %{customdata[1]})<br>score=%{y:.4g} deg<br>"
+                      "step_rank=%{customdata[2]}<extra></extra>"))
     ch = t[t["chosen"]]
     fig.add_trace(go.Scatter(
         x=ch["step"], y=ch["score"], mode="lines+markers+text", marker={"color": "crimson", "size": 10},
-        text=[f"+L{r.layer}H{r.head}" for r in ch.itertuples()], textposition="top center", name="chosen",
-        hovertemplate="step %{x}: group %{customdata}<br>score=%{y:.4g} deg<extra></extra>",
-        customdata=ch["group"]))
-    fig.update_layout(title="Sahara: generalised Ships of the group after each step", xaxis_title="step",
-                      yaxis_title="angle (degrees)", xaxis={"dtick": 1})
+        text=[f"+({r.layer}, {r.head})" for r in ch.itertuples()], textposition="top center", name="chosen",
+        hovertemplate="step %{x}: heads %{customdata}<br>score=%{y:.4g} deg<extra></extra>",
+        customdata=ch["heads"]))
+    fig.update_layout(title=f"Sahara over {result.meta.get('n_prompts', '?')} prompts: generalised Ships of the "
+                            "group after each step", xaxis_title="step",
+                      yaxis_title="generalised Ships (degrees)", xaxis={"dtick": 1}, autosize=True)
     return fig
 
 
-@register_method("sahara", paper=PAPER, family="safety_heads", figure=sahara_figure,
-                 shards=ShardPlan(checkpoint="checkpoint_dir"),
+@register_method("sahara", paper=PAPER, family="safety_heads", figure=sahara_figure, schema=SAHARA_SCHEMA,
+                 inputs="prompts", organism="dense", corpus="safety", example={"steps": 1},
+                 shards=ShardPlan(checkpoint=True),
                  cost="per step: 1 + (L*H - step) forwards per prompt (batched over prompts and candidates)")
 def sahara(model: Any, prompts: Any, *, steps: int = 3, ablation: str = "query", eps: float = 1e-5,
-           r_main: int = 1, basis: str = "left", batch_size: int | None = None,
-           chat_template: bool | str | None = None, max_rows: int | None = None, progress: bool = False,
-           checkpoint_dir: str | None = None) -> Result:
-    """Sahara: greedy forward selection of the head group G whose ablation moves the dataset's final states most.
-    Each step ablates G + {h} for every head h not in G, scores it with generalised Ships against the clean
-    model, and adds the argmax head (ties: the first in layer-major order).
+           r_main: int = 1, basis: str = "left", batch_size: int = 32, max_rows: int | None = None,
+           progress: bool = False, chat_template: bool | str | None = None) -> Result:
+    """Sahara (Zhou et al. 2025, arXiv 2410.13708): greedy forward selection of the head group G whose ablation
+    moves the dataset's final states most. Each step ablates G + {h} for every head h not in G, scores it with
+    generalised Ships against the clean model, and adds the argmax head (ties: the first in layer-major order).
 
-    Table: every candidate at every step: step, layer, head, score (degrees), rank (within the step), chosen,
-    group (G + {h}). ``meta["group"]``: the chosen heads in order. Cost: per step 1 + (L*H - |G|) forwards per
-    prompt, batched over prompts and candidate heads (each from the group's first layer), and one SVD per
-    candidate. ``checkpoint_dir``: each finished step is saved there and a rerun with the same arguments resumes
-    after the last saved step (:mod:`interp.checkpoints`; :func:`interp.run_resumable` passes one).
+    Args:
+        steps: the number of greedy steps (the size of the group; <= L*H).
+        ablation: how the heads are ablated (:data:`interp.interventions.HEAD_ABLATIONS`).
+        eps: the ablation's scale factor (dimensionless, > 0).
+        r_main: singular vectors whose angles are summed in the generalised Ships score.
+        basis: "left" (sample space, the authors') or "right" singular vectors.
+        batch_size: prompts per batch.
+        max_rows: at most this many rows (prompt x candidate) per forward; None: from a memory budget.
+        progress: show a progress bar over the candidates of each step.
+        chat_template: wrap the prompts (True: the tokenizer's chat template; a string with ``{prompt}``).
+
+    Returns: every candidate at every step: ``step``, ``layer``, ``head``, ``score`` (generalised Ships of G + {h},
+    degrees), ``step_rank`` (1 = the best candidate of its step), ``chosen``, ``heads`` (G + {h} in the order
+    chosen, "(0, 2), (1, 0)"); ``meta["group"]``: the chosen heads in order. Cost: per step 1 + (L*H - |G|)
+    forwards per prompt, batched over prompts and candidate heads (each from the group's first layer), and one SVD
+    per candidate. A run of :func:`interp.run_resumable` saves each finished step and a rerun resumes after the last
+    saved one (:mod:`interp.checkpoints`).
     """
     m = as_model(model)
     ps = _prompt_set(m, prompts, chat_template)
@@ -328,9 +420,9 @@ def sahara(model: Any, prompts: Any, *, steps: int = 3, ablation: str = "query",
     if steps > n_heads:
         raise ParameterError(f"steps={steps} exceeds the model's {n_heads} heads.")
     r_main = _check_svd_args(m, len(ps), r_main, basis)
-    bs = _batch_size(batch_size, len(ps))
+    bs, max_rows = _check_rows(batch_size, max_rows)
     enc = encode(m, ps)
-    saved = StageCheckpoints(checkpoint_dir)
+    saved = StageCheckpoints(shard_input("checkpoint_dir"))
     group: list[Head] = []
     rows = []
     for step in range(1, steps + 1):
@@ -349,32 +441,36 @@ def sahara(model: Any, prompts: Any, *, steps: int = 3, ablation: str = "query",
         ranks = {k: i + 1 for i, k in enumerate(order)}
         best = order[0]
         for k, h in enumerate(cands):
-            rows.append({"step": step, "layer": h[0], "head": h[1], "score": scores[k], "rank": ranks[k],
-                         "chosen": k == best, "group": heads_label(group + [h])})
+            rows.append({"step": step, "layer": h[0], "head": h[1], "score": scores[k], "step_rank": ranks[k],
+                         "chosen": k == best, "heads": heads_label(group + [h])})
         group.append(cands[best])
         saved.save_result(f"step_{step:03d}", Result(pd.DataFrame(rows[first:]), {"method": "sahara/step"}))
-    params = {"steps": steps, "ablation": ablation, "eps": eps, "r_main": r_main, "basis": basis,
-              "chat_template": chat_template}
-    return Result(pd.DataFrame(rows), make_meta("sahara", m, ps, params, group=group))
+    return Result(pd.DataFrame(rows), make_meta(model=m, prompts=ps, group=group))
 
 
 # --- attack success rate ----------------------------------------------------------------------------------------
-def _variant_specs(m: Model, ablate: Any) -> list[tuple[str, list[Head] | None]]:
-    if ablate is None:
+def _variant_specs(m: Model, variants: Any) -> list[tuple[str, list[Head] | None]]:
+    if variants is None:
         return [("clean", None)]
-    if isinstance(ablate, Mapping):
-        if not ablate:
-            raise ParameterError("ablate is an empty mapping; give {label: heads or None}.")
-        return [(str(k), None if v is None else check_heads(m, v)) for k, v in ablate.items()]
-    heads = check_heads(m, ablate)
+    if isinstance(variants, Mapping):
+        if not variants:
+            raise ParameterError("variants is an empty mapping; give {name: heads or None (clean)}.")
+        return [(str(k), None if v is None else check_heads(m, v)) for k, v in variants.items()]
+    heads = check_heads(m, variants)
     return [(heads_label(heads), heads)]
 
 
+def variant_group(variant: str) -> str:
+    """The group of a variant name: the name without a trailing ' #i' (draws of one control: 'random-3 #7')."""
+    return re.sub(r"\s*#\d+$", "", variant)
+
+
 def asr_summary(result: Result) -> pd.DataFrame:
-    """Per variant group (labels ending ' #i' are draws of one group, e.g. 'random-3 #7'): mean ASR over the
-    group's variants, its standard deviation, min, max and the number of variants."""
-    per = result.table.groupby("variant", sort=False).agg(group=("group", "first"), asr=("success", "mean"))
-    out = per.groupby("group", sort=False)["asr"].agg(["mean", "std", "min", "max", "count"]).reset_index()
+    """Per variant group (names ending ' #i' are draws of one group, e.g. 'random-3 #7'): mean ASR over the
+    group's variants (``asr``), its standard deviation, min, max and the number of variants."""
+    per = result.table.groupby("variant", sort=False).agg(variant_group=("variant_group", "first"),
+                                                          asr=("success", "mean"))
+    out = per.groupby("variant_group", sort=False)["asr"].agg(["mean", "std", "min", "max", "count"]).reset_index()
     out["std"] = out["std"].fillna(0.0)
     return out.rename(columns={"mean": "asr", "std": "asr_std", "min": "asr_min", "max": "asr_max",
                                "count": "n_variants"})
@@ -386,11 +482,14 @@ def asr_figure(result: Result, **_: Any) -> Any:
 
     s = asr_summary(result)
     fig = go.Figure(go.Bar(
-        x=s["group"], y=s["asr"], error_y={"type": "data", "array": s["asr_std"]},
+        x=s["variant_group"], y=s["asr"], error_y={"type": "data", "array": s["asr_std"]},
         customdata=s[["asr_std", "asr_min", "asr_max", "n_variants"]].values,
         hovertemplate="%{x}<br>ASR=%{y:.3f} (std %{customdata[0]:.3f}, range %{customdata[1]:.3f}-"
                       "%{customdata[2]:.3f}, %{customdata[3]} variants)<extra></extra>"))
-    fig.update_layout(title="Attack success rate", yaxis_title="ASR", yaxis={"range": [0, 1.05]})
+    n = result.table["prompt_id"].nunique()
+    fig.update_layout(title=f"Attack success rate over {n} prompts, mean over each group's variants",
+                      xaxis_title="variant group", yaxis_title="ASR (share of prompts)", yaxis={"range": [0, 1.05]},
+                      autosize=True)
     return fig
 
 
@@ -405,40 +504,58 @@ def _merge_asr(parts: list[Result], meta: dict, _params: dict) -> Result:
     return Result(table, {**meta, "asr": _asr_by_variant(table)})
 
 
-@register_method("attack_success_rate", paper=PAPER, family="safety_heads", figure=asr_figure,
+@register_method("attack_success_rate", paper=PAPER, family="safety_heads", figure=asr_figure, schema=ASR_SCHEMA,
+                 inputs="prompts", fields=("label",), organism="dense", corpus="safety",
+                 example={"max_new_tokens": 2, "variants": {"clean": None, "ablated": [(0, 0)]}},
                  shards=ShardPlan(merge=_merge_asr),
                  cost="per variant and prompt: 1 prefill + max_new_tokens single-token forwards (KV cache, batched)")
-def attack_success_rate(model: Any, prompts: Any, *, ablate: Any = None, ablation: str = "query",
+def attack_success_rate(model: Any, prompts: Any, *, variants: Any = None, ablation: str = "query",
                         eps: float = 1e-5, max_new_tokens: int = 64, do_sample: bool = False,
                         temperature: float = 1.0, seed: int = 0, judge: Callable[[str], bool] | None = None,
-                        batch_size: int | None = None, max_rows: int = 1024,
+                        batch_size: int = 32, max_rows: int | None = 1024, progress: bool = False,
                         chat_template: bool | str | None = None) -> Result:
-    """Attack success rate: generate a response to each prompt with the heads ablated at every step (prompt and
-    generated tokens), judge it, ASR = share judged successful.
+    """Attack success rate (Zhou et al. 2025, arXiv 2410.13708): generate a response to each prompt with the heads
+    ablated at every step (prompt and generated tokens), judge it, ASR = the share judged successful.
 
-    ``ablate``: None (the clean model), a list of (layer, head), or a mapping {label: heads or None} to evaluate
-    several variants in one batched generation (labels 'name #i' are draws of group 'name' for
-    :func:`asr_summary`). ``judge``: any callable str -> bool (True = attack succeeded); default: no refusal keyword
-    of the authors' list and at least 32 characters. Greedy unless ``do_sample`` (seeded per prompt and variant).
-    Table: one row per variant x prompt: variant, group, heads, prompt_id, response, n_new_tokens, success (plus
-    label when the prompts carry one); ``meta["asr"]``: {variant: ASR}. Cost: per variant and prompt one prefill
-    and up to max_new_tokens one-token forwards (KV cache), batched as variants x prompts rows (<= max_rows).
+    Args:
+        variants: the head sets to ablate: None (the clean model), a list of (layer, head), or a mapping
+            {name: heads or None (clean)} evaluated side by side in one batched generation (names 'name #i' are
+            draws of the group 'name' for :func:`asr_summary`).
+        ablation: how the heads are ablated (:data:`interp.interventions.HEAD_ABLATIONS`).
+        eps: the ablation's scale factor (dimensionless, > 0).
+        max_new_tokens: at most this many new tokens per response (the paper: 128).
+        do_sample: sample from softmax(logits / temperature) instead of greedy decoding.
+        temperature: the sampling temperature (> 0).
+        seed: the seed of the sampling (one generator per prompt and variant, independent of batching).
+        judge: any callable str -> bool (True = the attack succeeded); None: no refusal keyword of the authors'
+            list and at least 32 characters (:func:`interp.keyword_judge`).
+        batch_size: prompts per batch.
+        max_rows: at most this many rows (variant x prompt) per forward; None: from a memory budget (on CPU that
+            budget is for full forwards and splits a generation into many small ones, hence the default 1024).
+        progress: show a progress bar over the batches.
+        chat_template: wrap the prompts (True: the tokenizer's chat template; a string with ``{prompt}``).
+
+    Returns: one row per variant x prompt: ``variant``, ``variant_group``, ``heads`` ("(0, 2), (1, 0)"; empty for
+    the clean model), ``prompt_id``, ``response``, ``n_new_tokens``, ``success`` (plus ``label`` when the prompts
+    carry one); ``meta["asr"]``: {variant: ASR}. Cost: per variant and prompt one prefill and up to
+    max_new_tokens one-token forwards (KV cache), batched as variants x prompts rows (<= max_rows).
     """
     m = as_model(model)
     ps = _prompt_set(m, prompts, chat_template)
     eps = _check_ablation(ablation, eps)
     max_new_tokens = check_positive_int("max_new_tokens", max_new_tokens)
     temperature = check_positive_float("temperature", temperature)
-    max_rows = check_positive_int("max_rows", max_rows)
+    bs, max_rows = _check_rows(batch_size, max_rows)
     judge_fn = check_judge(judge)
-    specs = _variant_specs(m, ablate)
-    bs = _batch_size(batch_size, len(ps))
+    specs = _variant_specs(m, variants)
     enc = encode(m, ps)
-    ivs = [None if h is None else ablate_heads(m, h, kind=ablation, eps=eps) for _, h in specs]
+    ivs = [None if h is None else ablate_heads(m, h, ablation=ablation, eps=eps) for _, h in specs]
     texts: list[list[str]] = [[""] * len(ps) for _ in specs]
     n_tok: list[list[int]] = [[0] * len(ps) for _ in specs]
-    for batch in batches(m, enc, bs):
-        per_chunk = max(1, max_rows // batch.size)
+    n_batches = -(-len(ps) // bs)
+    for batch in tqdm(batches(m, enc, bs), total=n_batches, desc="attack_success_rate", disable=not progress):
+        rows_cap = max_rows if max_rows is not None else default_max_rows(m, batch.width + max_new_tokens)
+        per_chunk = max(1, rows_cap // batch.size)
         for start in range(0, len(ivs), per_chunk):
             gens = generate(m, batch, ivs[start:start + per_chunk], max_new_tokens=max_new_tokens,
                             do_sample=do_sample, temperature=temperature, seed=seed,
@@ -449,19 +566,14 @@ def attack_success_rate(model: Any, prompts: Any, *, ablate: Any = None, ablatio
                     n_tok[start + j][idx] = len(g.tokens[r])
     rows = []
     has_label = "label" in ps.fields
-    for v, (label, heads) in enumerate(specs):
+    for v, (name, heads) in enumerate(specs):
         for i, rec in enumerate(ps.records):
-            where = f"prompt {rec['id']!r} (variant {label!r})"
-            row = {"variant": label, "group": re.sub(r"\s*#\d+$", "", label), "heads": heads_label(heads),
+            where = f"prompt {rec['id']!r} (variant {name!r})"
+            row = {"variant": name, "variant_group": variant_group(name), "heads": heads_label(heads),
                    "prompt_id": rec["id"], "response": texts[v][i], "n_new_tokens": n_tok[v][i],
                    "success": apply_judge(judge_fn, texts[v][i], where)}
             if has_label:
                 row["label"] = rec.get("label")
             rows.append(row)
     table = pd.DataFrame(rows)
-    asr = _asr_by_variant(table)
-    params = {"ablate": {k: h for k, h in specs}, "ablation": ablation, "eps": eps, "max_new_tokens": max_new_tokens,
-              "do_sample": do_sample, "temperature": temperature, "seed": seed,
-              "judge": "keyword_judge" if judge is None else getattr(judge, "__name__", repr(judge)),
-              "chat_template": chat_template}
-    return Result(table, make_meta("attack_success_rate", m, ps, params, asr=asr))
+    return Result(table, make_meta(model=m, prompts=ps, asr=_asr_by_variant(table)))
