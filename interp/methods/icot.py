@@ -39,14 +39,17 @@ MASKING_SCHEMA = Schema(
     columns={"prompt_id": "str", "from_layer": "int", "target_field": "str", "target_token": "str",
              "target_id": "int", "correct": "bool", "target_prob": "float", "score": "float"},
     optional={"task": "str"}, units={"target_prob": "probability"}, grid=("from_layer", "target_field"))
+# the value is acc_patch, not the paper's strength: strength is undefined (NaN) wherever acc_ICL = acc_0, e.g. on
+# every random model, while acc_patch ranks a subtask's layers the same way wherever strength is defined and
+# acc_ICL > acc_0
 CROSS_TASK_SCHEMA = Schema(
-    keys=("composite", "subtask", "layer"), value="strength", unit="fraction of the ICL gain, (acc_patch - acc_0) / "
-    "(acc_icl - acc_0)", sign="higher",
+    keys=("composite", "subtask", "layer"), value="acc_patch", unit="accuracy", sign="higher",
     columns={"composite": "str", "subtask": "str", "layer": "int", "strength": "float", "acc_patch": "float",
              "acc_0": "float", "acc_icl": "float", "prob_patch": "float", "prob_0": "float", "prob_icl": "float",
              "n_zero": "int", "n_icl": "int", "n_vectors": "int"},
-    units={"acc_patch": "accuracy", "acc_0": "accuracy", "acc_icl": "accuracy", "prob_patch": "probability",
-           "prob_0": "probability", "prob_icl": "probability"}, grid=("layer", "subtask"))
+    units={"strength": "fraction of the ICL gain, (acc_patch - acc_0) / (acc_icl - acc_0)", "acc_0": "accuracy",
+           "acc_icl": "accuracy", "prob_patch": "probability", "prob_0": "probability", "prob_icl": "probability"},
+    grid=("layer", "subtask"))
 
 
 def _check_from_layers(m: Model, from_layers: Sequence[int] | None) -> list[int]:
@@ -302,7 +305,9 @@ def _cross_task_example(model: Any, prompts: Any) -> dict[str, Any]:
     from ..checks import corpus_prompts
 
     n = as_model(model).info.n_layers
-    return {"subtask_prompts": corpus_prompts("subtasks", 4), "layers": list(range(min(2, n))), "n_vectors": 2}
+    # a PromptSet, recorded by its fingerprint in meta["parameters"] (as the CLI, which reads it from a file, does)
+    return {"subtask_prompts": PromptSet(corpus_prompts("subtasks", 4)), "layers": list(range(min(2, n))),
+            "n_vectors": 2}
 
 
 @register_method("cross_task_patching", schema=CROSS_TASK_SCHEMA, shards=ShardPlan(checkpoint=True),
@@ -346,9 +351,10 @@ def cross_task_patching(
         progress: a progress bar over the subtasks.
 
     Returns:
-        A Result with one row per composite x subtask x layer: composite, subtask, layer, strength (the schema's
-        value), acc_patch, acc_0, acc_icl, prob_patch / prob_0 / prob_icl (mean target probability), n_zero,
-        n_icl, n_vectors (the composite prompts averaged).
+        A Result with one row per composite x subtask x layer: composite, subtask, layer, strength (the paper's
+        measure; NaN where acc_icl = acc_0), acc_patch (the schema's value: it is defined everywhere), acc_0,
+        acc_icl, prob_patch / prob_0 / prob_icl (mean target probability), n_zero, n_icl, n_vectors (the
+        composite prompts averaged).
 
     Cost: 1 forward per composite prompt used + 1 per subtask prompt + 1 zero-shot row per layer (batched,
     started at that layer). In a resumable run (:func:`interp.run_resumable`) the task vectors and each finished
