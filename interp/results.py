@@ -45,7 +45,25 @@ def _jsonable(value: Any) -> Any:
 def jsonable_parameters(params: Mapping[str, Any]) -> dict[str, Any]:
     """A bound call's parameters as JSON values: a prompt set is recorded by its fingerprint, a Result by its
     method and row count, a tensor by its shape, dtype and a content hash, a callable by its qualified name."""
-    return {str(k): _parameter_value(v) for k, v in params.items()}
+    return {str(k): _prompt_set_value(v) if _holds_prompts(k) else _parameter_value(v) for k, v in params.items()}
+
+
+def _holds_prompts(name: str) -> bool:
+    """Parameters that hold a further prompt set (a pair's ``corrupt``, ``subtask_prompts`` ...)."""
+    return name == "corrupt" or name.endswith("_prompts")
+
+
+def _prompt_set_value(value: Any) -> Any:
+    """A prompt set given in any form (PromptSet, list of dicts or strings, a file) is recorded by its content."""
+    from .prompts import PromptSet
+
+    if value is None:
+        return None
+    try:
+        ps = value if isinstance(value, PromptSet) else PromptSet(value)
+    except Exception:  # not a prompt set after all: record it as it is
+        return _parameter_value(value)
+    return {"prompt_set": ps.fingerprint(), "n_prompts": len(ps)}
 
 
 def _parameter_value(value: Any) -> Any:
@@ -163,7 +181,8 @@ class Result:
             raise KeyError("This result declares no schema: name index=, columns= and values=.")
         if columns is None:
             return self.table.groupby(index)[values].agg(aggfunc).to_frame()
-        return self.table.pivot_table(index=index, columns=columns, values=values, aggfunc=aggfunc)
+        # dropna=False: a cell whose value is undefined (NaN) stays in the grid as NaN instead of vanishing
+        return self.table.pivot_table(index=index, columns=columns, values=values, aggfunc=aggfunc, dropna=False)
 
     def figure(self, **kwargs: Any) -> Any:
         """The method's plotly figure (declared per method in the registry; a bar chart of ``top()`` otherwise)."""

@@ -21,6 +21,11 @@ METRIC_TITLES = {"mean_target_prob": "target probability", "median_target_rank":
                  "cross_entropy": "cross-entropy of the next token, nats"}
 
 
+AXIS_TITLES = {"mean_target_prob": "probability", "median_target_rank": "rank (log scale)", "mrr": "MRR",
+               "accuracy": "accuracy", "mean_target_logit": "logit", "kl": "KL (nats)", "entropy": "entropy (nats)",
+               "cross_entropy": "cross-entropy (nats)"}
+
+
 def _short(token: str, n: int = 8) -> str:
     text = repr(token)[1:-1]
     return text if len(text) <= n else text[: n - 1] + "…"
@@ -142,6 +147,7 @@ def lens_curves(*results: Any, metrics: tuple[str, ...] = ("mean_target_prob", "
                                 row=r, col=c)
                 shown.add(name)
         fig.update_xaxes(title_text=x_col, row=r, col=c)
+        fig.update_yaxes(title_text=AXIS_TITLES.get(mtr, METRIC_TITLES[mtr]), row=r, col=c)
         if mtr == "median_target_rank":
             fig.update_yaxes(type="log", row=r, col=c)
     fig.update_layout(title=f"Lens per layer over {int(summary['n'].max()) if len(summary) else 0} prompts "
