@@ -4,8 +4,9 @@ Some statistics need the whole prompt set at every stage (Sahara's greedy step s
 prompts; cross-task patching needs each composite's mean task vector before any subtask is patched), so they
 cannot be split into prompt shards. They resume by stage instead: each finished stage is written atomically
 (a temporary name, then a rename) to the checkpoint directory, and a rerun with the same arguments loads the
-stages that are there and computes only the rest. :func:`interp.run_resumable` passes the directory (its
-manifest guarding against a changed argument, model or dataset); research code can pass one directly.
+stages that are there and computes only the rest. :func:`interp.run_resumable` passes the directory as the shard
+input ``checkpoint_dir`` (its manifest guarding against a changed argument, model or dataset); research code that
+wants a directory of its own sets it with ``interp.registry.shard_inputs(checkpoint_dir=...)``.
 """
 
 from __future__ import annotations

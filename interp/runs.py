@@ -266,6 +266,8 @@ def run_resumable(
     **params: Any,
 ) -> Result:
     """Run ``method(model, shard, **params)`` shard by shard into ``out_dir``, skipping shards already done.
+    ``progress`` shows the bar over shards, and is passed on to a method that has a ``progress`` parameter of its
+    own (unless ``params`` sets it).
 
     Returns the merged Result (also written as ``result.parquet``). Cost: the method's own, once per prompt
     over all runs together. A method whose plan resumes by stage (Sahara, cross-task patching) runs once over the
@@ -275,6 +277,9 @@ def run_resumable(
     ps = as_prompt_set(prompts)
     check_positive_int("shard_size", shard_size)
     out = Path(out_dir)
+    entry = getattr(fn, "registry_entry", None)
+    if entry is not None and "progress" in entry.parameters and "progress" not in params:
+        params = {**params, "progress": progress}  # one switch for the run's bar and the method's own
     user_params = dict(params)
     params = prepare_params(fn, model, ps, params)
     manifest = run_manifest(name, model, ps, params, shard_size)

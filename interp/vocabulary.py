@@ -102,7 +102,7 @@ PARAMETERS: dict[str, str] = {
     "controls": "Expert blocking: random expert sets of the same size blocked as controls.",
     "keep": "Shared / routed contrast: how many routed experts each token keeps (0 = the shared expert alone).",
     "by": "Group by this prompt field (None: one group).",
-    "attribution": "A finished expert_attribution Result to reuse (None: computed here).",
+    "attribution_result": "A finished expert_attribution Result to reuse (None: computed here).",
     # generation and capture
     "interventions": "interp.generate: None (the clean model), one interp.Intervention, or a mapping {label: "
                      "Intervention or None (clean)} generated side by side.",

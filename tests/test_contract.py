@@ -274,6 +274,8 @@ def test_no_hook_is_left_after_an_exception(entry, models):
 # --- sharded == whole ----------------------------------------------------------------------------------------
 def check_sharded(entry, model, tmp_path):
     inputs, params = checks.check_call(entry, model)
+    if "progress" in entry.parameters:  # run_resumable(progress=False) passes it on to the method
+        params = {**params, "progress": False}
     whole = entry.function(model, *inputs, **params)
     kw = dict(params)
     if entry.inputs == "pair":

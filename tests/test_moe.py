@@ -500,7 +500,7 @@ def test_routing_stats_equal_hf_router_counts(models, hf_models, arch, positions
 @pytest.mark.parametrize("arch", MOE_ARCHITECTURES)
 def test_head_expert_correlation_equals_numpy(models, attributions, arch):
     m, attr = models(arch), attributions(arch)
-    res = head_expert_correlation(m, TASKED, attribution=attr, top_k=5)
+    res = head_expert_correlation(m, TASKED, attribution_result=attr, top_k=5)
     t, a = res.table, attr.table
     ids = [p["id"] for p in TASKED]
     checked = 0

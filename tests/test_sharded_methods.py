@@ -83,8 +83,8 @@ def test_attack_success_rate_recomputes_the_rates(llama, tmp_path):
 def test_causal_trace_fixes_the_noise_scale_once(llama, tmp_path):
     # targets: the model's own argmax for some facts, another token for the rest; the first shard keeps none
     pred = interp.predictions(llama, FACTS, top_k=2).table
-    top = pred[pred["rank"] == 1].set_index("prompt_id")["token"]
-    second = pred[pred["rank"] == 2].set_index("prompt_id")["token"]
+    top = pred[pred["prediction_rank"] == 1].set_index("prompt_id")["predicted_token"]
+    second = pred[pred["prediction_rank"] == 2].set_index("prompt_id")["predicted_token"]
     facts = [{**r, "target": (second if i < 3 or i % 3 == 0 else top)[r["id"]]} for i, r in enumerate(FACTS)]
     kw = {"sites": ("resid_post", "mlp_out"), "samples": 2, "window": 2}
     whole = tracing.causal_trace(llama, facts, **kw)
@@ -155,7 +155,7 @@ def test_moe_statistics_of_the_whole_set(qwen_moe, tmp_path):
     assert_same(part, whole, "top_pairs")
     assert type(part) is interp.Result and part.schema.value == "r_router_prob"
     with pytest.raises(interp.ParameterError, match="attribution"):
-        sharded("head_expert_correlation", qwen_moe, FACTS, tmp_path / "x", attribution=whole)
+        sharded("head_expert_correlation", qwen_moe, FACTS, tmp_path / "x", attribution_result=whole)
 
 
 def test_logit_lens_concatenates_and_keeps_its_aggregate(llama, tmp_path):

@@ -173,9 +173,9 @@ def correlation_figure(result: Result, value: str = "r_router_prob") -> Any:
 
 def _correlation_prepare(m: Any, ps: Any, params: dict) -> dict:
     require_moe(m, "head_expert_correlation")
-    if params.get("attribution") is not None:
+    if params.get("attribution_result") is not None:
         raise ParameterError("A sharded head_expert_correlation computes the attribution shard by shard; do not pass "
-                             "attribution= (or run head_expert_correlation on it directly, without shards).")
+                             "attribution_result= (or run head_expert_correlation on it directly, without shards).")
     if len(ps) < 3:
         raise ParameterError(f"A correlation across prompts needs at least 3 prompts; got {len(ps)}.")
     return {"top_k": check_positive_int("top_k", params.get("top_k", 20)),
@@ -206,14 +206,14 @@ def _correlation_merge(parts: list[Result], meta: dict, params: dict) -> Result:
                  shards=ShardPlan(prepare=_correlation_prepare, merge=_correlation_merge,
                                   shard_function=_correlation_shard),
                  cost="that of expert_attribution (1 forward per prompt), or none given an attribution result")
-def head_expert_correlation(model: Any, prompts: Any, *, attribution: Result | None = None, top_k: int = 20,
+def head_expert_correlation(model: Any, prompts: Any, *, attribution_result: Result | None = None, top_k: int = 20,
                             batch_size: int = 16, progress: bool = False) -> Result:
     """Pearson r across prompts between each head's LPI at layer l and each routed expert's router
     probability (r_router_prob) and LPI (r_gain) at layers >= l, at the last position (our reconstruction of
     Li et al.'s head-expert analysis, ACL 2025, arXiv 2505.24593; they report r = 0.68).
 
     Args:
-        attribution: an expert_attribution result with head and expert rows for these prompts (None: computed
+        attribution_result: an expert_attribution result with head and expert rows for these prompts (None: computed
             here, levels "head" and "expert").
         top_k: how many pairs ``meta["top_pairs"]`` keeps (largest r_router_prob first).
         batch_size: prompts per forward batch of the attribution computed here.
@@ -223,17 +223,18 @@ def head_expert_correlation(model: Any, prompts: Any, *, attribution: Result | N
         One row per (head, expert) pair: layer and head (the head), expert_layer and expert (the expert, at
         expert_layer >= layer), r_router_prob, r_gain (NaN where a series is constant), n_prompts.
 
-    Cost: that of expert_attribution (one forward per prompt), or none when ``attribution`` is given.
+    Cost: that of expert_attribution (one forward per prompt), or none when ``attribution_result`` is given.
     """
     m = require_moe(model, "head_expert_correlation")
     ps = as_prompt_set(prompts)
     top_k = check_positive_int("top_k", top_k)
     if len(ps) < 3:
         raise ParameterError(f"A correlation across prompts needs at least 3 prompts; got {len(ps)}.")
+    attribution = attribution_result
     if attribution is None:
         attribution = expert_attribution(m, ps, levels=("head", "expert"), batch_size=batch_size, progress=progress)
     elif not isinstance(attribution, Result) or attribution.method != "expert_attribution":
-        raise ParameterError("attribution must be an interp.expert_attribution result.")
+        raise ParameterError("attribution_result must be an interp.expert_attribution result.")
     t = attribution.table
     if not {"head", "expert"} <= set(t["level"]):
         raise ParameterError("The attribution result needs head and expert rows (levels 'head' and 'expert').")
