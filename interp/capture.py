@@ -29,6 +29,7 @@ from .errors import InterpError, ParameterError, PromptError, check_positive_int
 from .hooks import check_hook_names, hook_layer
 from .model import as_model
 from .prompts import EncodedSet, as_prompt_set, batches, encode
+from .sites import hook_name
 from .variants import forward
 
 POSITION_MODES = ("last", "all")
@@ -137,7 +138,7 @@ class Capture:
     def head_outputs(self, model: Any, layer: int) -> torch.Tensor:
         """Per-head outputs z_h W_O[h] at ``layer`` [n, (pos,) n_heads, d_model], computed from the cached hook_z
         (never cached themselves)."""
-        return head_outputs(model, self[f"blocks.{layer}.attn.hook_z"], layer)
+        return head_outputs(model, self[hook_name("z", layer)], layer)
 
     def __repr__(self) -> str:
         where = f", on disk at {self.directory}" if self.directory else ""

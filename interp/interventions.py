@@ -179,5 +179,5 @@ def mask_attention(model: Any, key_mask: torch.Tensor, *, from_layer: int = 0) -
         still = (allowed & ~f).any(dim=-1, keepdim=True)
         scores.masked_fill_(f & still, float("-inf"))
 
-    edits = tuple(Edit(f"blocks.{layer}.attn.hook_attn_scores", apply) for layer in range(from_layer, info.n_layers))
+    edits = tuple(Edit(hook_name("attn_scores", layer), apply) for layer in range(from_layer, info.n_layers))
     return Intervention(edits, f"mask attention from L{from_layer}", {"from_layer": from_layer})

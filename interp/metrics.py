@@ -56,14 +56,16 @@ def rank(logits: torch.Tensor, target: torch.Tensor, wrong: torch.Tensor | None 
 
 
 def kl_divergence(p_logits: torch.Tensor, q_logits: torch.Tensor, *, eps: float = 0.0) -> torch.Tensor:
-    """KL(p || q) in nats over the last axis, from logits. With ``eps`` > 0, ``eps`` is added to both
-    probability vectors first (Zhou et al.'s code adds 1e-12)."""
+    """KL(p || q) in nats over the last axis, from logits, computed in float32 or the inputs' wider dtype (pass
+    float64 logits for small KLs). With ``eps`` > 0, ``eps`` is added to both probability vectors first (Zhou et
+    al.'s code adds 1e-12)."""
+    dtype = torch.promote_types(torch.promote_types(p_logits.dtype, q_logits.dtype), torch.float32)
     if eps:
-        p = p_logits.float().softmax(-1) + eps
-        q = q_logits.float().softmax(-1) + eps
+        p = p_logits.to(dtype).softmax(-1) + eps
+        q = q_logits.to(dtype).softmax(-1) + eps
         return (p * (p.log() - q.log())).sum(-1)
-    lp = p_logits.float().log_softmax(-1)
-    lq = q_logits.float().log_softmax(-1)
+    lp = p_logits.to(dtype).log_softmax(-1)
+    lq = q_logits.to(dtype).log_softmax(-1)
     return (lp.exp() * (lp - lq)).sum(-1)
 
 

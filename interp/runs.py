@@ -36,6 +36,7 @@ from .registry import ShardPlan, require_method, shard_inputs
 from .results import Result, _jsonable, jsonable_parameters
 
 MANIFEST = "manifest.json"
+DISPLAY_ONLY = ("progress",)  # parameters that change what is shown, not what is computed
 LOCK = "run.lock"
 
 
@@ -115,7 +116,7 @@ def shard_params(fn: Callable[..., Result], params: dict, start: int, end: int) 
 def run_manifest(name: str, model: Any, prompts: PromptSet, params: dict, shard_size: int) -> dict:
     return {
         "method": name,
-        "parameters": _jsonable({k: _manifest_value(v) for k, v in params.items()}),
+        "parameters": _jsonable({k: _manifest_value(v) for k, v in params.items() if k not in DISPLAY_ONLY}),
         "model": as_model(model).name,
         "model_fingerprint": model_fingerprint(model),
         "dataset_fingerprint": prompts.fingerprint(),

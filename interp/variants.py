@@ -22,6 +22,7 @@ from .decode import unembed
 from .hooks import Intervention, StopForward, hooked
 from .model import Model, as_model
 from .prompts import Batch
+from .sites import hook_name
 
 _FINAL = "ln_final.hook_out"
 
@@ -134,7 +135,7 @@ def finite_pad_rows(model: Model, start_layer: int) -> Intervention:
     def apply(t: torch.Tensor, rows: slice) -> None:
         t[rows] = t[rows].clone().clamp(min=floor)
 
-    edits = tuple(Edit(f"blocks.{layer}.attn.hook_attn_scores", apply)
+    edits = tuple(Edit(hook_name("attn_scores", layer), apply)
                   for layer in range(max(start_layer, 0), model.info.n_layers))
     return Intervention(edits, "finite pad rows")
 
@@ -192,7 +193,7 @@ def run_variants(
             first = min(variants[k].first_layer for k in chunk)
             starts[id(chunk)] = min(first, n_layers - 1) if first > 0 else 0
     needed = sorted({s for s in starts.values() if s > 0})
-    resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in needed]
+    resid_names = [hook_name("resid_pre", layer) for layer in needed]
     base_ivs = [base] if base is not None else []
     user_fn = read_fn
 
@@ -202,7 +203,7 @@ def run_variants(
         return user_fn(name, value)
 
     lg, store = forward(m, batch, base_ivs, read=list(read) + resid_names, read_fn=reference_fn)
-    clean_resid = {layer: store.pop(f"blocks.{layer}.hook_resid_pre") for layer in needed}
+    clean_resid = {layer: store.pop(hook_name("resid_pre", layer)) for layer in needed}
     clean = reduce(lg, store)
 
     results: list[torch.Tensor | None] = [None] * len(variants)

@@ -100,7 +100,11 @@ def test_import_makes_a_users_method_runnable(tmp_path, tiny_model_dirs, prompt_
     assert res.meta["parameters"] == {"factor": 3} and res.meta["schema"]["unit"] == "characters"
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    assert main(["--import", "cli_user_probe", "list"]) == 0
+    try:
+        assert main(["--import", "cli_user_probe", "list"]) == 0
+    finally:
+        registry._REGISTRY.pop("cli_user_probe", None)  # leave the registry as it was for later tests
+        sys.modules.pop("cli_user_probe", None)
 
 
 def test_entry_point_group_registers_methods(tmp_path, monkeypatch):

@@ -146,7 +146,7 @@ def check_views(entry, result):
     top = result.top()
     assert 0 < len(top) <= 10
     value = entry.schema.value
-    values = pd.to_numeric(top[value], errors="coerce").dropna()
+    values = pd.to_numeric(top[value], errors="coerce").dropna().astype(float)  # bool values: False < True
     if entry.schema.sign == "magnitude":
         values = values.abs()
     if len(values) > 1:

@@ -4,8 +4,8 @@ their unit, layer 0 at the bottom, a centred diverging scale for signed values, 
 
 import pytest
 
-from interp.registry import list_methods
 from interp.viz import check_convention
+from interp.vocabulary import package_methods
 
 from .test_contract import ENTRIES, fixture_model, run_entry
 
@@ -21,5 +21,5 @@ def test_the_convention_page_names_every_registered_method():
     from pathlib import Path
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "figures.md").read_text()
-    missing = [e.name for e in list_methods() if f"`{e.name}`" not in page]
+    missing = [e.name for e in package_methods() if f"`{e.name}`" not in page]
     assert not missing, f"docs/figures.md does not describe the figures of {missing}"

@@ -5,7 +5,6 @@ from pathlib import Path
 
 from interp import vocabulary
 from interp.cli import main
-from interp.registry import list_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +21,7 @@ def test_readme_links_the_glossary():
 
 def test_every_method_speaks_the_vocabulary():
     outside = {}
-    for entry in list_methods():
+    for entry in vocabulary.package_methods():
         names = [*entry.input_names, *entry.parameters]
         if entry.schema is not None:
             names += [*entry.schema.columns, *entry.schema.optional]
