@@ -68,6 +68,7 @@ from .methods.safety_heads import (  # noqa: E402
 )
 from .methods.tracing import causal_trace, trace_summary, trace_totals  # noqa: E402
 from .model import Model, ModelInfo, as_model, load_model  # noqa: E402
+from .organisms import data_path  # noqa: E402
 from .prompts import Batch, PromptSet, batches, encode, make_batch  # noqa: E402
 from .registry import Schema, ShardPlan, get_method, list_methods, register_method  # noqa: E402
 from .results import Result, make_meta  # noqa: E402
@@ -77,7 +78,7 @@ from .variants import forward, run_variants  # noqa: E402
 __all__ = [
     "ArchitectureError", "Batch", "Capture", "DeviceError", "Edit", "HookNameError", "InterpError",
     "Intervention", "Model", "ModelInfo", "ModelLoadError", "ParameterError", "PromptError", "PromptSet",
-    "Result", "Schema", "ShardPlan", "SpanError", "TargetTokenWarning", "metrics", "sites", "viz",
+    "Result", "Schema", "ShardPlan", "SpanError", "TargetTokenWarning", "data_path", "metrics", "sites", "viz",
     "ablate_heads", "add_embedding_noise", "apply_final_norm", "as_model", "batches",
     "capture", "decode", "encode", "forward", "gaussian_noise", "get_method", "head_outputs", "hook_snapshot",
     "hooked", "list_methods", "load_model", "make_batch", "make_meta", "mask_attention", "norm_scale", "patch",

@@ -18,7 +18,15 @@ ORGANISMS_DIR = REPO_ROOT / "data" / "organisms"
 CORPUS_DIR = ORGANISMS_DIR / "corpus"
 SHIPPED = ("dense", "moe")
 
-__all__ = ["CORPUS_DIR", "ORGANISMS_DIR", "SHIPPED", "evaluate_organism", "organism_dir", "train_organism"]
+__all__ = ["CORPUS_DIR", "ORGANISMS_DIR", "SHIPPED", "data_path", "evaluate_organism", "organism_dir",
+           "train_organism"]
+
+
+def data_path(*parts: str) -> Path:
+    """A path under the project's data directory, whatever the working directory (a notebook started in
+    ``notebooks/``, a script elsewhere): ``data_path("organisms", "dense")``, ``data_path("organisms", "corpus",
+    "factual.jsonl")``."""
+    return REPO_ROOT.joinpath("data", *parts)
 
 
 def organism_dir(name: str) -> Path:
