@@ -179,6 +179,7 @@ COLUMNS: dict[str, str] = {
     "cross_entropy": "-log p of the actual next token (the next prompt token; after the prompt, the first target "
                      "field's token), in nats.",
     # patching and internal chain of thought
+    "strength_note": "Why a cross-task strength is undefined (NaN), or empty where it is defined.",
     "effect": "Activation patching: the metric after patching minus the destination run's own metric (raw, "
               "before norm_logit_diff's normalisation; 0 = the patch changed nothing).",
     "attribution": "Attribution patching: the first-order estimate of `effect`, (a_source - a_destination) . "

@@ -277,7 +277,7 @@ def check_sharded(entry, model, tmp_path):
     if "progress" in entry.parameters:  # run_resumable(progress=False) passes it on to the method
         params = {**params, "progress": False}
     whole = entry.function(model, *inputs, **params)
-    kw = dict(params)
+    kw = {k: v for k, v in params.items() if k != "progress"}  # run_resumable's progress reaches the method
     if entry.inputs == "pair":
         kw["corrupt"] = inputs[1]
     sharded = interp.run_resumable(entry.name, model, inputs[0], tmp_path / "run", shard_size=2, progress=False, **kw)

@@ -44,7 +44,8 @@ MASKING_SCHEMA = Schema(
 # acc_ICL > acc_0
 CROSS_TASK_SCHEMA = Schema(
     keys=("composite", "subtask", "layer"), value="acc_patch", unit="accuracy", sign="higher",
-    columns={"composite": "str", "subtask": "str", "layer": "int", "strength": "float", "acc_patch": "float",
+    columns={"composite": "str", "subtask": "str", "layer": "int", "strength": "float", "strength_note": "str",
+             "acc_patch": "float",
              "acc_0": "float", "acc_icl": "float", "prob_patch": "float", "prob_0": "float", "prob_icl": "float",
              "n_zero": "int", "n_icl": "int", "n_vectors": "int"},
     units={"strength": "fraction of the ICL gain, (acc_patch - acc_0) / (acc_icl - acc_0)", "acc_0": "accuracy",
@@ -332,7 +333,9 @@ def cross_task_patching(
     """Cross-task patching (Yang et al., EMNLP 2025, arXiv 2505.14530): theta^l = mean over the first
     ``n_vectors`` composite N-shot prompts of resid_post[l] at the last position; for each subtask,
     acc_patch(l) = accuracy of its zero-shot prompts with resid_post[l] at the last position REPLACED by
-    theta^l, and strength(l) = (acc_patch - acc_0) / (acc_ICL - acc_0) (NaN where acc_ICL = acc_0).
+    theta^l, and strength(l) = (acc_patch - acc_0) / (acc_ICL - acc_0): NaN, with the reason in ``strength_note``,
+    where the ICL gain is below one prompt's worth of accuracy (a ratio over a near-zero or negative gain would be
+    a huge, meaningless number).
 
     Args:
         model: an interp.Model or a TransformerBridge.
@@ -396,11 +399,14 @@ def cross_task_patching(
         mk = lambda th=theta: [_replace_last(S.hook_name("resid_post", layer), th[layer]) for layer in layer_list]
         z_c, z_p, patched = _target_stats(m, zero, target, batch_size, mk, max_rows)
         acc_icl, acc_0 = float(icl_c.mean()), float(z_c.mean())
+        gain = acc_icl - acc_0
+        resolution = max(1 / len(icl), 1 / len(zero))  # one prompt's worth of accuracy
+        note = "" if gain >= resolution else (
+            f"undefined: the ICL gain acc_icl - acc_0 = {gain:.3g} is below one prompt's accuracy ({resolution:.3g})")
         for layer, (pc, pp) in zip(layer_list, patched):
             acc_p = float(pc.mean())
-            denom = acc_icl - acc_0
             rows.append({"composite": parent, "subtask": s, "layer": layer,
-                         "strength": (acc_p - acc_0) / denom if denom != 0 else float("nan"),
+                         "strength": (acc_p - acc_0) / gain if not note else float("nan"), "strength_note": note,
                          "acc_patch": acc_p, "acc_0": acc_0, "acc_icl": acc_icl, "prob_patch": float(pp.mean()),
                          "prob_0": float(z_p.mean()), "prob_icl": float(icl_p.mean()), "n_zero": len(zero),
                          "n_icl": len(icl), "n_vectors": min(n_vectors, len(comp_sets[parent]))})
