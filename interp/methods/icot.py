@@ -334,8 +334,8 @@ def cross_task_patching(
     ``n_vectors`` composite N-shot prompts of resid_post[l] at the last position; for each subtask,
     acc_patch(l) = accuracy of its zero-shot prompts with resid_post[l] at the last position REPLACED by
     theta^l, and strength(l) = (acc_patch - acc_0) / (acc_ICL - acc_0): NaN, with the reason in ``strength_note``,
-    where the ICL gain is below one prompt's worth of accuracy (a ratio over a near-zero or negative gain would be
-    a huge, meaningless number).
+    where the ICL gain is at most one prompt's worth of accuracy (a ratio over a near-zero or negative gain would
+    be a huge, meaningless number).
 
     Args:
         model: an interp.Model or a TransformerBridge.
@@ -401,8 +401,9 @@ def cross_task_patching(
         acc_icl, acc_0 = float(icl_c.mean()), float(z_c.mean())
         gain = acc_icl - acc_0
         resolution = max(1 / len(icl), 1 / len(zero))  # one prompt's worth of accuracy
-        note = "" if gain >= resolution else (
-            f"undefined: the ICL gain acc_icl - acc_0 = {gain:.3g} is below one prompt's accuracy ({resolution:.3g})")
+        note = "" if gain > resolution * (1 + 1e-9) else (
+            f"undefined: the ICL gain acc_icl - acc_0 = {gain:.3g} is at most one prompt's accuracy "
+            f"({resolution:.3g}), too small to divide by")
         for layer, (pc, pp) in zip(layer_list, patched):
             acc_p = float(pc.mean())
             rows.append({"composite": parent, "subtask": s, "layer": layer,
