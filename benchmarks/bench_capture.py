@@ -31,7 +31,7 @@ def model_dir() -> Path:
         return organism
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from interp.fixtures import train_tiny_tokenizer
+    from interp.model.fixtures import train_tiny_tokenizer
 
     out = Path(tempfile.mkdtemp()) / "dense_like"
     tok = train_tiny_tokenizer()

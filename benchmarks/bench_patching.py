@@ -28,7 +28,7 @@ def model_dir() -> tuple[Path, str]:
         return organism, "dense organism (data/organisms/dense)"
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from interp.fixtures import train_tiny_tokenizer
+    from interp.model.fixtures import train_tiny_tokenizer
 
     out = Path(tempfile.mkdtemp()) / "dense_like"
     tok = train_tiny_tokenizer()
@@ -63,10 +63,10 @@ def fallback_pairs(n: int) -> tuple[list[dict], list[dict]]:
 
 def naive_loop(model, clean, corrupt):
     """One forward of the pair batch per (layer, position): the reference loop."""
-    from interp.hooks import Edit, Intervention
+    from interp.activations.hooks import Edit, Intervention
+    from interp.activations.sites import hook_name
+    from interp.activations.variants import forward
     from interp.methods.patching_core import make_pairs, pair_batches, raw_metric
-    from interp.sites import hook_name
-    from interp.variants import forward
 
     pairs = make_pairs(model, clean, corrupt, target="target", wrong=None, align=None, need_wrong=True)
     out = {}

@@ -26,8 +26,8 @@ def main() -> None:
     import ray
 
     import interp
-    from interp.distributed import run_on_ray
-    from interp.registry import require_method
+    from interp.methods.registry import require_method
+    from interp.runs.distributed import run_on_ray
 
     path = model_dir()
     ps = [{"id": str(i), "prompt": p} for i, p in enumerate(prompts(args.prompts))]

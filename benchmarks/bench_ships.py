@@ -34,7 +34,7 @@ def load(tmp: str) -> tuple[interp.Model, list[dict], str]:
         return interp.load_model(DENSE), [{"id": r["id"], "prompt": r["prompt"]} for r in recs], "dense organism"
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from interp.fixtures import train_tiny_tokenizer
+    from interp.model.fixtures import train_tiny_tokenizer
 
     tok = train_tiny_tokenizer()
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=192, num_hidden_layers=6, num_attention_heads=6,

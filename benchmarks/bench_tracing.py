@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 import interp
+from interp.activations.sites import hook_name
+from interp.activations.variants import forward
 from interp.methods.tracing import (
     SITES,
     _restore,
@@ -28,8 +30,6 @@ from interp.methods.tracing import (
 )
 from interp.organisms import CORPUS_DIR, REPO_ROOT, organism_dir
 from interp.prompts import encode, make_batch
-from interp.sites import hook_name
-from interp.variants import forward
 
 
 def load(n_facts: int, model_dir: str | None = None, corpus: str | None = None):
@@ -51,7 +51,7 @@ def load(n_facts: int, model_dir: str | None = None, corpus: str | None = None):
         kept = set(probe.table["prompt_id"])
         facts = [r for r in pool if r["id"] in kept][:n_facts]
         return m, facts, "target", f"organism {dense}, {len(facts)} known held-out facts"
-    from interp.fixtures import build_tiny_model
+    from interp.model.fixtures import build_tiny_model
 
     path = build_tiny_model("llama", tempfile.mkdtemp() + "/llama")
     m = interp.load_model(path, device="cpu")

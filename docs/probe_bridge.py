@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from interp.fixtures import ARCHITECTURES, MOE_ARCHITECTURES, build_tiny_model, tokenize  # noqa: E402
+from interp.model.fixtures import ARCHITECTURES, MOE_ARCHITECTURES, build_tiny_model, tokenize  # noqa: E402
 
 P_SHORT = "The capital of France is Paris"
 P_LONG = "When Mary and John went to the store, John gave a drink to"
@@ -75,7 +75,7 @@ class Probe:
         self.facts["boot_warnings"] = sorted({f"{w.category.__name__}: {str(w.message)[:200]}" for w in caught})
         self.hf = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation="eager").eval()
         self.tok = self.bridge.tokenizer
-        from interp.fixtures import train_tiny_tokenizer
+        from interp.model.fixtures import train_tiny_tokenizer
 
         self.raw_tok = train_tiny_tokenizer()
         self.bos = bool(self.bridge.cfg.default_prepend_bos)

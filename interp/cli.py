@@ -169,7 +169,7 @@ def _prompt_sets(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_list(_args: argparse.Namespace, _g: dict[str, Any]) -> int:
-    from .registry import list_methods
+    from .methods.registry import list_methods
 
     for entry in list_methods():
         print(entry.describe())
@@ -188,11 +188,11 @@ def cmd_glossary(args: argparse.Namespace, _g: dict[str, Any]) -> int:
 
 
 def cmd_run(argv: list[str], g: dict[str, Any]) -> int:
-    from .registry import require_method
+    from .methods.registry import require_method
 
     if not argv or argv[0].startswith("-"):
         if argv and argv[0] in ("-h", "--help"):
-            from .registry import list_methods
+            from .methods.registry import list_methods
 
             print("usage: interp run METHOD --model DIR --prompts FILE --out DIR [parameters]\n\nmethods: "
                   + ", ".join(e.name for e in list_methods()) + "\n\ninterp run METHOD --help lists its parameters.")
@@ -206,10 +206,10 @@ def cmd_run(argv: list[str], g: dict[str, Any]) -> int:
 
 def run_method(entry: Any, args: argparse.Namespace, params: dict[str, Any], g: dict[str, Any]) -> int:
     """Read the prompts, load the model, run the method (whole, sharded or on Ray), write table and figure."""
-    from .model import load_model
-    from .outputs import check_result_files
+    from .figures.viz import save_html
+    from .model.loading import load_model
     from .prompts import PromptSet
-    from .viz import save_html
+    from .results.outputs import check_result_files
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -224,13 +224,13 @@ def run_method(entry: Any, args: argparse.Namespace, params: dict[str, Any], g: 
         params = {"corrupt": PromptSet(args.corrupt), **params}
     load_kw = {k: g[k] for k in ("device", "dtype") if g.get(k) is not None}
     if args.ray:
-        from .distributed import run_on_ray
+        from .runs.distributed import run_on_ray
 
         result = run_on_ray(entry.name, args.model, prompts, address=args.ray, workers=args.workers,
                             shard_size=args.shard_size or 64, out_dir=out / "shards",
                             load_kwargs={"device": "cpu", **load_kw}, **params)
     elif args.shard_size:
-        from .runs import run_resumable
+        from .runs.resumable import run_resumable
 
         result = run_resumable(entry.name, load_model(args.model, **load_kw), prompts, out / "shards",
                                shard_size=args.shard_size, **params)
@@ -240,7 +240,7 @@ def run_method(entry: Any, args: argparse.Namespace, params: dict[str, Any], g: 
     fig = result.figure()
     figures = [save_html(fig, out / f"{entry.name}.html")]
     if args.figure_format != "html":
-        from .viz import save_figure
+        from .figures.viz import save_figure
 
         figures.append(save_figure(fig, out / f"{entry.name}.{args.figure_format}"))
     for p in [*paths.values(), *figures]:
@@ -257,7 +257,7 @@ def _check_image_export(fmt: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace, _g: dict[str, Any]) -> int:
-    from .demo import run_demo
+    from .figures.demo import run_demo
 
     index = run_demo(Path(args.out), data_dir=Path(args.data) if args.data else None, quick=args.quick,
                      overwrite=args.overwrite)

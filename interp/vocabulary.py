@@ -33,14 +33,14 @@ PARAMETERS: dict[str, str] = {
               "default 'target' (None, where a method allows it: the model's own top-1 token).",
     "wrong": "The prompt field whose first token is the contrast answer of a logit difference (None: the target "
              "of the other prompt of the pair).",
-    "metric": "What is scored: a name from interp.metrics ('logit_diff', 'prob', 'logprob', 'rank', 'kl'), "
+    "metric": "What is scored: a name from interp.methods.metrics ('logit_diff', 'prob', 'logprob', 'rank', 'kl'), "
               "patching's 'norm_logit_diff' ((LD - LD_corrupt) / (LD_clean - LD_corrupt) per pair: 1 = clean, "
-              "0 = corrupt), or a callable metric (see interp.metrics.MetricFn).",
+              "0 = corrupt), or a callable metric (see interp.methods.metrics.MetricFn).",
     "ablation": "How a component is ablated: for heads (interp.ablate_heads) 'query' (scale the head's query by "
                 "eps: undifferentiated attention), 'output' (scale its output z by eps), 'key' (scale its KV "
                 "group's key by eps), 'mean' (z replaced by a mean), 'zero' (z set to 0); for experts 'zero' "
                 "(drop its output) or 'reroute' (its router logit to -inf before top-k).",
-    "sites": "Which component kinds are patched, restored, knocked out or decoded: names from interp.sites "
+    "sites": "Which component kinds are patched, restored, knocked out or decoded: names from interp.activations.sites "
              "('resid_pre', 'resid_mid', 'resid_post', 'attn_out', 'mlp_out', 'z').",
     "layers": "Layer (block) indices, 0-based; None means every layer.",
     "positions": "Which token positions: 'last' (the last real token), 'all', the name of a prompt field (its "
@@ -121,7 +121,7 @@ COLUMNS: dict[str, str] = {
     "expert": "Expert index within its layer.",
     "expert_layer": "The layer of the expert of a head-expert pair.",
     "neuron": "Neuron index within an expert.",
-    "site": "The component kind (a name from interp.sites).",
+    "site": "The component kind (a name from interp.activations.sites).",
     "window_start": "First layer of a half-open layer window (included).",
     "window_end": "End of a half-open layer window (excluded).",
     # positions and tokens
@@ -170,8 +170,8 @@ COLUMNS: dict[str, str] = {
     # lens
     "lens": "The lens a row was decoded with: 'logit' (no translator) or 'tuned' (a TunedLens's translators).",
     "norm": "The normalisation a row was decoded with: 'recompute' or 'frozen' (see the parameter norm).",
-    "depth": "Blocks applied to the vector at (site, layer): interp.sites.depth (resid_pre of layer l is l, its "
-             "resid_post l + 1).",
+    "depth": "Blocks applied to the vector at (site, layer): interp.activations.sites.depth (resid_pre of layer l "
+             "is l, its resid_post l + 1).",
     "is_last": "The row's position is the prompt's last token.",
     "predicted_prob": "Probability of the predicted (top-1) token.",
     "top_ids": "The top_k decoded token ids, best first, as a JSON list in one cell.",
@@ -279,7 +279,7 @@ def glossary_markdown() -> str:
 def package_methods() -> list:
     """The registered methods that interp itself ships (a user's own methods join the registry too, but their
     names are theirs to choose)."""
-    from .registry import list_methods
+    from .methods.registry import list_methods
 
     return [e for e in list_methods() if (getattr(e.raw, "__module__", "") or "").startswith("interp.")]
 

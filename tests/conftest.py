@@ -1,10 +1,10 @@
-"""Shared pytest fixtures: tiny locally-built models (see ``interp/fixtures.py``).
+"""Shared pytest fixtures: tiny locally-built models (see ``interp/model/fixtures.py``).
 
 Fixtures (all session-scoped, so each model is built and booted at most once per test run):
 
 ``tiny_model_dirs``
     ``dict[str, pathlib.Path]``: architecture name -> absolute directory holding a tiny
-    random-init HF model + tokenizer, for every name in ``interp.fixtures.ARCHITECTURES``.
+    random-init HF model + tokenizer, for every name in ``interp.model.fixtures.ARCHITECTURES``.
 ``bridges``
     ``bridges(arch) -> TransformerBridge``: boots ``tiny_model_dirs[arch]`` on CPU on first use
     and caches it.  The bridge is shared between tests: do not leave hooks on it or edit its
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import pytest
 
-from interp.fixtures import ARCHITECTURES, build_all_tiny_models, train_tiny_tokenizer
+from interp.model.fixtures import ARCHITECTURES, build_all_tiny_models, train_tiny_tokenizer
 
 
 def boot_bridge(path):

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import interp
-from interp.fixtures import ARCHITECTURES
+from interp.model.fixtures import ARCHITECTURES
 from interp.prompts import encode
 
 from .helpers import single_run

@@ -5,7 +5,7 @@ import torch
 
 import interp
 from interp.errors import HookNameError
-from interp.fixtures import ARCHITECTURES, MOE_ARCHITECTURES
+from interp.model.fixtures import ARCHITECTURES, MOE_ARCHITECTURES
 from interp.prompts import encode
 
 from .helpers import PROMPTS, single_run

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import interp
-from interp import registry
 from interp.cli import main
+from interp.methods import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@ nothing else written.
 
 For every registered method, on a tiny random fixture of its kind (llama: GQA; qwen2_moe: MoE with a shared
 expert) and on the shipped organism it is meant for, run on held-out prompts of its declared corpus
-(``interp.checks``) with its declared cheap parameters:
+(``interp.methods.checks``) with its declared cheap parameters:
 
 - it declares its contract (schema, inputs, paper with arXiv ids, cost, figure, organism, corpus), and its
   parameter and column names are in the vocabulary (tests/test_glossary.py checks the glossary page itself);
@@ -30,10 +30,11 @@ import plotly.graph_objects as go
 import pytest
 
 import interp
-from interp import checks, vocabulary
+from interp import vocabulary
+from interp.activations.hooks import hook_snapshot
 from interp.cli import main
-from interp.hooks import hook_snapshot
-from interp.registry import list_methods
+from interp.methods import checks
+from interp.methods.registry import list_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRIES = list_methods()
@@ -115,7 +116,7 @@ def check_result(entry, model, result, inputs, params):
     assert meta["method"] == entry.name
     assert meta["schema"] == entry.schema.to_dict() and meta["schema"]["unit"] == entry.schema.unit
     bound = entry.bind(model, *inputs, **params)
-    assert meta["parameters"] == interp.results.jsonable_parameters(bound)
+    assert meta["parameters"] == interp.results.result.jsonable_parameters(bound)
     assert set(meta["parameters"]) == set(entry.parameters)  # every parameter, defaults included
     missing = [k for k in PROVENANCE if k not in meta]
     assert not missing, f"{entry.name}: meta lacks {missing}"
@@ -314,7 +315,7 @@ def test_readme_adding_a_method_runs_end_to_end(models, tmp_path):
     try:
         assert main(["--import", str(module), "run", name, "--model", str(model.path), "--prompts", str(prompts),
                      "--out", str(out)]) == 0
-        entry = interp.registry.require_method(name)
+        entry = interp.methods.registry.require_method(name)
         inputs, params = checks.check_call(entry, model)
         result = entry.function(model, *inputs, **params)
         check_result(entry, model, result, inputs, params)
@@ -326,4 +327,4 @@ def test_readme_adding_a_method_runs_end_to_end(models, tmp_path):
         check_sharded(entry, model, tmp_path)
         assert not math.isnan(float(result.table[entry.schema.value].sum()))
     finally:
-        interp.registry._REGISTRY.pop(name, None)
+        interp.methods.registry._REGISTRY.pop(name, None)

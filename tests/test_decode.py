@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import interp
-from interp.fixtures import ARCHITECTURES
+from interp.model.fixtures import ARCHITECTURES
 from interp.prompts import encode
 
 from .helpers import PROMPTS

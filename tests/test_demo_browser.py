@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from interp.demo import SECTIONS, run_demo
+from interp.figures.demo import SECTIONS, run_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

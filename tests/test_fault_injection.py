@@ -25,7 +25,7 @@ import torch
 
 import interp
 from interp.errors import InterpError
-from interp.runs import RunDirectoryError, RunWarning, run_resumable
+from interp.runs.resumable import RunDirectoryError, RunWarning, run_resumable
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [{"id": f"q{i}", "prompt": f"The capital of country number {i} is", "target": " Paris"} for i in range(16)]
@@ -67,7 +67,7 @@ def slow_predictions():
         return predictions(model, prompts, top_k=top_k)
 
     yield slow
-    interp.registry._REGISTRY.pop("slow_predictions", None)
+    interp.methods.registry._REGISTRY.pop("slow_predictions", None)
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +248,7 @@ CAPTURE_CHILD = """
 import json, sys, time
 import interp
 
-capture_module = sys.modules["interp.capture"]  # the module (interp.capture is also the function's name)
+capture_module = sys.modules["interp.activations.capture"]  # the module (interp.capture is also the function's name)
 real = capture_module.save_file
 def slow_save(*args, **kwargs):  # a pause per shard, so a kill can land between and inside shard writes
     real(*args, **kwargs)

@@ -1,10 +1,10 @@
-"""One figure convention (docs/figures.md, interp/viz.py): every registered method's default figure, on the same
+"""One figure convention (docs/figures.md, interp/figures/viz.py): every registered method's default figure, on the same
 check run as the contract tests, has a title that fits the report's width, titled axes, titled colourbars with
 their unit, layer 0 at the bottom, a centred diverging scale for signed values, and no fixed width."""
 
 import pytest
 
-from interp.viz import check_convention
+from interp.figures.viz import check_convention
 from interp.vocabulary import package_methods
 
 from .test_contract import ENTRIES, fixture_model, run_entry

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from interp.fixtures import (
+from interp.model.fixtures import (
     ARCHITECTURES,
     GQA_ARCHITECTURES,
     MOE_ARCHITECTURES,

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import interp
+from interp.activations.generation import SCHEMA, generate_batch
 from interp.errors import ParameterError
-from interp.generation import SCHEMA, generate_batch
 from interp.prompts import tokenize
 
 from .helpers import PROMPTS
@@ -58,7 +58,7 @@ def steering(model, layer, scale=4.0, seed=0):
     the same vector for the HF reference."""
     g = torch.Generator().manual_seed(seed)
     vec = torch.randn(model.info.d_model, generator=g) * scale
-    iv = interp.Intervention.from_function(interp.sites.hook_name("resid_post", layer), lambda t: t + vec,
+    iv = interp.Intervention.from_function(interp.activations.sites.hook_name("resid_post", layer), lambda t: t + vec,
                                            label=f"steer L{layer}")
     return iv, vec
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 import interp
-from interp.hooks import Edit, Intervention, hook_snapshot, hooked
+from interp.activations.hooks import Edit, Intervention, hook_snapshot, hooked
+from interp.activations.sites import hook_name
 from interp.methods.icot import context_masking, cross_task_patching
 from interp.organisms import CORPUS_DIR, organism_dir
 from interp.prompts import tokenize
-from interp.sites import hook_name
 
 from .helpers import answer_id, ids_of
 
@@ -161,7 +161,7 @@ def test_cross_task_stages_come_from_the_runners_directory(models, tmp_path, mon
     """The stage directory is a shard input set by the runner (run_resumable), not a parameter: with it the
     task vectors and each subtask are saved, and a rerun reads them instead of computing them again."""
     from interp.methods import icot
-    from interp.registry import shard_inputs
+    from interp.methods.registry import shard_inputs
 
     m = models["llama"]
     kw = {"n_vectors": 3, "layers": [0, 2], "batch_size": 3}

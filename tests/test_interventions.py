@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import interp
-from interp.fixtures import ARCHITECTURES
-from interp.hooks import hook_snapshot, hooked
+from interp.activations.hooks import hook_snapshot, hooked
+from interp.activations.sites import hook_name
+from interp.activations.variants import forward, run_variants
+from interp.model.fixtures import ARCHITECTURES
 from interp.prompts import encode, make_batch
-from interp.sites import hook_name
-from interp.variants import forward, run_variants
 
 from .helpers import PROMPTS
 

@@ -306,7 +306,7 @@ def test_heatmap_cells_are_the_top_tokens_and_their_probabilities(models, tmp_pa
     by_target = lens_heatmap(res, PROMPTS[1]["id"], color="target")
     t1 = res.table[res.table["prompt_id"] == PROMPTS[1]["id"]]
     assert by_target.data[0].z[0][0] == pytest.approx(t1[(t1.layer == 0) & (t1.position == 0)]["target_prob"].iloc[0])
-    assert interp.viz.save_html(fig, tmp_path / "lens.html").stat().st_size > 1000
+    assert interp.figures.viz.save_html(fig, tmp_path / "lens.html").stat().st_size > 1000
 
 
 def test_curves_plot_the_summary_for_each_lens_and_target(models):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import interp
-from interp.fixtures import ARCHITECTURES, GQA_ARCHITECTURES, MOE_ARCHITECTURES
+from interp.model.fixtures import ARCHITECTURES, GQA_ARCHITECTURES, MOE_ARCHITECTURES
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

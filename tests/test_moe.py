@@ -15,13 +15,13 @@ import torch
 
 import interp
 from interp import experts
-from interp.fixtures import MOE_ARCHITECTURES
-from interp.hooks import hook_snapshot
+from interp.activations.hooks import hook_snapshot
+from interp.activations.variants import forward, run_variants
 from interp.methods.moe import expert_attribution, expert_importance, top_experts
 from interp.methods.moe_blocking import block_experts, shared_routed_contrast
 from interp.methods.moe_routing import head_expert_correlation, routing_stats
+from interp.model.fixtures import MOE_ARCHITECTURES
 from interp.prompts import encode, make_batch
-from interp.variants import forward, run_variants
 
 from .helpers import PROMPTS
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from interp.cli import main
-from interp.demo import run_demo
-from interp.outputs import MARKER, OutputDirectoryError
+from interp.figures.demo import run_demo
+from interp.results.outputs import MARKER, OutputDirectoryError
 
 
 @pytest.fixture()

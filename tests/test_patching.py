@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import interp
+from interp.activations.hooks import Edit, Intervention, hook_snapshot, hooked
+from interp.activations.sites import hook_name
 from interp.errors import ParameterError
-from interp.hooks import Edit, Intervention, hook_snapshot, hooked
 from interp.methods.attribution_patching import attribution_patching
 from interp.methods.patching import activation_patching
 from interp.organisms import organism_dir
-from interp.sites import hook_name
 
 from .helpers import answer_id, ids_of
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 import interp
-from interp.distributed import run_on_ray
 from interp.methods.predictions import predictions
-from interp.runs import run_resumable
+from interp.runs.distributed import run_on_ray
+from interp.runs.resumable import run_resumable
 
 ray = pytest.importorskip("ray", reason="the ray extra is installed by `make test`; without it nothing to test")
 
@@ -64,7 +64,7 @@ def test_a_whole_set_statistic_merges_on_ray_as_in_one_process(local_ray, tiny_m
 DRIVER = """
 import sys, time
 import interp
-from interp.distributed import run_on_ray
+from interp.runs.distributed import run_on_ray
 from interp.methods.predictions import predictions
 
 def slow_predictions(model, prompts, *, top_k=3):

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import interp
-from interp.registry import get_method, list_methods, require_method
+from interp.methods.registry import get_method, list_methods, require_method
 
 
 def sample_result() -> interp.Result:
@@ -88,7 +88,7 @@ def test_registry_lists_and_accepts_a_users_method():
     with pytest.raises(interp.ParameterError, match="undeclared"):  # the table is checked against the schema
         interp.register_method("bad_table_method", paper="", cost="", schema=schema)(
             lambda m, p: interp.Result(pd.DataFrame({"score": [1], "extra": [2]}), {}))(None, ["a"])
-    interp.registry._REGISTRY.pop("bad_table_method", None)
+    interp.methods.registry._REGISTRY.pop("bad_table_method", None)
 
 
 def test_csv_is_safe_to_open_and_still_exact(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 import interp
 from interp.errors import DeviceError, InterpError
-from interp.runs import run_resumable
+from interp.runs.resumable import run_resumable
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [{"id": f"q{i}", "prompt": " ".join(["the capital of", "France", "is"][: 1 + i % 3]) + f" {i}",
@@ -24,7 +24,7 @@ CHILD = """
 import sys, time, json
 import interp
 from interp.methods.predictions import predictions
-from interp.runs import run_resumable
+from interp.runs.resumable import run_resumable
 
 @interp.register_method("slow_predictions", paper="-", cost="1 forward per prompt, then a pause",
                         schema=interp.get_method("predictions").schema)
@@ -81,7 +81,7 @@ STAGE_CHILD = """
 import sys, time, json
 import interp
 from interp.methods import safety_heads
-from interp.runs import run_resumable
+from interp.runs.resumable import run_resumable
 
 real = safety_heads._final_states
 def slow(*args, **kwargs):  # a pause per Sahara step, so the parent can kill the run between steps

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import interp
-from interp.hooks import hook_snapshot
+from interp.activations.hooks import hook_snapshot
 from interp.methods import safety_heads as sh
 from interp.methods.generation import REFUSAL_KEYWORDS, keyword_judge, refuses
 from interp.prompts import tokenize
@@ -271,7 +271,7 @@ def test_sahara_resumes_from_its_stage_directory(models, tmp_path, monkeypatch):
     model = models("llama")
     whole = sh.sahara(model, PROMPTS, steps=2)
     assert not list(tmp_path.iterdir())  # outside a resumable run nothing is saved
-    with interp.registry.shard_inputs(checkpoint_dir=str(tmp_path)):
+    with interp.methods.registry.shard_inputs(checkpoint_dir=str(tmp_path)):
         first = sh.sahara(model, PROMPTS, steps=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_001.parquet", "step_002.parquet"]
     pd.testing.assert_frame_equal(first.table, whole.table, check_exact=True)
@@ -279,7 +279,7 @@ def test_sahara_resumes_from_its_stage_directory(models, tmp_path, monkeypatch):
     calls = []
     real = sh._final_states
     monkeypatch.setattr(sh, "_final_states", lambda *a, **k: calls.append(1) or real(*a, **k))
-    with interp.registry.shard_inputs(checkpoint_dir=str(tmp_path)):
+    with interp.methods.registry.shard_inputs(checkpoint_dir=str(tmp_path)):
         resumed = sh.sahara(model, PROMPTS, steps=2)
     assert len(calls) == 1  # step 1 came from its checkpoint
     pd.testing.assert_frame_equal(resumed.table, whole.table, check_exact=True)
@@ -391,7 +391,7 @@ def test_hooks_never_leak(models):
 def test_declared_contract_on_the_check_prompts(models, name):
     """Each method runs on its declared corpus with its declared cheap example; the registry fills in the method,
     every bound parameter and the schema; head sets in cells read back as (layer, head) pairs; no hook is left."""
-    from interp import checks
+    from interp.methods import checks
 
     model = models("llama")
     entry = interp.get_method(name)

@@ -21,7 +21,7 @@ from interp.methods.attribution_patching import attribution_patching
 from interp.methods.moe import expert_attribution, top_experts
 from interp.methods.patching import activation_patching
 from interp.methods.relation_evidence import relation_evidence
-from interp.runs import run_resumable
+from interp.runs.resumable import run_resumable
 
 WORDS = ["the red", "a small green", "my old", "one blue", "our tall", "the quiet little"]
 NOUNS = ["house", "river stone", "garden", "bright lamp", "ship", "clock tower"]
@@ -205,7 +205,7 @@ def test_cross_task_patching_resumes_by_stage(llama, tmp_path, monkeypatch):
 
 
 def test_stage_methods_refuse_ray(tiny_model_dirs):
-    from interp.distributed import run_on_ray
+    from interp.runs.distributed import run_on_ray
 
     with pytest.raises(interp.ParameterError, match="whole prompt set at every stage"):
         run_on_ray("sahara", tiny_model_dirs["llama"], FACTS, workers=2, steps=1)

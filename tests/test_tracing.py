@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import interp
-from interp.hooks import hook_snapshot
+from interp.activations.hooks import hook_snapshot
+from interp.figures.viz import check_convention
 from interp.methods.relation_evidence import relation_evidence
 from interp.methods.tracing import (
     causal_trace,
@@ -22,7 +23,6 @@ from interp.methods.tracing import (
 )
 from interp.organisms import CORPUS_DIR, REPO_ROOT, organism_dir
 from interp.prompts import encode
-from interp.viz import check_convention
 
 FACTS = [
     {"id": "f0", "prompt": "The capital of France is", "target": " Paris", "subject": "France", "task": "capital"},
@@ -223,8 +223,8 @@ def test_run_plumbing_arrives_as_shard_inputs(models):
     """subject_std and allow_none_kept are not parameters: a sharded run's prepare passes them out of band."""
     import inspect
 
+    from interp.methods.registry import shard_inputs
     from interp.methods.tracing import subject_embedding_std
-    from interp.registry import shard_inputs
 
     m = models("llama")
     sig = inspect.signature(causal_trace.registry_entry.raw)

@@ -25,15 +25,14 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .. import sites as S
+from ..activations import sites as S
+from ..activations.hooks import Edit, Intervention
+from ..activations.variants import forward
 from ..errors import ParameterError, PromptError, check_positive_int
-from ..hooks import Edit, Intervention
-from ..metrics import MetricFn
-from ..model import Model
+from ..model.loading import Model
 from ..prompts import Batch
-from ..registry import ShardPlan, register_method
-from ..results import Result, make_meta
-from ..variants import forward
+from ..results.result import Result, make_meta
+from .metrics import MetricFn
 from .patching_core import (
     DEFAULT_SITES,
     KEY_COLUMNS,
@@ -59,6 +58,7 @@ from .patching_core import (
     score_of,
     slot_rows,
 )
+from .registry import ShardPlan, register_method
 
 EMBED_HOOK = S.hook_name("resid_pre", 0)  # the input embeddings, where the EAP-IG path is taken
 PAPERS = ("Nanda 2023, 'Attribution patching: activation patching at industrial scale'; Kramar et al. 2024, "
@@ -75,7 +75,7 @@ def gradients(m: Model, batch: Batch, hooks: list[str], metric: str | MetricFn, 
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """One forward and one backward of ``batch``: (metric [B], activations, dMetric/dActivation) at ``hooks``.
 
-    A zero tensor that requires grad is added at each hook (inside :func:`interp.hooks.hooked`, so no hook
+    A zero tensor that requires grad is added at each hook (inside :func:`interp.activations.hooks.hooked`, so no hook
     outlives the forward); the gradient of the summed metric with respect to it is dM/da of each row (rows do
     not interact). ``embed`` [B, T, d_model], if given, replaces the input embeddings (``resid_pre`` of block 0)
     before anything else reads them."""

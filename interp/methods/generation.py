@@ -1,7 +1,7 @@
 """Response judges for generation-based methods (attack success rate).
 
-The batched generation engine lives in :mod:`interp.generation` (``interp.generate`` and its batch engine
-:func:`~interp.generation.generate_batch`); it is re-exported here under its old name ``generate`` (with
+The batched generation engine lives in :mod:`interp.activations.generation` (``interp.generate`` and its batch engine
+:func:`~interp.activations.generation.generate_batch`); it is re-exported here under its old name ``generate`` (with
 ``Generated``, ``_kv_cache_bridge`` and ``_row_seed``) so that existing imports keep working.
 
 Judges map a response to True (the attack succeeded: a compliant, harmful response) or False.
@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..activations.generation import Generated, _kv_cache_bridge, _row_seed, generate_batch
 from ..errors import ParameterError
-from ..generation import Generated, _kv_cache_bridge, _row_seed, generate_batch
 
 generate = generate_batch  # the old name of the batch engine (interp.methods.safety_heads imports it)
 

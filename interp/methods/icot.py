@@ -18,17 +18,17 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import sites as S
-from ..checkpoints import StageCheckpoints
+from ..activations import sites as S
+from ..activations.hooks import Edit, Intervention
+from ..activations.interventions import mask_attention
+from ..activations.variants import forward, run_variants
 from ..errors import ParameterError, PromptError, check_layer_list, check_positive_int
-from ..hooks import Edit, Intervention
-from ..interventions import mask_attention
-from ..model import Model, as_model
+from ..model.loading import Model, as_model
 from ..prompts import PromptSet, as_prompt_set, batches, encode
-from ..registry import Schema, ShardPlan, register_method, shard_input
-from ..results import Result, make_meta
-from ..variants import forward, run_variants
+from ..results.result import Result, make_meta
+from ..runs.checkpoints import StageCheckpoints
 from .patching_core import TokenNames, check_layers
+from .registry import Schema, ShardPlan, register_method, shard_input
 
 ICOT_PAPER = "Yang et al., EMNLP 2025, arXiv 2505.14530 (Internal Chain-of-Thought)"
 ICOT_TARGETS = ("y_t", "y_s1", "y_s2")
@@ -303,7 +303,7 @@ def cross_task_figure(result: Result) -> Any:
 
 def _cross_task_example(model: Any, prompts: Any) -> dict[str, Any]:
     """Cheap parameters for a check run: 4 held-out subtask prompts, the first two layers, 2 vectors per task."""
-    from ..checks import corpus_prompts
+    from .checks import corpus_prompts
 
     n = as_model(model).info.n_layers
     # a PromptSet, recorded by its fingerprint in meta["parameters"] (as the CLI, which reads it from a file, does)
@@ -362,7 +362,7 @@ def cross_task_patching(
     Cost: 1 forward per composite prompt used + 1 per subtask prompt + 1 zero-shot row per layer (batched,
     started at that layer). In a resumable run (:func:`interp.run_resumable`) the task vectors and each finished
     subtask are saved in the run's stage directory, and a rerun computes only what is missing
-    (:mod:`interp.checkpoints`).
+    (:mod:`interp.runs.checkpoints`).
     """
     m = as_model(model)
     comp = as_prompt_set(prompts)

@@ -15,7 +15,7 @@ u = resid_mid, m = mlp_out of layer l:
 
 :func:`expert_attribution` returns an :class:`AttributionResult`, whose views :meth:`~AttributionResult.
 expert_importance` and :meth:`~AttributionResult.top_experts` (also plain functions) rank the experts. The
-per-expert recomputation lives in :mod:`interp.experts`; blocking and routing statistics in
+per-expert recomputation lives in :mod:`interp.activations.experts`; blocking and routing statistics in
 :mod:`interp.methods.moe_blocking` and :mod:`interp.methods.moe_routing`.
 """
 
@@ -29,16 +29,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import experts
-from ..capture import head_outputs
-from ..decode import apply_final_norm, decode, norm_scale, unembed
+from ..activations import experts
+from ..activations.capture import head_outputs
+from ..activations.sites import hook_name
+from ..activations.variants import forward
 from ..errors import ArchitectureError, ParameterError, check_positive_int
-from ..model import as_model
+from ..model.decode import apply_final_norm, decode, norm_scale, unembed
+from ..model.loading import as_model
 from ..prompts import as_prompt_set, batches, encode
-from ..registry import Schema, ShardPlan, register_method
-from ..results import Result, concat_tables, make_meta
-from ..sites import hook_name
-from ..variants import forward
+from ..results.result import Result, concat_tables, make_meta
+from .registry import Schema, ShardPlan, register_method
 
 LEVELS = ("layer", "head", "expert", "neuron")  # what ``levels`` selects
 # the ``level`` of a row, and the ``levels`` entry that computes it
@@ -146,7 +146,7 @@ def attribution_figure(result: Result, view: str = "layers", task: str | None = 
     prompts only. Means are over the prompts, whose count the title gives."""
     import plotly.graph_objects as go
 
-    from ..viz import axis_label, heatmap
+    from ..figures.viz import axis_label, heatmap
 
     t = result.table if task is None else result.table[result.table["task"] == task]
     over = f"mean over {t['prompt_id'].nunique()} prompts" + ("" if task is None else f" of {task}")

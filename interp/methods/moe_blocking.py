@@ -1,8 +1,9 @@
 """Expert blocking with random controls, and the shared-only / shared + top-n routed contrast (Li et al., ACL
 2025, arXiv 2505.24593, Table 2 and the expert-blocking experiment; the random-expert control is ours).
 
-Blocking is an :class:`~interp.hooks.Intervention` on the routing weights (site ``expert_weights``) built by
-:func:`interp.experts.block_experts_intervention`; every condition runs through the variants engine, so hooks
+Blocking is an :class:`~interp.activations.hooks.Intervention` on the routing weights (site ``expert_weights``) built by
+:func:`interp.activations.experts.block_experts_intervention`; every condition runs through the variants engine, so
+hooks
 never leak and conditions are batched.
 """
 
@@ -16,8 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ParameterError, check_choice, check_positive_int
-from ..experts import (
+from ..activations.experts import (
     ABLATIONS,
     block_experts_intervention,
     check_experts,
@@ -25,14 +25,14 @@ from ..experts import (
     moe_layer,
     require_moe,
 )
-from ..hooks import Intervention
+from ..activations.hooks import Intervention
+from ..activations.variants import run_variants
+from ..errors import ParameterError, check_choice, check_positive_int
 from ..prompts import as_prompt_set, batches, encode
-from ..registry import Schema, ShardPlan, register_method
-from ..results import Result, concat_tables, make_meta
-from ..variants import run_variants
+from ..results.result import Result, concat_tables, make_meta
 from .moe import HIT_AT, PAPER
+from .registry import Schema, ShardPlan, register_method
 
-CONDITION_ORDER = ("clean", "blocked", "control")
 BLOCKING_SCHEMA = Schema(
     keys=("prompt_id", "condition", "control"), value="target_rr", unit="1/rank", sign="higher",
     columns={"prompt_id": "str", "condition": "str", "control": "int", "target_token": "str", "target_id": "int",

@@ -10,14 +10,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..activations.experts import is_moe_layer, moe_layer, require_moe
+from ..activations.sites import hook_name
+from ..activations.variants import forward
 from ..errors import ParameterError, check_choice, check_positive_int
-from ..experts import is_moe_layer, moe_layer, require_moe
 from ..prompts import as_prompt_set, batches, encode
-from ..registry import Schema, ShardPlan, register_method
-from ..results import Result, concat_tables, make_meta
-from ..sites import hook_name
-from ..variants import forward
+from ..results.result import Result, concat_tables, make_meta
 from .moe import PAPER, expert_attribution
+from .registry import Schema, ShardPlan, register_method
 
 POSITIONS = ("all", "last")
 ROUTING_VALUES = ("load", "mean_routing_weight", "mean_router_prob")
@@ -40,7 +40,7 @@ CORRELATION_SCHEMA = Schema(
 def routing_figure(result: Result, group: str = "all", value: str = "load") -> Any:
     """Layer x expert heatmap of the load (or mean_routing_weight, mean_router_prob) of one group, over its
     tokens (their count in the title)."""
-    from ..viz import axis_label, heatmap
+    from ..figures.viz import axis_label, heatmap
 
     check_choice("value", value, ROUTING_VALUES)
     t = result.table[result.table["group"] == group]
@@ -155,7 +155,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def correlation_figure(result: Result, value: str = "r_router_prob") -> Any:
     """Heatmap of Pearson r across the prompts: heads (rows) x experts at the same or later layers (columns)."""
-    from ..viz import heatmap
+    from ..figures.viz import heatmap
 
     check_choice("value", value, ("r_router_prob", "r_gain"))
     t = result.table.copy()

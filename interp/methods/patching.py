@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..metrics import MetricFn
-from ..registry import register_method
-from ..results import Result, make_meta
+from ..results.result import Result, make_meta
+from .metrics import MetricFn
 from .patching_core import (
     DEFAULT_SITES,
     KEY_COLUMNS,
@@ -39,6 +38,7 @@ from .patching_core import (
     score_of,
     slot_rows,
 )
+from .registry import register_method
 
 COLUMNS = ("effect", "score", "patched_metric", "clean_metric", "corrupt_metric")
 SCHEMA = patching_schema(
@@ -79,7 +79,7 @@ def activation_patching(
     Args:
         model: an interp.Model or a TransformerBridge.
         clean, corrupt: prompt sets paired row by row.
-        sites: names from interp.sites: resid_pre, resid_mid, resid_post, attn_out, mlp_out (whole-layer
+        sites: names from interp.activations.sites: resid_pre, resid_mid, resid_post, attn_out, mlp_out (whole-layer
             vectors) and z (per head, before W_O).
         positions: "all", "last" or token positions of the destination prompt (0-based; negatives from the end).
         metric: a name of interp.metrics ("logit_diff": logit of the target minus logit of the wrong answer,

@@ -9,7 +9,7 @@ scores low when corrupting it alone destroys the behaviour. Heimersheim & Nanda,
 activation patching" (2024, arXiv 2404.15255); Zhang & Nanda, "Towards best practices of activation patching"
 (ICLR 2024, arXiv 2309.16042).
 
-Metrics come from :mod:`interp.metrics`; patching adds one, ``norm_logit_diff``: the logit difference
+Metrics come from :mod:`interp.methods.metrics`; patching adds one, ``norm_logit_diff``: the logit difference
 normalised per pair as (LD - LD_corrupt) / (LD_clean - LD_corrupt), 1 = clean behaviour, 0 = corrupt behaviour,
 in both directions.
 """
@@ -24,15 +24,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import metrics as M
-from .. import sites as S
+from ..activations import sites as S
+from ..activations.hooks import Edit, Intervention
+from ..activations.variants import forward, run_variants
 from ..errors import ParameterError, PromptError, check_choice, check_layer_list, check_positive_int
-from ..hooks import Edit, Intervention
-from ..model import Model, as_model
+from ..model.loading import Model, as_model
 from ..prompts import Batch, EncodedSet, PromptSet, as_prompt_set, encode, make_batch, target_token
-from ..registry import Schema, ShardPlan
-from ..results import Result, concat_tables
-from ..variants import forward, run_variants
+from ..results.result import Result, concat_tables
+from . import metrics as M
+from .registry import Schema, ShardPlan
 
 PATCH_SITES = (*S.RESIDUAL, *S.SUBLAYER_OUTPUTS, *S.HEAD_SITES)  # the order of the table's rows
 DEFAULT_SITES = ("resid_pre", "attn_out", "mlp_out", "z")
@@ -173,7 +173,7 @@ def check_common(model: Any, clean: Any, corrupt: Any, *, sites: Any, positions:
 def raw_metric(metric: str | M.MetricFn, logits: torch.Tensor, target: torch.Tensor, wrong: torch.Tensor | None,
                prompt_ids: Sequence[str] | None = None) -> torch.Tensor:
     """The metric before normalisation, one value per row (norm_logit_diff: the logit difference), through
-    :func:`interp.metrics.score` (a user metric that raises is reported naming the batch's prompts)."""
+    :func:`interp.methods.metrics.score` (a user metric that raises is reported naming the batch's prompts)."""
     name = "logit_diff" if metric == NORM_LOGIT_DIFF else metric
     return M.score(name, logits, target, wrong, prompt_ids=prompt_ids)
 
@@ -391,7 +391,7 @@ def patching_figure(result: Result, site: str | None = None, position: int | Non
     """Mean over prompts of ``value`` (default: the schema's value, ``effect`` / ``attribution``; ``"score"`` for
     the metric after patching): layer x position for a residual / output site (x = token position, from the end
     when the prompts' lengths differ), layer x head for z (at ``position``, default the last)."""
-    from ..viz import heatmap
+    from ..figures.viz import heatmap
 
     t = result.table
     if value is None:

@@ -8,13 +8,13 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .. import metrics
+from ..activations.variants import forward
 from ..errors import ParameterError, check_positive_int
-from ..model import as_model
+from ..model.loading import as_model
 from ..prompts import as_prompt_set, batches, encode
-from ..registry import Schema, register_method
-from ..results import Result, make_meta
-from ..variants import forward
+from ..results.result import Result, make_meta
+from . import metrics
+from .registry import Schema, register_method
 
 SCHEMA = Schema(
     keys=("prompt_id", "prediction_rank"), value="prob", unit="probability", sign="higher",

@@ -20,15 +20,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import metrics
+from ..activations.hooks import Edit, Intervention
+from ..activations.sites import SUBLAYER_OUTPUTS, check_sites, hook_name
+from ..activations.variants import forward, run_variants
 from ..errors import ParameterError, check_positive_int
-from ..hooks import Edit, Intervention
-from ..model import Model, as_model
+from ..model.loading import Model, as_model
 from ..prompts import EncodedSet, as_prompt_set, batches, encode
-from ..registry import Schema, ShardPlan, register_method
-from ..results import Result, make_meta
-from ..sites import SUBLAYER_OUTPUTS, check_sites, hook_name
-from ..variants import forward, run_variants
+from ..results.result import Result, make_meta
+from . import metrics
+from .registry import Schema, ShardPlan, register_method
 
 KNOCKOUT_SITES = ("mlp_out", "attn_out")  # the sublayers knocked out (Geva et al.'s order: MLP, then attention)
 assert set(KNOCKOUT_SITES) == set(SUBLAYER_OUTPUTS)
@@ -202,7 +202,7 @@ def relation_evidence(
         attributes: A_r (see :func:`attribute_sets`): None takes the first tokens of every target of the
             prompt's task in this prompt set; a list of strings, one set for every prompt; a dict task -> list.
         top_k: the decoded tokens the attribute rate looks at (Liu et al.: 50).
-        sites: the sublayers knocked out, names from :mod:`interp.sites`: ``"mlp_out"``, ``"attn_out"``.
+        sites: the sublayers knocked out, names from :mod:`interp.activations.sites`: ``"mlp_out"``, ``"attn_out"``.
         window: width of the half-open window of layers knocked out together, in layers; every window
             [a, a + window) inside the model is run.
         target: the prompt field whose first token is scored.
@@ -267,7 +267,7 @@ def _measures(logits: torch.Tensor, targets: torch.Tensor, a_masks: torch.Tensor
 def _evidence_batch(m: Model, enc: EncodedSet, batch: Any, a_sets: list[set[int]], top_k: int,
                     chosen: Sequence[str], window: int, target: str, max_rows: int | None, has_task: bool
                     ) -> list[dict[str, Any]]:
-    from ..decode import decode
+    from ..model.decode import decode
 
     n_layers = m.info.n_layers
     names = [hook_name("resid_post", layer) for layer in range(n_layers)]
@@ -276,7 +276,7 @@ def _evidence_batch(m: Model, enc: EncodedSet, batch: Any, a_sets: list[set[int]
     a_masks = torch.zeros(batch.size, logits.shape[-1], dtype=torch.bool, device=logits.device)
     for r, idx in enumerate(batch.indices):
         a_masks[r, list(a_sets[idx])] = True
-    c_rank, c_prob, c_rate = _measures(logits, targets, a_masks, top_k)
+    _, c_prob, c_rate = _measures(logits, targets, a_masks, top_k)
     correct = logits.argmax(-1) == targets
     lens = []
     for name in names:

@@ -31,17 +31,17 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import sites
-from ..checkpoints import StageCheckpoints
-from ..decode import final_norm_module
+from ..activations import sites
+from ..activations.interventions import HEAD_ABLATIONS, ablate_heads, check_heads
+from ..activations.variants import default_max_rows, run_variants
 from ..errors import ParameterError, check_choice, check_positive_float, check_positive_int
-from ..interventions import HEAD_ABLATIONS, ablate_heads, check_heads
-from ..model import Model, as_model
+from ..model.decode import final_norm_module
+from ..model.loading import Model, as_model
 from ..prompts import EncodedSet, PromptSet, as_prompt_set, batches, encode
-from ..registry import Schema, ShardPlan, finish_result, register_method, require_method, shard_input
-from ..results import Result, concat_tables, make_meta
-from ..variants import default_max_rows, run_variants
+from ..results.result import Result, concat_tables, make_meta
+from ..runs.checkpoints import StageCheckpoints
 from .generation import apply_judge, check_judge, generate
+from .registry import Schema, ShardPlan, finish_result, register_method, require_method, shard_input
 
 PAPER = ("Zhou et al. 2025, On the Role of Attention Heads in Large Language Model Safety (ICLR 2025), "
          "arXiv 2410.13708")
@@ -118,7 +118,7 @@ class _KLReduce:
     """Reduce for run_variants: the first call (the clean run) keeps p_clean; later ones return
     KL(p_clean || p_ablated) per row, in nats, with 1e-12 added to both distributions.
 
-    The formula of :func:`interp.metrics.kl_divergence` with ``eps=1e-12``, computed in float64: that function
+    The formula of :func:`interp.methods.metrics.kl_divergence` with ``eps=1e-12``, computed in float64: that function
     computes in float32, where the difference of two nearly equal log-probabilities loses the small KLs of
     unimportant heads (on the dense organism it moves them by up to 1e-6 nats, ~900x the smallest ones, and
     reorders the top-10 heads)."""
@@ -138,7 +138,7 @@ class _KLReduce:
 def ships_figure(result: Result, **_: Any) -> Any:
     """Layer x head grid of the mean Ships score over prompts (KL, nats; layer 0 at the bottom); hover: layer,
     head, score, rank."""
-    from ..viz import heatmap
+    from ..figures.viz import heatmap
 
     grid = result.pivot("layer", "head", "score", aggfunc="mean")
     flat = grid.stack().sort_values(ascending=False, kind="stable")
@@ -161,7 +161,8 @@ def ships(model: Any, prompts: Any, *, ablation: str = "query", eps: float = 1e-
     next-token distribution at the last real prompt position.
 
     Args:
-        ablation: how the head is ablated (:data:`interp.interventions.HEAD_ABLATIONS`; the paper's is "query").
+        ablation: how the head is ablated (:data:`interp.activations.interventions.HEAD_ABLATIONS`; the paper's
+            is "query").
         eps: the ablation's scale factor (dimensionless, > 0; the authors' default 1e-5).
         batch_size: prompts per batch.
         max_rows: at most this many rows (prompt x head) per forward; None: from a memory budget.
@@ -333,7 +334,7 @@ def generalized_ships(model: Any, prompts: Any, heads: Sequence[Head], *, ablati
 
     Args:
         heads: the head group, (layer, head) integer pairs, ablated together.
-        ablation: how the heads are ablated (:data:`interp.interventions.HEAD_ABLATIONS`).
+        ablation: how the heads are ablated (:data:`interp.activations.interventions.HEAD_ABLATIONS`).
         eps: the ablation's scale factor (dimensionless, > 0).
         r_main: the number of leading singular vectors whose angles are summed (<= min(N, d_model)).
         basis: "left" (singular vectors in the N-dim sample space, the authors') or "right" (d_model space).
@@ -396,7 +397,7 @@ def sahara(model: Any, prompts: Any, *, steps: int = 3, ablation: str = "query",
 
     Args:
         steps: the number of greedy steps (the size of the group; <= L*H).
-        ablation: how the heads are ablated (:data:`interp.interventions.HEAD_ABLATIONS`).
+        ablation: how the heads are ablated (:data:`interp.activations.interventions.HEAD_ABLATIONS`).
         eps: the ablation's scale factor (dimensionless, > 0).
         r_main: singular vectors whose angles are summed in the generalised Ships score.
         basis: "left" (sample space, the authors') or "right" singular vectors.
@@ -410,7 +411,7 @@ def sahara(model: Any, prompts: Any, *, steps: int = 3, ablation: str = "query",
     chosen, "(0, 2), (1, 0)"); ``meta["group"]``: the chosen heads in order. Cost: per step 1 + (L*H - |G|)
     forwards per prompt, batched over prompts and candidate heads (each from the group's first layer), and one SVD
     per candidate. A run of :func:`interp.run_resumable` saves each finished step and a rerun resumes after the last
-    saved one (:mod:`interp.checkpoints`).
+    saved one (:mod:`interp.runs.checkpoints`).
     """
     m = as_model(model)
     ps = _prompt_set(m, prompts, chat_template)
@@ -521,7 +522,7 @@ def attack_success_rate(model: Any, prompts: Any, *, variants: Any = None, ablat
         variants: the head sets to ablate: None (the clean model), a list of (layer, head), or a mapping
             {name: heads or None (clean)} evaluated side by side in one batched generation (names 'name #i' are
             draws of the group 'name' for :func:`asr_summary`).
-        ablation: how the heads are ablated (:data:`interp.interventions.HEAD_ABLATIONS`).
+        ablation: how the heads are ablated (:data:`interp.activations.interventions.HEAD_ABLATIONS`).
         eps: the ablation's scale factor (dimensionless, > 0).
         max_new_tokens: at most this many new tokens per response (the paper: 128).
         do_sample: sample from softmax(logits / temperature) instead of greedy decoding.

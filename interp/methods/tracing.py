@@ -6,12 +6,12 @@ For each fact (prompt, subject, target): run the prompt clean (P(o) = ``clean_ta
 ``samples`` corrupted copies whose token embeddings at the corrupted tokens get Gaussian noise (mean corrupted
 P(o) = ``corrupted_target_prob``, ROME's "low"); then restore one clean state in the corrupted copies and measure
 P(o) again (``target_prob``). Indirect effect IE = target_prob - corrupted_target_prob; total effect =
-clean_target_prob - corrupted_target_prob. Sites (names from :mod:`interp.sites`): the residual stream after
+clean_target_prob - corrupted_target_prob. Sites (names from :mod:`interp.activations.sites`): the residual stream after
 block l at token t (``resid_post``), or the MLP / attention output at token t over a half-open window of layers
 around l (``mlp_out`` / ``attn_out``); ``severed`` adds the ``resid_post`` restoration with the MLP (or attention)
 output at that token frozen at its corrupted value in every later layer (rows with ``severed`` = that site).
 
-All restorations of one fact run batched through :func:`interp.variants.run_variants` with the noise as the
+All restorations of one fact run batched through :func:`interp.activations.variants.run_variants` with the noise as the
 base intervention: the corrupted copies x restorations are rows of chunked forwards that start at the first
 block a chunk restores, from the corrupted residual (exact; the per-restoration loop is the reference in the
 tests). :func:`trace_summary` averages the indirect effects per site x layer x token role (ROME's summary) and
@@ -28,15 +28,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .. import metrics
+from ..activations.hooks import Edit, Intervention, StopForward, hooked
+from ..activations.sites import EMBED, SUBLAYER_OUTPUTS, check_sites, depth, hook_name
+from ..activations.variants import forward, run_variants
 from ..errors import ParameterError, PromptError, check_choice, check_positive_float, check_positive_int
-from ..hooks import Edit, Intervention, StopForward, hooked
-from ..model import Model, as_model
+from ..model.loading import Model, as_model
 from ..prompts import EncodedSet, as_prompt_set, encode, make_batch
-from ..registry import Schema, ShardPlan, register_method, shard_input
-from ..results import Result, concat_tables, make_meta
-from ..sites import EMBED, SUBLAYER_OUTPUTS, check_sites, depth, hook_name
-from ..variants import forward, run_variants
+from ..results.result import Result, concat_tables, make_meta
+from . import metrics
+from .registry import Schema, ShardPlan, register_method, shard_input
 
 SITES = ("resid_post", "mlp_out", "attn_out")  # the states causal tracing restores (ROME's order)
 SEVERABLE = SITES[1:]  # the sublayers a severed restoration freezes
@@ -203,7 +203,7 @@ def causal_trace_figure(result: Result, prompt_id: str | None = None, view: str 
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from ..viz import DIVERGING, SEQUENTIAL, axis_label
+    from ..figures.viz import DIVERGING, SEQUENTIAL, axis_label
 
     check_choice("view", view, ("heatmap", "roles"))
     table = result.table
@@ -272,7 +272,7 @@ def causal_trace_figure(result: Result, prompt_id: str | None = None, view: str 
 def _trace_prepare(m: Model, ps: Any, params: dict) -> dict:
     """Fix the noise scale once, from every subject of the set (a shard measuring its own subjects would draw
     different noise), and let a shard keep none of its facts (the merge checks the whole set). Both are shard
-    inputs (``subject_std``, ``allow_none_kept``), read with :func:`interp.registry.shard_input`."""
+    inputs (``subject_std``, ``allow_none_kept``), read with :func:`interp.methods.registry.shard_input`."""
     noise = params.get("noise", 3.0)
     if isinstance(noise, (list, tuple)):
         raise ParameterError("noise given as one tensor per prompt cannot be split into shards; give a number or "
@@ -324,7 +324,8 @@ def causal_trace(
     Args:
         corruption: ``"subject"`` adds noise to the subject's token embeddings (ROME); ``"relation"`` to every
             other token except BOS, the last token included (Liu et al.).
-        sites: the states restored, names from :mod:`interp.sites`: ``"resid_post"`` (the residual after block l
+        sites: the states restored, names from :mod:`interp.activations.sites`: ``"resid_post"`` (the residual
+            after block l
             at token t), ``"mlp_out"`` / ``"attn_out"`` (the sublayer's output at token t in every layer of the
             half-open window ``window_layers(l, window, L)``, ROME: [l-5, l+5)).
         window: width of that window, in layers (ROME: 10).

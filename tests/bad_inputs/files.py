@@ -6,9 +6,9 @@ import json
 import pandas as pd
 
 import interp
-from interp.capture import CaptureFileError
+from interp.activations.capture import CaptureFileError
 from interp.errors import PromptError
-from interp.results import ResultFileError
+from interp.results.result import ResultFileError
 
 
 def write(t, name: str, data: bytes | str):

@@ -7,9 +7,9 @@ import os
 
 import interp
 from interp.cli import main
-from interp.demo import run_demo
-from interp.outputs import OutputDirectoryError
-from interp.runs import RunDirectoryError, run_resumable
+from interp.figures.demo import run_demo
+from interp.results.outputs import OutputDirectoryError
+from interp.runs.resumable import RunDirectoryError, run_resumable
 
 PROMPTS = [{"id": f"q{i}", "prompt": f"The capital of country number {i} is", "target": " Paris"} for i in range(4)]
 

@@ -5,11 +5,11 @@ the run directory was not created."""
 import torch
 
 from interp import load_model
-from interp.distributed import run_on_ray
 from interp.errors import ParameterError, PromptError
 from interp.methods.relation_evidence import relation_evidence
 from interp.methods.tracing import causal_trace
-from interp.runs import run_resumable
+from interp.runs.distributed import run_on_ray
+from interp.runs.resumable import run_resumable
 
 GOOD = [{"id": f"p{i}", "prompt": f"The capital of France is {i}", "target": " Paris", "subject": "France",
          "task": "cap"} for i in range(4)]
@@ -25,7 +25,7 @@ def refused_without_writing(tmp_path, method, model, prompts, **params):
 
 
 def _with_shard_inputs(fn, **inputs):
-    from interp.registry import shard_inputs
+    from interp.methods.registry import shard_inputs
 
     with shard_inputs(**inputs):
         return fn()

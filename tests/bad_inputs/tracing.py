@@ -3,9 +3,9 @@
 import torch
 
 from interp.errors import ParameterError, PromptError, SpanError
+from interp.methods.registry import shard_inputs
 from interp.methods.relation_evidence import relation_evidence
 from interp.methods.tracing import causal_trace
-from interp.registry import shard_inputs
 
 GOOD = [{"id": "paris", "prompt": "The capital of France is", "target": " Paris", "subject": "France", "task": "cap"}]
 

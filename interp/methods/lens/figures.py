@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from ...errors import ParameterError
-from ...results import Result
+from ...results.result import Result
 from .statistics import DISTRIBUTION_METRICS, as_summary, is_lens_table
 
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -38,7 +38,7 @@ def lens_heatmap(result: Result, prompt_id: str | None = None, *, site: str | No
     target field's probability (``color="y_t"`` ..., the field's name), or by ``"kl"`` / ``"entropy"`` (nats),
     and its hover lists the top-k tokens (the first with its probability). Needs a logit_lens result; with
     positions="all" it shows every token (or the ``last_n`` last ones), with "last" a single column."""
-    from ...viz import heatmap
+    from ...figures.viz import heatmap
 
     table = result.table
     if not is_lens_table(table):

@@ -3,7 +3,7 @@ tuned lens (Belrose et al. 2023, arXiv 2303.08112): every layer's residual strea
 output) decoded into a next-token distribution, with named targets' probability / logit / rank, KL to the model's
 own distribution and entropy.
 
-Two normalisation conventions, not interchangeable (see :mod:`interp.decode`):
+Two normalisation conventions, not interchangeable (see :mod:`interp.model.decode`):
 
 * ``norm="recompute"``: every decoded vector goes through the final norm afresh, ``W_U . LN_f(h)`` (the "true"
   logit lens of the tuned-lens library). A sublayer output (``attn_out`` / ``mlp_out``) is normalised on its own:
@@ -28,20 +28,20 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ... import metrics
-from ...decode import NORM_MODES, decode, norm_scale, unembed
+from ...activations.sites import FINAL_NORMED, STREAM, check_sites, depth, hook_name
 from ...errors import ParameterError, PromptError, check_choice, check_positive_int
-from ...model import as_model
+from ...model.decode import NORM_MODES, decode, norm_scale, unembed
+from ...model.loading import as_model
 from ...prompts import PromptSet, as_prompt_set, batches, encode
-from ...registry import Schema, register_method
-from ...results import make_meta
-from ...sites import FINAL_NORMED, STREAM, check_sites, depth, hook_name
+from ...results.result import make_meta
+from .. import metrics
+from ..registry import Schema, register_method
 from . import reading
 from .figures import lens_figure
 from .statistics import LensResult
 from .tuned import TunedLens
 
-# presets of ``sites`` (besides any list of names from interp.sites.STREAM)
+# presets of ``sites`` (besides any list of names from interp.activations.sites.STREAM)
 SITE_PRESETS: dict[str, tuple[str, ...]] = {
     "resid_post": ("resid_post",),
     "resid_pre": ("resid_pre",),
@@ -65,7 +65,7 @@ SCHEMA = Schema(
 
 def resolve_sites(sites: str | Sequence[str]) -> tuple[str, ...]:
     """A preset name ("resid_post", "resid_pre", "sublayers"), one site, or a list of sites from
-    :data:`interp.sites.STREAM` -> the sites in depth order."""
+    :data:`interp.activations.sites.STREAM` -> the sites in depth order."""
     if isinstance(sites, str) and sites in SITE_PRESETS:
         return SITE_PRESETS[sites]
     if not isinstance(sites, str) and not (isinstance(sites, Sequence) and all(isinstance(s, str) for s in sites)):
@@ -184,7 +184,8 @@ def logit_lens(
 
     Args:
         sites: "resid_post" (default), "resid_pre", "sublayers" (attn_out, mlp_out and resid_post of every
-            layer), or a list of sites from :data:`interp.sites.STREAM` (resid_pre, attn_out, resid_mid, mlp_out,
+            layer), or a list of sites from :data:`interp.activations.sites.STREAM` (resid_pre, attn_out, resid_mid,
+            mlp_out,
             resid_post).
         norm: "recompute" or "frozen" (see the module docstring).
         positions: "last" (the last real token), "all" (every token), the name of a prompt field (that field's

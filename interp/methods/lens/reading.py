@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
+from ...activations.sites import FINAL_NORMED
+from ...activations.variants import forward
 from ...errors import ParameterError, PromptError
-from ...model import Model
+from ...model.loading import Model
 from ...prompts import EncodedSet, PromptSet
-from ...sites import FINAL_NORMED
-from ...variants import forward
 
 POSITION_MODES = ("last", "all")
 Positions = str | tuple[int, ...]

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from ...errors import ParameterError, check_choice
-from ...results import Result
+from ...results.result import Result
 
 SUMMARY_POSITIONS = ("last", "all")
 KEYS = ["lens", "norm", "site", "layer", "depth"]

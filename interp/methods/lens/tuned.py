@@ -13,12 +13,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ... import metrics
-from ...decode import decode, final_norm_module, unembed
+from ...activations.sites import FINAL_NORMED, RESIDUAL, hook_name
 from ...errors import ParameterError, check_positive_float, check_positive_int
-from ...model import as_model
+from ...model.decode import decode, final_norm_module, unembed
+from ...model.loading import as_model
 from ...prompts import as_prompt_set, batches, encode
-from ...sites import FINAL_NORMED, RESIDUAL, hook_name
+from .. import metrics
 from . import reading
 
 
@@ -130,7 +130,7 @@ def train_tuned_lens(
 ) -> TunedLens:
     """Train a tuned lens (Belrose et al. 2023, arXiv 2303.08112): one affine translator per layer,
     ``T_l(h) = h + A_l h + b_l`` initialised to the identity, trained to minimise the sum over layers of
-    KL(p_final || p_lens_l) in nats (:func:`interp.metrics.kl_divergence`), where
+    KL(p_final || p_lens_l) in nats (:func:`interp.methods.metrics.kl_divergence`), where
     ``p_lens_l = softmax(W_U . LN_f(T_l(h_l)))`` and ``p_final`` is the model's own distribution at the same token.
     The final norm and unembedding stay frozen; SGD with Nesterov momentum 0.9, lr 1.0, weight decay 1e-3 (the
     paper's settings). A plain function, not a registered method: it returns a lens, not a Result.

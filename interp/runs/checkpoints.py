@@ -6,7 +6,7 @@ cannot be split into prompt shards. They resume by stage instead: each finished 
 (a temporary name, then a rename) to the checkpoint directory, and a rerun with the same arguments loads the
 stages that are there and computes only the rest. :func:`interp.run_resumable` passes the directory as the shard
 input ``checkpoint_dir`` (its manifest guarding against a changed argument, model or dataset); research code that
-wants a directory of its own sets it with ``interp.registry.shard_inputs(checkpoint_dir=...)``.
+wants a directory of its own sets it with ``interp.methods.registry.shard_inputs(checkpoint_dir=...)``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .results import Result
+from ..results.result import Result
 
 
 class StageCheckpoints:

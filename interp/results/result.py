@@ -1,7 +1,7 @@
 """Result: every method's output, a tidy pandas table plus metadata, exportable and readable back exactly.
 
 ``.table`` is long format (one row per prompt x component x position ...; the columns each method declares in its
-registry :class:`~interp.registry.Schema`); ``.meta`` records the method, every parameter of the call, the schema,
+registry :class:`~interp.methods.registry.Schema`); ``.meta`` records the method, every parameter of the call, the schema,
 the model (absolute path, weights fingerprint, dtype, device), the seed, the dataset fingerprint, the package
 versions and the time. CSV (with a ``.meta.json`` sidecar), Parquet (metadata in the schema) and JSON round-trip
 the values, dtypes, metadata and the Result's class (e.g. :class:`~interp.methods.lens.LensResult`) exactly
@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import InterpError
+from ..errors import InterpError
 
 _META_KEY = b"interp"
 _CSV_NA = "<NA>"  # missing values in CSV; an empty string stays an empty string
@@ -55,7 +55,7 @@ def _holds_prompts(name: str) -> bool:
 
 def _prompt_set_value(value: Any) -> Any:
     """A prompt set given in any form (PromptSet, list of dicts or strings, a file) is recorded by its content."""
-    from .prompts import PromptSet
+    from ..prompts import PromptSet
 
     if value is None:
         return None
@@ -67,7 +67,7 @@ def _prompt_set_value(value: Any) -> Any:
 
 
 def _parameter_value(value: Any) -> Any:
-    from .prompts import PromptSet
+    from ..prompts import PromptSet
 
     if isinstance(value, PromptSet):
         return {"prompt_set": value.fingerprint(), "n_prompts": len(value)}
@@ -132,8 +132,9 @@ class Result:
 
     @property
     def schema(self) -> Any:
-        """The method's declared :class:`~interp.registry.Schema` (from the registry, else from ``meta``), or None."""
-        from .registry import Schema, get_method
+        """The method's declared :class:`~interp.methods.registry.Schema` (from the registry, else from ``meta``), or None."""
+        from ..methods.registry import get_method
+        from .schema import Schema
 
         entry = get_method(self.method) if self.method else None
         if entry is not None:
@@ -186,11 +187,11 @@ class Result:
 
     def figure(self, **kwargs: Any) -> Any:
         """The method's plotly figure (declared per method in the registry; a bar chart of ``top()`` otherwise)."""
-        from .registry import get_method
+        from ..methods.registry import get_method
 
         entry = get_method(self.method) if self.method else None
         if entry is None or entry.figure is None:
-            from .viz import bar_top
+            from ..figures.viz import bar_top
 
             return bar_top(self, **kwargs)
         return entry.figure(self, **kwargs)
@@ -198,7 +199,7 @@ class Result:
     def save_figure(self, path: str | Path, **kwargs: Any) -> Path:
         """Save ``figure(**kwargs)`` for a paper: ``.html`` (JavaScript inlined) always; ``.png`` / ``.svg`` /
         ``.pdf`` with the optional extra ``interp[figures]`` (kaleido, using the system Chromium)."""
-        from .viz import save_figure
+        from ..figures.viz import save_figure
 
         return save_figure(self.figure(**kwargs), path)
 

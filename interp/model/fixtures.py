@@ -6,7 +6,7 @@ built-in corpus.  The resulting directory boots in ``TransformerBridge.boot_tran
 
 Importable without pytest::
 
-    from interp.fixtures import build_tiny_model
+    from interp.model.fixtures import build_tiny_model
     path = build_tiny_model("llama", "/tmp/tiny-llama")
     bridge = TransformerBridge.boot_transformers(str(path), device="cpu")
 

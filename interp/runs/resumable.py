@@ -6,7 +6,7 @@ run leaves only complete shards). Started again with the same arguments it skips
 merged table is the one an uninterrupted run gives. ``manifest.json`` records the method, its parameters, the
 model and the dataset: a run with any of them changed refuses to mix into the directory.
 
-How a method shards is its registry entry's :class:`~interp.registry.ShardPlan`: methods whose rows are per
+How a method shards is its registry entry's :class:`~interp.methods.registry.ShardPlan`: methods whose rows are per
 prompt concatenate (and recompute their dataset-level summaries from the merged table); methods that compute a
 statistic of the whole set (generalised Ships, head-expert correlation, routing load, ...) return per-prompt
 pieces from each shard and compute the statistic once from all of them; dataset-wide inputs (causal tracing's
@@ -28,12 +28,12 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .errors import InterpError, check_positive_int
-from .model import as_model
-from .prompts import PromptSet, as_prompt_set
-from .provenance import model_fingerprint
-from .registry import ShardPlan, require_method, shard_inputs
-from .results import Result, _jsonable, jsonable_parameters
+from ..errors import InterpError, check_positive_int
+from ..methods.registry import ShardPlan, require_method, shard_inputs
+from ..model.loading import as_model
+from ..prompts import PromptSet, as_prompt_set
+from ..results.provenance import model_fingerprint
+from ..results.result import Result, _jsonable, jsonable_parameters
 
 MANIFEST = "manifest.json"
 DISPLAY_ONLY = ("progress",)  # parameters that change what is shown, not what is computed
@@ -62,7 +62,7 @@ def prepare_params(fn: Callable[..., Result], model: Any, prompts: PromptSet, pa
 def call_method(fn: Callable[..., Result], model: Any, prompts: Any, params: dict) -> Result:
     """``fn(model, prompts, **params)``, where the keys of ``params`` that are not parameters of ``fn`` (the
     shard inputs a :class:`ShardPlan` fixed, such as causal tracing's noise scale) reach it through
-    :func:`interp.registry.shard_input` instead of its signature."""
+    :func:`interp.methods.registry.shard_input` instead of its signature."""
     sig = inspect.signature(getattr(fn, "__wrapped__", fn))
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
         return fn(model, prompts, **params)
@@ -137,7 +137,7 @@ def _digest(value: Any) -> str:
 def check_manifest(out: Path, manifest: dict) -> None:
     """Create the manifest (exclusively: of two runs started at once, one creates it and the other compares), or
     refuse when the directory holds a run with other arguments, or shards without a manifest."""
-    from .atomic import create_exclusive
+    from ..results.atomic import create_exclusive
 
     path = out / MANIFEST
     if not path.exists():
@@ -164,7 +164,7 @@ def check_manifest(out: Path, manifest: dict) -> None:
 def run_lock(out: Path) -> Iterator[None]:
     """Hold ``out/run.lock`` for the run: a second writer on the same directory is refused while the first one
     lives; a lock left by a killed run (its process is gone) is taken over."""
-    from .atomic import create_exclusive
+    from ..results.atomic import create_exclusive
 
     path = out / LOCK
     mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "token": os.urandom(8).hex()})

@@ -34,95 +34,16 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ParameterError
+from ..errors import ParameterError
+from ..results.schema import DTYPE_KINDS, SIGNS, Schema  # noqa: F401  (Schema is part of the contract)
 
 INPUT_KINDS = ("prompts", "pair")
-SIGNS = ("higher", "lower", "magnitude")
-DTYPE_KINDS = ("int", "float", "str", "bool")
 ENTRY_POINT_GROUP = "interp.methods"
 
 
 @dataclass(frozen=True)
-class Schema:
-    """A method's table, declared once.
-
-    ``keys``: the columns that identify a row (unique together). ``value``: the column holding the method's
-    headline number, in ``unit``; ``sign`` says which values matter more: ``"higher"``, ``"lower"`` or
-    ``"magnitude"`` (larger absolute value). ``columns``: every column the table always has, with its kind
-    (``int``, ``float``, ``str``, ``bool``); keys and value included. ``optional``: columns present only in some
-    calls (e.g. ``task`` when the prompts carry one), with their kinds. ``units``: the units of other numeric
-    columns. ``grid``: the (index, columns) of the default ``pivot()`` (e.g. ``("layer", "head")``); None takes
-    the first two keys after ``prompt_id``.
-    """
-
-    keys: tuple[str, ...]
-    value: str
-    unit: str
-    sign: str
-    columns: Mapping[str, str]
-    optional: Mapping[str, str] = field(default_factory=dict)
-    units: Mapping[str, str] = field(default_factory=dict)
-    grid: tuple[str, str | None] | None = None
-
-    def __post_init__(self) -> None:
-        if self.sign not in SIGNS:
-            raise ParameterError(f"Schema sign={self.sign!r} is not one of {', '.join(map(repr, SIGNS))}.")
-        for name, kind in {**self.columns, **self.optional}.items():
-            if kind not in DTYPE_KINDS:
-                raise ParameterError(f"Schema column {name!r}: kind {kind!r} is not one of {', '.join(DTYPE_KINDS)}.")
-        for name in (*self.keys, self.value):
-            if name not in self.columns and name not in self.optional:
-                raise ParameterError(f"Schema: key / value column {name!r} is not among the declared columns.")
-        if self.columns.get(self.value, self.optional.get(self.value)) not in ("float", "int", "bool"):
-            raise ParameterError(f"Schema: the value column {self.value!r} must be numeric.")
-
-    @property
-    def pivot_axes(self) -> tuple[str, str | None]:
-        if self.grid is not None:
-            return self.grid
-        rest = [k for k in self.keys if k != "prompt_id"] or list(self.keys)
-        return rest[0], (rest[1] if len(rest) > 1 else None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"keys": list(self.keys), "value": self.value, "unit": self.unit, "sign": self.sign,
-                "columns": dict(self.columns), "optional": dict(self.optional), "units": dict(self.units),
-                "grid": list(self.grid) if self.grid is not None else None}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Schema:
-        grid = d.get("grid")
-        return cls(keys=tuple(d["keys"]), value=d["value"], unit=d["unit"], sign=d["sign"],
-                   columns=dict(d["columns"]), optional=dict(d.get("optional", {})), units=dict(d.get("units", {})),
-                   grid=tuple(grid) if grid is not None else None)  # type: ignore[arg-type]
-
-    def check(self, table: Any, *, where: str = "table") -> None:
-        """Raise a ParameterError naming what in ``table`` breaks the schema (missing, extra or mistyped columns)."""
-        import pandas as pd
-
-        cols = list(table.columns)
-        missing = [c for c in self.columns if c not in cols]
-        extra = [c for c in cols if c not in self.columns and c not in self.optional]
-        if missing or extra:
-            raise ParameterError(f"{where}: columns {cols} break the declared schema (missing {missing}, "
-                                 f"undeclared {extra}).")
-        if not len(table):  # an empty table has no dtypes to speak of
-            return
-        for c in cols:
-            kind = self.columns.get(c, self.optional.get(c))
-            s = table[c]
-            ok = {
-                "int": pd.api.types.is_integer_dtype(s) and not pd.api.types.is_bool_dtype(s),
-                "float": pd.api.types.is_float_dtype(s),
-                "bool": pd.api.types.is_bool_dtype(s),
-                "str": pd.api.types.is_string_dtype(s) or pd.api.types.is_object_dtype(s),
-            }[kind]
-            if not ok:
-                raise ParameterError(f"{where}: column {c!r} has dtype {s.dtype}, the schema says {kind}.")
-
-
-@dataclass(frozen=True)
 class ShardPlan:
-    """How :func:`interp.runs.run_resumable` and :func:`interp.distributed.run_on_ray` split a method over shards of
+    """How :func:`interp.run_resumable` and :func:`interp.runs.distributed.run_on_ray` split a method over shards of
     the prompt set so that the merged Result is the one a single run over the whole set gives.
 
     ``prepare(model, prompts, params) -> params`` computes, once over the whole set and before any shard runs,
@@ -131,8 +52,8 @@ class ShardPlan:
     method out of band (:func:`shard_input`) so that run plumbing stays out of user signatures. Both are recorded
     in the run's manifest, so a resumed run reuses them.
     ``checkpoint``: True for statistics that need the whole set at every stage (Sahara's steps): the method then
-    runs once over the whole set and resumes by stage (:mod:`interp.checkpoints`), reading its stage directory as
-    the shard input ``checkpoint_dir``.
+    runs once over the whole set and resumes by stage (:mod:`interp.runs.checkpoints`), reading its stage
+    directory as the shard input ``checkpoint_dir``.
     ``paired`` names parameters holding a second prompt set paired row by row with the prompts (activation
     patching's ``corrupt``): each shard gets the same rows of it.
     ``merge(parts, meta, params) -> Result`` builds the whole set's Result from the shard Results (tables
@@ -186,7 +107,7 @@ class MethodEntry:
     result_class: type | None = None
     fields: tuple[str, ...] = ()  # prompt fields the method reads (besides prompt and id)
     organism: str | None = None  # the shipped organism the method is meant for ("dense" | "moe")
-    corpus: str = "factual"  # the organisms' prompt kind it runs on (interp.checks.CORPORA)
+    corpus: str = "factual"  # the organisms' prompt kind it runs on (interp.methods.checks.CORPORA)
     example: Callable[..., dict[str, Any]] | Mapping[str, Any] | None = None  # cheap parameters for a check run
     raw: Callable[..., Any] | None = None  # the undecorated function
 
@@ -252,7 +173,8 @@ def register_method(
     checked against ``schema``. ``shards`` says how a sharded run merges (see :class:`ShardPlan`); without it the
     method's rows must be per prompt and its ``meta`` must not summarise the dataset, so that concatenating shard
     tables is exact. ``fields`` (the prompt fields it reads), ``organism`` (``"dense"`` or ``"moe"``), ``corpus``
-    (the kind of prompts it is meant for, :data:`interp.checks.CORPORA`) and ``example`` (cheap keyword parameters
+    (the kind of prompts it is meant for, :data:`interp.methods.checks.CORPORA`) and ``example`` (cheap keyword
+    parameters
     for a check run, or a function ``(model, prompts) -> dict`` of them) tell the contract tests how to run it."""
     if inputs not in INPUT_KINDS:
         raise ParameterError(f"inputs={inputs!r} is not one of {', '.join(map(repr, INPUT_KINDS))}.")
@@ -296,8 +218,8 @@ def register_method(
 
 def finish_result(entry: MethodEntry, result: Any, model: Any, bound: Mapping[str, Any]) -> Any:
     """Stamp a method's Result with what the registry knows: method, bound parameters, schema, provenance."""
-    from .provenance import provenance
-    from .results import Result, jsonable_parameters
+    from ..results.provenance import provenance
+    from ..results.result import Result, jsonable_parameters
 
     if not isinstance(result, Result):
         raise ParameterError(f"Method {entry.name!r} returned {type(result).__name__}, not an interp.Result.")
@@ -316,7 +238,7 @@ def finish_result(entry: MethodEntry, result: Any, model: Any, bound: Mapping[st
 
 
 def _is_model(model: Any) -> bool:
-    from .model import Model
+    from ..model.loading import Model
 
     return isinstance(model, Model) or (hasattr(model, "hook_dict") and hasattr(model, "original_model"))
 
@@ -338,7 +260,7 @@ def get_method(name: str) -> MethodEntry | None:
 def require_method(name: str) -> MethodEntry:
     entry = get_method(name)
     if entry is None:
-        from .errors import close_matches
+        from ..errors import close_matches
 
         near = close_matches(name, _REGISTRY)
         hint = f" Did you mean {', '.join(near)}?" if near else f" Known: {', '.join(sorted(_REGISTRY))}."

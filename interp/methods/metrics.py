@@ -17,14 +17,12 @@ from typing import Any
 
 import torch
 
-from .errors import ParameterError, check_choice
+from ..errors import ParameterError, check_choice
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 METRICS = ("logit_diff", "prob", "logprob", "rank", "logit")
 NEEDS_WRONG = ("logit_diff",)
 UNITS = {"logit_diff": "logits", "prob": "probability", "logprob": "nats", "rank": "rank", "logit": "logits"}
-# metrics where a larger value means the target is more favoured (rank: smaller is)
-HIGHER_IS_BETTER = {"logit_diff": True, "prob": True, "logprob": True, "rank": False, "logit": True}
 
 
 def logit(logits: torch.Tensor, target: torch.Tensor, wrong: torch.Tensor | None = None) -> torch.Tensor:
@@ -85,13 +83,6 @@ def resolve(metric: str | MetricFn, *, allowed: Sequence[str] = METRICS) -> Metr
         return metric
     check_choice("metric", metric, allowed)
     return _BY_NAME[metric]
-
-
-def metric_name(metric: str | MetricFn) -> str:
-    """How a metric is recorded: its name, or the callable's qualified name."""
-    if isinstance(metric, str):
-        return metric
-    return f"{getattr(metric, '__module__', '?')}.{getattr(metric, '__qualname__', repr(metric))}"
 
 
 def check_metric(metric: Any, *, vocab_size: int, n: int = 2, device: Any = "cpu", dtype: Any = torch.float32,

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .errors import InterpError
+from ..errors import InterpError
 
 MARKER = ".interp-output.json"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from .errors import ParameterError, close_matches
+from ..errors import ParameterError, close_matches
 
 # site -> hook name pattern
 HOOKS: dict[str, str] = {
@@ -77,7 +77,7 @@ def check_sites(sites: Sequence[str] | str, allowed: Sequence[str], *, model: ob
     if len(set(items)) != len(items):
         raise ParameterError(f"{name} names a site twice: {items}.")
     if model is not None:
-        from .model import as_model
+        from ..model.loading import as_model
 
         hooks = as_model(model).bridge.hook_dict
         for s in items:

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .decode import unembed
+from ..model.decode import unembed
+from ..model.loading import Model, as_model
+from ..prompts import Batch
 from .hooks import Intervention, StopForward, hooked
-from .model import Model, as_model
-from .prompts import Batch
 from .sites import hook_name
 
 _FINAL = "ln_final.hook_out"

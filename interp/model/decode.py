@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from .errors import check_choice
-from .model import as_model
+from ..errors import check_choice
+from .loading import as_model
 
 NORM_MODES = ("recompute", "frozen")
 OUTPUTS = ("logits", "logprobs", "probs")

@@ -1,4 +1,4 @@
-"""The demo report's sections, one per method family (see :mod:`interp.demo`). Each runs its methods on the
+"""The demo report's sections, one per method family (see :mod:`interp.figures.demo`). Each runs its methods on the
 shipped organisms with a configuration sized for 2 CPU cores (smaller still with ``ctx.quick``)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from .report import DemoContext, DemoSection
 
 
 def safety_heads_section(ctx: DemoContext) -> DemoSection:
-    from .methods.safety_heads import attack_success_rate, sahara, ships
+    from ..methods.safety_heads import attack_success_rate, sahara, ships
 
     n = 8 if ctx.quick else 24
     harmful = ctx.prompts("safety", n=n, label="harmful")
@@ -37,7 +37,7 @@ def safety_heads_section(ctx: DemoContext) -> DemoSection:
 
 
 def lens_section(ctx: DemoContext) -> DemoSection:
-    from .methods.lens import lens_summary, logit_lens
+    from ..methods.lens import lens_summary, logit_lens
 
     comp = ctx.prompts("composite", n=8 if ctx.quick else 40, kind="composite", n_shot=5)
     targets = ("y_t", "y_s1", "y_s2")
@@ -54,10 +54,10 @@ def lens_section(ctx: DemoContext) -> DemoSection:
 
 
 def patching_section(ctx: DemoContext) -> DemoSection:
-    from .methods.attribution_patching import attribution_patching
-    from .methods.icot import context_masking
-    from .methods.patching import activation_patching
-    from .prompts import tokenize
+    from ..methods.attribution_patching import attribution_patching
+    from ..methods.icot import context_masking
+    from ..methods.patching import activation_patching
+    from ..prompts import tokenize
 
     facts = ctx.prompts("factual")
     groups: dict = {}
@@ -90,7 +90,7 @@ def patching_section(ctx: DemoContext) -> DemoSection:
 
 
 def tracing_section(ctx: DemoContext) -> DemoSection:
-    from .methods.tracing import causal_trace
+    from ..methods.tracing import causal_trace
 
     facts = ctx.prompts("factual", n=2 if ctx.quick else 8)
     # window 2: ROME's 10 is a fifth of a 48-layer model; the dense organism has 6 blocks
@@ -107,8 +107,8 @@ def tracing_section(ctx: DemoContext) -> DemoSection:
 
 
 def moe_section(ctx: DemoContext) -> DemoSection:
-    from .methods.moe import expert_attribution
-    from .methods.moe_blocking import block_experts
+    from ..methods.moe import expert_attribution
+    from ..methods.moe_blocking import block_experts
 
     facts = ctx.prompts("factual", n=32 if ctx.quick else 160)
     attr = expert_attribution(ctx.moe, facts, top_neurons=5)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .organisms import CORPUS_DIR
+from ..organisms import CORPUS_DIR
 
 CORPORA = ("factual", "safety", "composite", "subtasks")
 _cache: dict[str, list[dict]] = {}
@@ -18,7 +18,7 @@ _cache: dict[str, list[dict]] = {}
 
 def _records(file: str) -> list[dict]:
     if file not in _cache:
-        from .organisms.corpus import load_jsonl
+        from ..organisms.corpus import load_jsonl
 
         _cache[file] = load_jsonl(CORPUS_DIR / file)
     return _cache[file]
@@ -32,7 +32,7 @@ def corpus_prompts(kind: str, n: int = 4) -> list[dict[str, Any]]:
     - ``composite``: 5-shot composite-task prompts with demonstrations and the y_t / y_s1 / y_s2 targets;
     - ``subtasks``: 5-shot s1 and s2 subtask prompts with demonstrations (cross-task patching's held-out set).
     """
-    from .errors import ParameterError
+    from ..errors import ParameterError
 
     if kind not in CORPORA:
         raise ParameterError(f"corpus={kind!r} is not one of {', '.join(CORPORA)}.")
@@ -70,7 +70,7 @@ def _clean(record: dict) -> dict:
 def pair_prompts(model: Any, kind: str, n: int = 4) -> tuple[list[dict], list[dict]]:
     """``n`` clean / corrupt pairs of equal token length whose answers start with different tokens (factual:
     another subject of the same template; composite: another query under the same demonstrations)."""
-    from .organisms.pairs import composite_pairs, factual_pairs
+    from ..organisms.pairs import composite_pairs, factual_pairs
 
     if kind == "composite":
         return composite_pairs(model, n, split="heldout")

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .errors import DeviceError, ModelLoadError
+from ..errors import DeviceError, ModelLoadError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 _DTYPES = {
@@ -95,14 +95,15 @@ class Model:
         """Continue text exactly: :func:`interp.generate` (greedy unless ``do_sample=True``; keywords as there).
 
         A string in gives the generated text out (a dict {label: text} when ``interventions`` is a mapping); a
-        list of prompts or a PromptSet gives the :class:`~interp.results.Result`. It replaces the bridge's own
+        list of prompts or a PromptSet gives the :class:`~interp.results.result.Result`. It replaces the bridge's own
         ``generate`` (still at ``model.bridge.generate``), whose key/value cache ignores the prompt under
-        TransformerLens 4.3 with transformers 5 (see :mod:`interp.generation`). Cost: as :func:`interp.generate`.
+        TransformerLens 4.3 with transformers 5 (see :mod:`interp.activations.generation`). Cost: as
+        :func:`interp.generate`.
         """
         from collections.abc import Mapping
 
-        from .errors import ParameterError
-        from .generation import generate
+        from ..activations.generation import generate
+        from ..errors import ParameterError
 
         allowed = ("interventions", "max_new_tokens", "do_sample", "temperature", "seed", "batch_size", "max_rows",
                    "progress", "chat_template")
@@ -263,8 +264,8 @@ def _check_local_dir(path: Path) -> Path:
     return path
 
 
-# The decoder-only text architectures the project tests (tiny fixtures of each in interp/fixtures.py, every
-# exactness test run on them). To add one: add its tiny config to interp.fixtures.ARCHITECTURES, run the test
+# The decoder-only text architectures the project tests (tiny fixtures of each in interp/model/fixtures.py, every
+# exactness test run on them). To add one: add its tiny config to interp.model.fixtures.ARCHITECTURES, run the test
 # suite (the exactness tests loop over the fixtures), and add its class name here.
 TESTED_ARCHITECTURES = (
     "GPT2LMHeadModel", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Gemma2ForCausalLM",
@@ -287,7 +288,7 @@ def _check_architecture(config: Any, where: str) -> None:
         raise ModelLoadError(
             f"{where}: architecture {', '.join(archs)} is not one interp tests (decoder-only text models: "
             f"{', '.join(TESTED_ARCHITECTURES)}); nothing was loaded. To add one, give it a tiny fixture in "
-            "interp/fixtures.py, run the test suite and add it to interp.model.TESTED_ARCHITECTURES."
+            "interp/model/fixtures.py, run the test suite and add it to interp.model.loading.TESTED_ARCHITECTURES."
         )
 
 

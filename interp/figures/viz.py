@@ -132,7 +132,7 @@ def _is_diverging_but_uncentred(trace: Any) -> bool:
 
 def save_html(fig: go.Figure, path: str | Path) -> Path:
     """Write the figure as a standalone page with plotly.js inlined (no network needed to view it); atomic."""
-    from .atomic import write_text
+    from ..results.atomic import write_text
 
     return write_text(path, fig.to_html(include_plotlyjs=True, full_html=True))
 
@@ -144,8 +144,8 @@ def save_figure(fig: go.Figure, path: str | Path, *, scale: float = 2.0) -> Path
     """Save a figure for a paper: ``.html`` (plotly.js inlined, always available) or ``.png`` / ``.svg`` / ``.pdf``
     through kaleido (the optional extra ``pip install 'interp[figures]'``), which drives a headless Chromium: the
     system's (``chromium`` on Debian) is used when kaleido has none of its own. Written atomically."""
-    from .atomic import write_bytes
-    from .errors import ParameterError
+    from ..errors import ParameterError
+    from ..results.atomic import write_bytes
 
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")

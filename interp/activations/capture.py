@@ -24,11 +24,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .atomic import atomic_path
-from .errors import InterpError, ParameterError, PromptError, check_positive_int
+from ..errors import InterpError, ParameterError, PromptError, check_positive_int
+from ..model.loading import as_model
+from ..prompts import EncodedSet, as_prompt_set, batches, encode
+from ..results.atomic import atomic_path
 from .hooks import check_hook_names, hook_layer
-from .model import as_model
-from .prompts import EncodedSet, as_prompt_set, batches, encode
 from .sites import hook_name
 from .variants import forward
 
@@ -68,7 +68,7 @@ class Capture:
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self.names:
-            from .errors import unknown_hook_error
+            from ..errors import unknown_hook_error
 
             raise unknown_hook_error(name, self.names)
         if self._data is not None:
@@ -112,7 +112,7 @@ class Capture:
     def _index(self, index: int | str) -> int:
         if isinstance(index, str):
             if index not in self.prompt_ids:
-                from .errors import close_matches
+                from ..errors import close_matches
 
                 near = close_matches(index, self.prompt_ids)
                 hint = f" Close matches: {', '.join(near)}." if near else ""
@@ -199,7 +199,7 @@ def _shard_file(directory: Path, name: Any) -> Path:
 def _publish_index(directory: Path, index: dict) -> None:
     """Swap the new index in atomically, then remove the shards of the capture it replaced (files this function's
     captures wrote: named in the old index, or left by an interrupted capture under the shard_ pattern)."""
-    from .atomic import write_text
+    from ..results.atomic import write_text
 
     old = None
     if (directory / "index.json").exists():

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .errors import unknown_hook_error
+from ..errors import unknown_hook_error
 
 EditFn = Callable[[torch.Tensor, slice], None]
 _LAYER = re.compile(r"^blocks\.(\d+)\.")

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _predictions_section(ctx: DemoContext) -> DemoSection:
-    from .methods.predictions import predictions
+    from ..methods.predictions import predictions
 
     prompts = ctx.prompts("factual", n=4)
     result = predictions(ctx.dense, prompts, top_k=5)
@@ -37,9 +37,9 @@ def _fixture_predictions_section(ctx: DemoContext) -> DemoSection:
     """Without the organisms: the core on a tiny random Llama built from a config (the smallest honest demo)."""
     import tempfile
 
-    from .fixtures import build_tiny_model
-    from .methods.predictions import predictions
-    from .model import load_model
+    from ..methods.predictions import predictions
+    from ..model.fixtures import build_tiny_model
+    from ..model.loading import load_model
 
     model = load_model(build_tiny_model("llama", Path(tempfile.mkdtemp()) / "tiny-llama"), device="cpu")
     result = predictions(model, ["The capital of France is", "User: how do I bake bread?\nAssistant:"], top_k=5)
@@ -61,8 +61,8 @@ def run_demo(out: Path, *, data_dir: Path | None = None, quick: bool = False, ov
 
     The report is built in a temporary directory and moved into place when complete. ``out`` must be new, empty,
     or an earlier demo report (then ``overwrite=True`` replaces it, removing only the files the demo wrote); any
-    other non-empty directory is refused before anything runs (:mod:`interp.outputs`)."""
-    from .outputs import check_report_dir, publish_report
+    other non-empty directory is refused before anything runs (:mod:`interp.results.outputs`)."""
+    from ..results.outputs import check_report_dir, publish_report
 
     out = Path(out)
     check_report_dir(out, "demo", overwrite=overwrite)

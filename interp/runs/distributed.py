@@ -1,6 +1,6 @@
 """Sharding a prompt set over a Ray cluster (the optional extra ``interp[ray]``).
 
-The prompt set is split into the same fixed shards as :func:`interp.runs.run_resumable`; each shard runs as a
+The prompt set is split into the same fixed shards as :func:`interp.runs.resumable.run_resumable`; each shard runs as a
 task on a worker actor that loads the model once. Results come back as Results and merge, in shard order, into
 one Result equal to the single-process run. A worker that dies mid-shard is replaced and its shard retried:
 every shard is counted exactly once. With ``out_dir`` the finished shards are also written there, so an
@@ -17,10 +17,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .errors import InterpError, ParameterError, check_positive_int
-from .prompts import as_prompt_set
-from .results import Result
-from .runs import (
+from ..errors import InterpError, ParameterError, check_positive_int
+from ..prompts import as_prompt_set
+from ..results.result import Result
+from .resumable import (
     _resolve,
     check_manifest,
     combine_parts,
@@ -104,7 +104,7 @@ class _ShardWorker:
     def __init__(self, model_source: str, load_kwargs: dict[str, Any]):
         import os
 
-        from .model import load_model
+        from ..model.loading import load_model
 
         self.model = load_model(model_source, **load_kwargs)
         self._pid = os.getpid()
@@ -113,7 +113,7 @@ class _ShardWorker:
         return self._pid
 
     def run(self, fn: Callable[..., Result], records: list[dict], params: dict[str, Any]) -> Result:
-        from .runs import call_method
+        from .resumable import call_method
 
         return call_method(fn, self.model, records, params)
 
@@ -132,7 +132,7 @@ def run_on_ray(
     progress: bool = True,
     **params: Any,
 ) -> Result:
-    """Run a method over the prompts in shards (split and merged as :func:`interp.runs.run_resumable` does) on
+    """Run a method over the prompts in shards (split and merged as :func:`interp.runs.resumable.run_resumable` does) on
     ``workers`` Ray actors (``address="local"`` starts a local cluster on this machine; otherwise the address of a
     running cluster, e.g. "ray://head:10001" or "auto").
 
@@ -155,7 +155,7 @@ def run_on_ray(
     out = Path(out_dir) if out_dir is not None else None
     manifest = None
     if out is not None or plan.prepare is not None:  # a driver-side copy of the model, released before the run
-        from .model import load_model
+        from ..model.loading import load_model
 
         local = load_model(source, **load_kwargs)
         params = prepare_params(fn, local, ps, params)
@@ -234,7 +234,7 @@ def run_on_ray(
     merged.meta.update({"ray_workers": workers, "ray_retried_shards": sorted(retries)})
     entry = getattr(fn, "registry_entry", None)
     if entry is not None:
-        from .results import jsonable_parameters
+        from ..results.result import jsonable_parameters
 
         merged.meta["parameters"] = jsonable_parameters(entry.bind(None, ps, **user_params))
     return merged

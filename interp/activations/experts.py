@@ -4,7 +4,7 @@ machinery under the MoE methods of :mod:`interp.methods.moe`, :mod:`~interp.meth
 
 TransformerLens's bridge hooks the MoE block's input and output and the router, but not the individual experts
 (Hugging Face keeps them as batched 3-D weights). This module recomputes each routed expert's and the shared
-expert's contribution to the block output from the block input (site ``mlp_in`` of :mod:`interp.sites`), the
+expert's contribution to the block output from the block input (site ``mlp_in`` of :mod:`interp.activations.sites`), the
 routing and the raw expert weights, following each architecture's rule (see docs/bridge_facts.md section 8):
 
 * router: ``probs = softmax(x W_r^T)`` (float32), top-k, renormalised over the top-k for Mixtral (always) and
@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from .errors import ArchitectureError, ParameterError, check_choice
+from ..errors import ArchitectureError, ParameterError, check_choice
+from ..model.loading import Model, as_model
 from .hooks import Edit, Intervention
-from .model import Model, as_model
 from .sites import hook_name
 
 ABLATIONS = ("zero", "reroute")  # how an expert is blocked (the ``ablation`` parameter)

@@ -29,7 +29,7 @@ def versions() -> dict[str, str]:
 def model_fingerprint(model: Any) -> str:
     """A hash of the model's config and weights (a sum and a sample of every tensor: cheap, and it changes with
     any retraining, edit or other checkpoint). Cached per model until a weight tensor is modified in place."""
-    from .model import as_model
+    from ..model.loading import as_model
 
     m = as_model(model)
     params = list(m.hf_model.named_parameters())
@@ -53,7 +53,7 @@ def model_fingerprint(model: Any) -> str:
 
 def provenance(model: Any, *, seed: Any = None) -> dict[str, Any]:
     """The provenance fields of a Result's meta for a run on ``model``."""
-    from .model import as_model
+    from ..model.loading import as_model
 
     m = as_model(model)
     out: dict[str, Any] = {

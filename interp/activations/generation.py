@@ -1,13 +1,14 @@
 """Text generation that is exact under batching, with interventions active at every step.
 
 :func:`generate` is the public entry point (``interp.generate``, also ``model.generate``): it continues every
-prompt, clean or under each of several interventions, and returns a :class:`~interp.results.Result` with one row
+prompt, clean or under each of several interventions, and returns a :class:`~interp.results.result.Result` with one row
 per prompt and intervention. :func:`generate_batch` is the engine underneath: it continues one left-padded
 :class:`~interp.prompts.Batch` with K interventions at once (K x B rows, one intervention per block of rows),
 greedily or by seeded sampling, and returns each row's new tokens and text.
 
 The engine uses the model's key/value cache (one prefill of the prompt, then one token per step); every
-intervention of :mod:`interp.interventions` acts per position, so applying it to each new token's forward, with
+intervention of :mod:`interp.activations.interventions` acts per position, so applying it to each new
+token's forward, with
 the cached positions computed under it at earlier steps, is the same as re-running the whole intervened sequence.
 Position ids come from the attention mask, so every row equals generating that prompt alone
 (tests/test_generate.py checks it against a plain Hugging Face greedy loop on dense, grouped-query and MoE models).
@@ -32,12 +33,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .errors import ParameterError, PromptError, check_positive_float, check_positive_int
+from ..errors import ParameterError, PromptError, check_positive_float, check_positive_int
+from ..model.loading import Model, as_model
+from ..prompts import Batch, PromptSet, as_prompt_set, batches, encode
+from ..results.result import Result, make_meta
+from ..results.schema import Schema
 from .hooks import Intervention, check_hook_names, hooked
-from .model import Model, as_model
-from .prompts import Batch, PromptSet, as_prompt_set, batches, encode
-from .registry import Schema
-from .results import Result, make_meta
 from .variants import default_max_rows, finite_pad_rows
 
 SCHEMA = Schema(

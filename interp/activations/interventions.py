@@ -1,7 +1,7 @@
 """Intervention factories: head ablation, activation patching, embedding noise, attention masking.
 
-Each returns an :class:`~interp.hooks.Intervention`; they compose with ``+`` and run through
-:func:`interp.hooks.hooked` or the variants engine (:func:`interp.variants.run_variants`).
+Each returns an :class:`~interp.activations.hooks.Intervention`; they compose with ``+`` and run through
+:func:`interp.activations.hooks.hooked` or the variants engine (:func:`interp.activations.variants.run_variants`).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from .errors import ParameterError, check_choice, check_positive_float
+from ..errors import ParameterError, check_choice, check_positive_float
+from ..model.loading import as_model
 from .hooks import Edit, Intervention
-from .model import as_model
 from .sites import hook_name
 
 # how a head is ablated (ablate_heads' ``ablation``): query / output / key scaled by eps, z zeroed, z replaced by a mean

@@ -1,6 +1,6 @@
 """The demo report's building blocks: what a section builder gets (:class:`DemoContext`) and what it returns
-(:class:`DemoSection`). Kept apart from :mod:`interp.demo` (which assembles the page) and
-:mod:`interp.demo_sections` (one builder per method family), so neither imports the other's internals."""
+(:class:`DemoSection`). Kept apart from :mod:`interp.figures.demo` (which assembles the page) and
+:mod:`interp.figures.demo_sections` (one builder per method family), so neither imports the other's internals."""
 
 from __future__ import annotations
 
@@ -19,19 +19,19 @@ class DemoContext:
 
     @cached_property
     def dense(self) -> Any:
-        from .model import load_model
+        from ..model.loading import load_model
 
         return load_model(self.data_dir / "organisms" / "dense", device="cpu")
 
     @cached_property
     def moe(self) -> Any:
-        from .model import load_model
+        from ..model.loading import load_model
 
         return load_model(self.data_dir / "organisms" / "moe", device="cpu")
 
     def prompts(self, family: str, *, n: int | None = None, **equals: Any) -> Any:
         """Held-out records of a corpus family (e.g. "factual", "safety", "composite"), optionally filtered."""
-        from .prompts import PromptSet
+        from ..prompts import PromptSet
 
         path = self.data_dir / "organisms" / "corpus" / f"{family}.jsonl"
         ps = PromptSet(path).filter(split="heldout", **equals)
