@@ -35,11 +35,19 @@ def hook_layer(name: str) -> int:
 
 @dataclass(frozen=True)
 class Edit:
-    """Change hook ``name``'s value: ``apply(t, rows)`` edits ``t[rows]`` in place (``t`` is already a copy)."""
+    """Change hook ``name``'s value: ``apply(t, rows)`` edits ``t[rows]`` in place (``t`` is already a copy).
+
+    ``first_column`` (for hooks laid out [batch, position, ...]) declares the edit *position-wise from that
+    column*: it leaves columns < first_column as they are, and its new value at column j depends only on the old
+    value at column j (negative: counted from the end, -1 = the last column). The variants engine then runs a
+    variant whose first change is at column c only on columns >= c, on the reference run's cached keys and
+    values. None (the default): unknown, so the engine recomputes every column.
+    """
 
     name: str
     apply: EditFn
     rows: slice = field(default_factory=lambda: slice(None))
+    first_column: int | None = None
 
     @property
     def layer(self) -> int:
