@@ -101,9 +101,20 @@ PARAMETERS: dict[str, str] = {
     "top_neurons": "Expert attribution: neuron rows kept per prompt and layer (the largest gains).",
     "controls": "Expert blocking: random expert sets of the same size blocked as controls.",
     "keep": "Shared / routed contrast: how many routed experts each token keeps (0 = the shared expert alone).",
-    "by": "Group by this prompt field (None: one group).",
+    "by": "What rows are grouped by: a method's prompt field (None: one group), or in Result.aggregate / "
+          "Result.compare the table's columns (aggregate's None: the schema's keys other than prompt_id).",
     "attribution_result": "A finished expert_attribution Result to reuse (None: computed here).",
     # generation and capture
+    # statistics over prompts (Result.aggregate, Result.compare, interp.results.statistics)
+    "ci": "The confidence level of a bootstrap interval over prompts (0.95: a 95 % interval).",
+    "n_boot": "Bootstrap replicates (prompts drawn with replacement) behind an interval.",
+    "n_perm": "Random sign patterns of a paired permutation test (all 2^n patterns, exact, when that is fewer).",
+    "interval": "The bootstrap interval's kind: 'bca' (bias-corrected and accelerated, Efron 1987) or "
+                "'percentile'.",
+    "value": "The table column(s) averaged or compared (None: the schema's value column).",
+    "column": "Result.compare: the table column whose values are the conditions compared.",
+    "baseline": "Result.compare: the value of `column` that marks the baseline condition.",
+    "treatment": "Result.compare: the value(s) of `column` compared with the baseline (None: every other value).",
     "interventions": "interp.generate: None (the clean model), one interp.Intervention, or a mapping {label: "
                      "Intervention or None (clean)} generated side by side.",
 }
@@ -245,6 +256,18 @@ COLUMNS: dict[str, str] = {
     "mean_router_prob": "The mean router_prob over a group's tokens.",
     "r_router_prob": "Pearson r across prompts between a head's log-probability gain and an expert's router_prob.",
     "r_gain": "Pearson r across prompts between a head's and an expert's log-probability gains.",
+    # statistics over prompts (Result.aggregate, Result.compare)
+    "ci_low": "The lower end of the bootstrap interval of a mean over prompts (`<value>_ci_low` for column "
+              "`<value>`; `difference_ci_low` for a paired difference).",
+    "ci_high": "The upper end of the bootstrap interval of a mean over prompts (`<value>_ci_high`; "
+               "`difference_ci_high`).",
+    "p_value": "Two-sided p-value of the paired sign-flip permutation test of a zero mean difference.",
+    "n_pairs": "Result.compare: the number of prompts scored under both conditions (the pairs).",
+    "treatment": "Result.compare: the condition (value of the compared column) of the row.",
+    "baseline": "Result.compare: the baseline condition the row's treatment is compared with.",
+    "treatment_mean": "Result.compare: the mean value over the pairs under the treatment.",
+    "baseline_mean": "Result.compare: the mean value over the pairs under the baseline.",
+    "difference": "Result.compare: the mean over the pairs of treatment minus baseline.",
     # generation and capture
     "intervention": "interp.generate: the label of the intervention the row was generated under ('clean': none).",
 }

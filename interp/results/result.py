@@ -185,6 +185,59 @@ class Result:
         # dropna=False: a cell whose value is undefined (NaN) stays in the grid as NaN instead of vanishing
         return self.table.pivot_table(index=index, columns=columns, values=values, aggfunc=aggfunc, dropna=False)
 
+    # --- statistics over prompts (interp.results.statistics) ----------------------------------------------
+    def aggregate(self, by: str | list[str] | None = None, *, value: str | list[str] | None = None,
+                  ci: float = 0.95, n_boot: int = 2000, seed: int = 0, interval: str = "bca") -> Result:
+        """The mean over prompts per group, with a seeded bootstrap confidence interval (prompts resampled).
+
+        Args:
+            by: the columns grouped by (None: the schema's keys other than prompt_id, e.g. layer and head).
+            value: the column(s) averaged (None: the schema's value; booleans average to a share).
+            ci: the interval's confidence level.
+            n_boot: bootstrap replicates.
+            seed: the seed of the replicates' draws (the same seed, the same interval).
+            interval: "bca" (bias-corrected and accelerated, Efron 1987; default) or "percentile".
+
+        Returns: a Result with one row per group: the ``by`` columns, n_prompts, and for each value column
+        ``<value>`` (its mean over the group's rows), ``<value>_ci_low`` and ``<value>_ci_high``. A prompt with
+        several rows in a group (e.g. several heads with by="layer") is one resampling unit. Exports and reads
+        back like any Result. See :mod:`interp.results.statistics`. Cost: no forward; one
+        [groups x prompts] x [prompts x n_boot] product.
+        """
+        from .statistics import aggregate
+
+        return aggregate(self, by, value=value, ci=ci, n_boot=n_boot, seed=seed, interval=interval)
+
+    def compare(self, column: str, baseline: Any, *, treatment: Any = None, value: str | None = None,
+                by: str | list[str] | None = None, ci: float = 0.95, n_boot: int = 2000, n_perm: int = 10_000,
+                seed: int = 0, interval: str = "bca") -> Result:
+        """Two conditions of one method compared prompt by prompt: the mean paired difference with its bootstrap
+        interval and a two-sided sign-flip permutation test of no difference.
+
+        ``column`` names the condition (block_experts: ``compare("condition", "control", treatment="blocked")``,
+        blocked vs the mean of the random controls; attack_success_rate: ``compare("variant", "clean")``;
+        context_masking: ``compare("from_layer", n_layers)``, each masked layer vs unmasked;
+        shared_routed_contrast: ``compare("condition", "clean")``). A prompt's value under a condition is its mean
+        over that condition's rows (e.g. over the control sets); prompts seen under both are paired.
+
+        Args:
+            column: the column whose values are the conditions.
+            baseline: its value for the baseline condition.
+            treatment: one value or a list of them (None: every other value of ``column``).
+            value: the column compared (None: the schema's value).
+            by: optional further grouping columns (e.g. "target_field").
+            ci, n_boot, seed, interval: as in :meth:`aggregate`.
+            n_perm: random sign patterns of the test (exact enumeration when 2^n_pairs <= n_perm).
+
+        Returns: a Result with one row per group x treatment: treatment, baseline, n_pairs, treatment_mean,
+        baseline_mean, difference (treatment - baseline), difference_ci_low, difference_ci_high, p_value.
+        Cost: no forward.
+        """
+        from .statistics import compare
+
+        return compare(self, column, baseline, treatment=treatment, value=value, by=by, ci=ci, n_boot=n_boot,
+                       n_perm=n_perm, seed=seed, interval=interval)
+
     def figure(self, **kwargs: Any) -> Any:
         """The method's plotly figure (declared per method in the registry; a bar chart of ``top()`` otherwise)."""
         from ..methods.registry import get_method

@@ -23,9 +23,30 @@ class LensResult(Result):
     """A logit-lens Result; :meth:`aggregate` gives the per-layer dataset summary (see :func:`lens_summary`).
     The class survives :meth:`Result.read` and sharded merges (``interp.run_resumable``)."""
 
-    def aggregate(self, *, positions: str = "last") -> Result:
-        """:func:`lens_summary` of this result."""
-        return lens_summary(self, positions=positions)
+    def aggregate(self, by: str | list[str] | None = None, *, positions: str = "last", ci: float | None = None,
+                  n_boot: int = 2000, seed: int = 0, interval: str = "bca") -> Result:
+        """:func:`lens_summary` of this result; with ``ci`` (e.g. 0.95), each of its means (accuracy, mrr,
+        mean_target_prob, mean_target_logit, kl, entropy, cross_entropy) gets ``<name>_ci_low`` /
+        ``<name>_ci_high``: a seeded bootstrap interval with prompts resampled (positions="all": a prompt's
+        positions resampled together), as :meth:`interp.Result.aggregate` (see interp.results.statistics). ``by``
+        given: :meth:`interp.Result.aggregate` of the table itself (``ci`` default 0.95)."""
+        if by is not None:
+            return super().aggregate(by, ci=0.95 if ci is None else ci, n_boot=n_boot, seed=seed, interval=interval)
+        summary = lens_summary(self, positions=positions)
+        if ci is None:
+            return summary
+        from ...results.statistics import with_intervals
+
+        rows = self.table[self.table["is_last"]] if positions == "last" else self.table
+        if "target_field" not in rows.columns:
+            rows = rows.assign(target_field="")
+        sources = {"accuracy": "correct", "mrr": "target_rr", "mean_target_prob": "target_prob",
+                   "mean_target_logit": "target_logit", **{c: c for c in DISTRIBUTION_METRICS}}
+        table = with_intervals(summary.table, rows, [*KEYS, "target_field"], sources, ci=ci, n_boot=n_boot,
+                               seed=seed, interval=interval)
+        meta = {**summary.meta, "aggregate": {"ci": ci, "n_boot": n_boot, "seed": seed, "interval": interval,
+                                              "unit": "prompt_id"}}
+        return Result(table, meta)
 
 
 def is_lens_table(table: pd.DataFrame) -> bool:
