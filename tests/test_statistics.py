@@ -185,3 +185,31 @@ def test_the_lens_summary_gets_intervals(models):
     by_layer = res.aggregate("layer").table  # the generic view of the same table
     # float32 columns: pandas sums them in float32, the bootstrap in float64
     np.testing.assert_allclose(by_layer["target_prob"], plain["mean_target_prob"], rtol=1e-6)
+
+
+def test_figures_that_average_over_prompts_can_show_the_interval():
+    from interp.figures.viz import check_convention
+    from interp.methods.icot import context_masking_figure
+    from interp.methods.safety_heads import asr_figure
+
+    rng = np.random.default_rng(0)
+    masking = pd.DataFrame([{"prompt_id": f"p{p}", "from_layer": layer, "target_field": f, "correct": bool(
+        rng.random() < 0.2 + 0.2 * layer)} for p in range(20) for layer in range(4) for f in ("y_t", "y_s1")])
+    r = Result(masking, {"method": "context_masking", "n_layers": 3, "parameters": {"span": "demonstrations"}})
+    plain, fig = context_masking_figure(r), context_masking_figure(r, ci=0.9, n_boot=300, seed=2)
+    assert all(t.error_y.array is None for t in plain.data)
+    agg = r.aggregate(["target_field", "from_layer"], value="correct", ci=0.9, n_boot=300, seed=2).table
+    for trace, (_, g) in zip(fig.data, agg.groupby("target_field", sort=False)):
+        np.testing.assert_allclose(trace.y, g["correct"])
+        np.testing.assert_allclose(trace.error_y.array, g["correct_ci_high"] - g["correct"])
+        np.testing.assert_allclose(trace.error_y.arrayminus, g["correct"] - g["correct_ci_low"])
+    assert not check_convention(fig)
+    asr = pd.DataFrame([{"variant": v, "variant_group": v.split(" #")[0], "prompt_id": f"p{p}",
+                         "success": bool(rng.random() < (0.7 if v != "clean" else 0.2))}
+                        for v in ("clean", "random-2 #0", "random-2 #1") for p in range(30)])
+    ra = Result(asr, {"method": "attack_success_rate"})
+    fig = asr_figure(ra, ci=0.95, n_boot=300)
+    a = ra.aggregate("variant_group", value="success", ci=0.95, n_boot=300).table
+    np.testing.assert_allclose(fig.data[0].y, a["success"])
+    np.testing.assert_allclose(fig.data[0].error_y.array, a["success_ci_high"] - a["success"])
+    assert not check_convention(fig)

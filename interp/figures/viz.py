@@ -175,3 +175,15 @@ def _use_system_chromium() -> None:
         if found:
             os.environ["BROWSER_PATH"] = found
             return
+
+
+def interval_error(table: Any, value: str) -> dict:
+    """Plotly error bars (``error_y``) of a mean and its interval, from a :meth:`interp.Result.aggregate` table:
+    ``value`` from ``value_ci_low`` to ``value_ci_high`` (asymmetric; a missing interval draws no bar)."""
+    import numpy as np
+
+    mean = np.asarray(table[value], dtype=float)
+    up = np.asarray(table[f"{value}_ci_high"], dtype=float) - mean
+    down = mean - np.asarray(table[f"{value}_ci_low"], dtype=float)
+    return {"type": "data", "symmetric": False, "array": np.nan_to_num(up).tolist(),
+            "arrayminus": np.nan_to_num(down).tolist(), "visible": True, "thickness": 1.5}

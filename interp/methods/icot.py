@@ -83,21 +83,31 @@ def _accuracy_reduce(targets: torch.Tensor):
     return reduce
 
 
-def context_masking_figure(result: Result) -> Any:
+def context_masking_figure(result: Result, *, ci: float | None = None, n_boot: int = 1000, seed: int = 0) -> Any:
     """Top-1 accuracy against each target field as a function of the first masked layer (one line per target,
-    and per task when there are several)."""
+    and per task when there are several); with ``ci`` (e.g. 0.95), error bars of the seeded bootstrap interval over
+    prompts (:meth:`interp.Result.aggregate`)."""
     import plotly.graph_objects as go
+
+    from ..figures.viz import interval_error
 
     t = result.table
     keys = ["task", "target_field"] if "task" in t.columns and t["task"].nunique() > 1 else ["target_field"]
     fig = go.Figure()
-    acc = t.groupby([*keys, "from_layer"], sort=False)["correct"].mean().reset_index()
+    if ci is None:
+        acc = t.groupby([*keys, "from_layer"], sort=False)["correct"].mean().reset_index()
+    else:
+        acc = result.aggregate([*keys, "from_layer"], value="correct", ci=ci, n_boot=n_boot, seed=seed).table
     for key, g in acc.groupby(keys, sort=False):
         name = " / ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
-        fig.add_trace(go.Scatter(x=g["from_layer"], y=g["correct"], mode="lines+markers", name=name))
+        fig.add_trace(go.Scatter(x=g["from_layer"], y=g["correct"], mode="lines+markers", name=name,
+                                 error_y=None if ci is None else interval_error(g, "correct")))
     n = result.meta.get("n_layers")
-    fig.update_layout(title=f"Context masking: attention to '{result.meta['parameters']['span']}' forbidden from layer "
-                      f"l on ({n} = no masking)", xaxis_title="first masked layer l", yaxis_title="top-1 accuracy",
+    title = (f"Context masking: attention to '{result.meta['parameters']['span']}' forbidden from layer l on ({n} = "
+             "no masking)")
+    if ci is not None:
+        title += f"<br>bars: {ci:.0%} bootstrap interval over {t['prompt_id'].nunique()} prompts"
+    fig.update_layout(title=title, xaxis_title="first masked layer l", yaxis_title="top-1 accuracy",
                       yaxis_range=[-0.02, 1.02])
     return fig
 

@@ -477,10 +477,25 @@ def asr_summary(result: Result) -> pd.DataFrame:
                                "count": "n_variants"})
 
 
-def asr_figure(result: Result, **_: Any) -> Any:
-    """ASR bars per variant group (mean, with the spread over draws as error bars)."""
+def asr_figure(result: Result, *, ci: float | None = None, n_boot: int = 1000, seed: int = 0, **_: Any) -> Any:
+    """ASR bars per variant group (mean, with the spread over draws as error bars); with ``ci`` (e.g. 0.95), the
+    error bars are instead the seeded bootstrap interval over prompts of the group's ASR
+    (:meth:`interp.Result.aggregate`; a prompt's draws are resampled together)."""
     import plotly.graph_objects as go
 
+    if ci is not None:
+        from ..figures.viz import interval_error
+
+        agg = result.aggregate("variant_group", value="success", ci=ci, n_boot=n_boot, seed=seed).table
+        fig = go.Figure(go.Bar(
+            x=agg["variant_group"], y=agg["success"], error_y=interval_error(agg, "success"),
+            customdata=agg[["success_ci_low", "success_ci_high", "n_prompts"]].values,
+            hovertemplate="%{x}<br>ASR=%{y:.3f} (" + f"{ci:.0%}" + " interval %{customdata[0]:.3f}-"
+                          "%{customdata[1]:.3f}, %{customdata[2]} prompts)<extra></extra>"))
+        fig.update_layout(title=f"Attack success rate over {result.table['prompt_id'].nunique()} prompts<br>bars: "
+                                f"{ci:.0%} bootstrap interval over prompts", xaxis_title="variant group",
+                          yaxis_title="ASR (share of prompts)", yaxis={"range": [0, 1.05]}, autosize=True)
+        return fig
     s = asr_summary(result)
     fig = go.Figure(go.Bar(
         x=s["variant_group"], y=s["asr"], error_y={"type": "data", "array": s["asr_std"]},
