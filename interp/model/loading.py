@@ -12,13 +12,13 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import DeviceError, ModelLoadError
+from ..errors import DeviceError, ModelLoadError, ParameterError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 _DTYPES = {
@@ -64,11 +64,31 @@ class Model:
     Attribute access falls through to the bridge, so ``model.blocks[0].attn.W_O`` works as on the bridge.
     """
 
-    def __init__(self, bridge: Any, *, name: str | None = None, path: str | None = None):
+    def __init__(self, bridge: Any, *, name: str | None = None, path: str | None = None,
+                 prepend_bos: bool | None = None):
+        check_prepend_bos(prepend_bos)
         self.bridge = bridge
         self.name = name or str(getattr(bridge.cfg, "model_name", "model"))
         self.path = path  # the absolute directory it was loaded from (None: a hub name or a bridge passed in)
-        self.info = _read_info(bridge)
+        info = _read_info(bridge)
+        if prepend_bos is not None:
+            if prepend_bos and getattr(bridge.tokenizer, "bos_token_id", None) is None:
+                raise ParameterError(f"prepend_bos=True, but the tokenizer of {self.name!r} has no BOS token; pass "
+                                     "prepend_bos=False (or None: the bridge's default).")
+            info = replace(info, prepends_bos=prepend_bos)
+        self.info = info
+
+    @property
+    def prepend_bos(self) -> bool:
+        """Whether interp prepends BOS to every prompt it tokenises for this model (``prepends_bos`` of
+        :class:`ModelInfo` where the tokenizer has a BOS token; recorded as ``prepend_bos`` in every Result's
+        meta)."""
+        return bool(self.info.prepends_bos) and getattr(self.tokenizer, "bos_token_id", None) is not None
+
+    def with_prepend_bos(self, prepend_bos: bool | None) -> Model:
+        """The same bridge (no copy, no reload) with BOS prepended or not (None: the bridge's
+        ``default_prepend_bos``), e.g. ``model.with_prepend_bos(False)`` to feed GPT-2 as ROME's code does."""
+        return Model(self.bridge, name=self.name, path=self.path, prepend_bos=prepend_bos)
 
     # --- conveniences -------------------------------------------------------------------------------------
     @property
@@ -166,14 +186,21 @@ def load_model(
     device_map: str | dict[str, Any] | None = None,
     n_devices: int | None = None,
     max_memory: dict[Any, Any] | None = None,
+    prepend_bos: bool | None = None,
 ) -> Model:
     """Boot a TransformerBridge from a local Hugging Face directory (offline) or a hub name.
+
+    ``prepend_bos``: whether every prompt interp tokenises starts with the tokenizer's BOS token; None (default)
+    follows the bridge's ``cfg.default_prepend_bos`` (True for GPT-2 and Llama, False for Qwen). ROME's code feeds
+    GPT-2 without BOS: ``prepend_bos=False`` reproduces it. Recorded as ``prepend_bos`` in every Result's meta;
+    ``model.with_prepend_bos(flag)`` switches it on a loaded model without reloading.
 
     A model larger than one GPU is split across several with ``device_map="auto"`` (Hugging Face accelerate;
     optionally ``max_memory={0: "70GiB", 1: "70GiB"}``) or ``n_devices=k`` (the bridge's own layer split); leave
     ``device`` unset then. Every check (directory, tokenizer files, architecture, device, dtype, hub
     reachability) runs before any weight is read. Cost: reading the weights once.
     """
+    check_prepend_bos(prepend_bos)
     if (device_map is not None or n_devices is not None) and device is not None:
         raise DeviceError("Give either device= or device_map= / n_devices=, not both: a device map places every layer.")
     if n_devices is not None and (not isinstance(n_devices, int) or n_devices < 1):
@@ -213,7 +240,14 @@ def load_model(
     bridge.eval()
     for p in bridge.parameters():
         p.requires_grad_(False)
-    return Model(bridge, name=source, path=boot_name if looks_local else None)
+    return Model(bridge, name=source, path=boot_name if looks_local else None, prepend_bos=prepend_bos)
+
+
+def check_prepend_bos(prepend_bos: Any) -> None:
+    """Refuse a ``prepend_bos`` that is not True, False or None (before any weight is read)."""
+    if prepend_bos is not None and not isinstance(prepend_bos, bool):
+        raise ParameterError(f"prepend_bos must be True, False or None (the bridge's default_prepend_bos); got "
+                             f"{prepend_bos!r}.")
 
 
 def _resolve_device(device: str | torch.device | None) -> str:

@@ -63,7 +63,7 @@ def provenance(model: Any, *, seed: Any = None) -> dict[str, Any]:
         "dtype": str(m.dtype).removeprefix("torch."),
         "device": str(m.device),
         "weights_fingerprint": model_fingerprint(m),
-        "prepend_bos": bool(m.info.prepends_bos),
+        "prepend_bos": m.prepend_bos,  # what tokenisation did: load_model(prepend_bos=), else the bridge default
         "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
     }
     out.update(versions())

@@ -1,6 +1,7 @@
 """Model directories that would load wrongly or do something behind the user's back: each is a ModelLoadError
 naming the file or tensor, raised before the model is used (architectures that interp does not test are refused
-before anything is read, so nothing is ever installed)."""
+before anything is read, so nothing is ever installed); and a ``prepend_bos`` that is not True / False / None, a
+ParameterError before any weight is read."""
 
 import json
 import shutil
@@ -9,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import interp
-from interp.errors import ModelLoadError
+from interp.errors import ModelLoadError, ParameterError
 
 
 def copy_of(t, src, name="m"):
@@ -97,4 +98,10 @@ CASES = [
     ("encoder model", lambda m, t, d: interp.load_model(edit_config(
         t, d["llama"], lambda c: c.__setitem__("architectures", ["BertForMaskedLM"]))), ModelLoadError,
      "BertForMaskedLM is not one interp tests"),
+    ("prepend_bos not a bool", lambda m, t, d: interp.load_model(d["llama"], prepend_bos="no"), ParameterError,
+     r"prepend_bos must be True, False or None.*got 'no'"),
+    ("prepend_bos as an integer", lambda m, t, d: interp.load_model(d["llama"], prepend_bos=0), ParameterError,
+     "prepend_bos must be True, False or None"),
+    ("prepend_bos not a bool on a loaded model", lambda m, t, d: m.with_prepend_bos("False"), ParameterError,
+     "prepend_bos must be True, False or None"),
 ]
