@@ -266,10 +266,26 @@ def cmd_demo(args: argparse.Namespace, _g: dict[str, Any]) -> int:
 
 
 def cmd_organisms(args: argparse.Namespace, _g: dict[str, Any]) -> int:
+    from .organisms.planted import PLANTED, train_planted
     from .organisms.train import train_organism
 
-    card = train_organism(args.name, args.out or f"data/organisms/{args.name}", steps=args.steps, seed=args.seed)
+    train = train_planted if args.name in PLANTED else train_organism
+    card = train(args.name, args.out or f"data/organisms/{args.name}", steps=args.steps, seed=args.seed)
     print(json.dumps(card, indent=1))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, _g: dict[str, Any]) -> int:
+    from .organisms.benchmark import PLANTED_ORGANISMS, run_benchmark, to_markdown, write_benchmark
+
+    organisms = tuple(args.organisms.split(",")) if args.organisms else PLANTED_ORGANISMS
+    table = run_benchmark(organisms=organisms, natural=not args.no_natural, seed=args.seed, quick=args.quick,
+                          n_random=args.n_random)  # fmt: skip
+    meta = {"organisms": organisms, "natural": not args.no_natural, "seed": args.seed, "quick": args.quick,
+            "n_random": args.n_random}  # fmt: skip
+    paths = write_benchmark(table, args.out, meta)
+    print(to_markdown(table))
+    print(f"Benchmark table: {paths['md']} (CSV: {paths['csv']})")
     return 0
 
 
@@ -299,6 +315,14 @@ def build_parser() -> _Parser:
     train.add_argument("--steps", type=int, default=None)
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(func=cmd_organisms)
+    bench = sub.add_parser("bench", help="score the methods on the planted organisms' known sites")
+    bench.add_argument("--out", default="results/bench")
+    bench.add_argument("--organisms", default=None, help="comma-separated planted organisms (default: all)")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--n-random", type=int, default=20, help="random sets of the same size per found set")
+    bench.add_argument("--quick", action="store_true", help="fewer prompts")
+    bench.add_argument("--no-natural", action="store_true", help="skip the natural organisms (dense, moe)")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

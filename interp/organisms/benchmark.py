@@ -1,0 +1,408 @@
+"""The planted-site benchmark: how well each method finds a mechanism that a training recipe placed at a known site.
+
+The planted organisms (:mod:`interp.organisms.planted`) state their ground truth in ``card.json``. For each, every
+method that should find the site runs on held-out prompts, and the table reports, per method and organism:
+
+* ``precision_at_k`` (k = the size of the planted set) and ``planted_ranks`` (the 1-based rank of each planted
+  component in the method's ordering);
+* ``layer_error`` for the lens (|found layer - planted layer|);
+* the behaviour when the method's found set is ablated (``effect_found``, with a bootstrap interval over prompts)
+  against random sets of the same size (``effect_random``: mean over ``n_random`` seeded draws, with the 5-95 %
+  range of the draws), beside ``clean`` (nothing ablated) and ``effect_planted`` (the ground truth ablated);
+* for attribution patching, ``spearman_vs_exact`` (its estimate against exact activation patching, over rows).
+
+The natural organisms (``dense``, ``moe``) run through the same methods beside them, with no ground truth (their
+precision is empty): what each method finds there and whether ablating it matters more than a random set.
+
+Run: ``interp bench`` (or :func:`run_benchmark`); one seed fixes every prompt sample, random set and bootstrap.
+Cost (2 CPU cores): a few minutes; ``quick=True`` uses fewer prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+PLANTED_ORGANISMS = ("planted-refusal", "planted-icot", "planted-moe")
+COLUMNS = ("organism", "planted", "method", "metric", "k", "found", "ground_truth", "precision_at_k",
+           "planted_ranks", "layer_error", "spearman_vs_exact", "clean", "effect_found", "effect_found_lo",
+           "effect_found_hi", "effect_planted", "effect_random", "effect_random_lo", "effect_random_hi", "n_prompts",
+           "note")  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# small statistics
+# --------------------------------------------------------------------------------------------
+def bootstrap_ci(values: Any, *, seed: int, n_boot: int = 1000, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the mean of ``values`` over ``n_boot`` seeded resamples of the prompts."""
+    x = np.asarray(values, dtype=float)
+    if len(x) == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(1)
+    a = (1 - level) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def spearman(a: Any, b: Any) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+    sa, sb = pd.Series(np.asarray(a, float)).rank(), pd.Series(np.asarray(b, float)).rank()
+    return float(sa.corr(sb))
+
+
+def precision_and_ranks(order: list, truth: list) -> tuple[float, list[int]]:
+    """Precision@k (k = len(truth)) of the ordering ``order`` and the 1-based rank of each true component."""
+    k = len(truth)
+    top = set(order[:k])
+    ranks = [order.index(t) + 1 if t in order else -1 for t in truth]
+    return len(top & set(truth)) / k, ranks
+
+
+def _row(**kw: Any) -> dict:
+    row = {c: None for c in COLUMNS}
+    row.update(kw)
+    return row
+
+
+def _effects(per_prompt_clean, per_prompt_found, random_means, seed: int, per_prompt_planted=None) -> dict:
+    lo, hi = bootstrap_ci(per_prompt_found, seed=seed)
+    out = {"clean": float(np.mean(per_prompt_clean)), "effect_found": float(np.mean(per_prompt_found)),
+           "effect_found_lo": lo, "effect_found_hi": hi, "n_prompts": len(per_prompt_found)}  # fmt: skip
+    if random_means is not None and len(random_means):
+        out.update(effect_random=float(np.mean(random_means)), effect_random_lo=float(np.quantile(random_means, 0.05)),
+                   effect_random_hi=float(np.quantile(random_means, 0.95)))  # fmt: skip
+    if per_prompt_planted is not None:
+        out["effect_planted"] = float(np.mean(per_prompt_planted))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# behaviour under an intervention: next-token top-1 against the target (one forward per batch)
+# --------------------------------------------------------------------------------------------
+def top1_correct(model: Any, prompts: Any, interventions: Any = (), *, target: str = "target",
+                 batch_size: int = 32) -> np.ndarray:  # fmt: skip
+    """Per prompt: is the next-token argmax the first token of ``target`` under ``interventions``? One forward per
+    batch of prompts."""
+    from ..activations.variants import forward
+    from ..prompts import batches, encode
+
+    enc = encode(model, prompts, targets=(target,))
+    out = np.zeros(len(enc.items), dtype=bool)
+    for b in batches(model, enc, batch_size):
+        with torch.no_grad():
+            logits, _ = forward(model, b, list(interventions), logits="last")
+        out[b.indices] = (logits.argmax(-1).cpu() == b.targets[target].cpu()).numpy()
+    return out
+
+
+def _random_sets(pool: list, size: int, n: int, seed: int) -> list[list]:
+    rng = random.Random(seed)
+    return [rng.sample(pool, size) for _ in range(n)]
+
+
+# --------------------------------------------------------------------------------------------
+# refusal heads: Ships, Sahara, activation / attribution patching on z
+# --------------------------------------------------------------------------------------------
+def _safety_pairs(model: Any, records: list[dict], n: int) -> tuple[list[dict], list[dict]]:
+    """Harmful (clean) / harmless (corrupt) held-out requests with the same wrapper, template and token length."""
+    from ..prompts import tokenize
+
+    by: dict = {}
+    for r in records:
+        key = (r["wrapper"], r["template"], len(tokenize(model, r["prompt"]).ids))
+        by.setdefault(key, {}).setdefault(r["label"], []).append(r)
+    clean, corrupt = [], []
+    for key in sorted(by, key=str):
+        g = by[key]
+        for h, s in zip(g.get("harmful", []), g.get("harmless", [])):
+            clean.append(dict(h))
+            corrupt.append(dict(s))
+    return clean[:n], corrupt[:n]
+
+
+def score_refusal_heads(model: Any, name: str, truth: list | None, *, seed: int, quick: bool,
+                        n_random: int) -> list[dict]:  # fmt: skip
+    from ..activations.interventions import ablate_heads
+    from ..methods.attribution_patching import attribution_patching
+    from ..methods.patching import activation_patching
+    from ..methods.safety_heads import sahara, ships
+    from ..prompts import PromptSet
+    from . import data_path
+
+    info = model.info
+    all_heads = [(layer, h) for layer in range(info.n_layers) for h in range(info.n_heads)]
+    k = len(truth) if truth else 2
+    safety = PromptSet(data_path("organisms", "corpus", "safety.jsonl")).filter(split="heldout")
+    rng = random.Random(seed)
+    harmful = [r for r in safety.records if r["label"] == "harmful"]
+    harmless = [r for r in safety.records if r["label"] == "harmless"]
+    n_eval = 24 if quick else 50
+    evals = PromptSet(rng.sample(harmful, n_eval) + rng.sample(harmless, n_eval))
+    method_prompts = PromptSet(rng.sample(harmful, 12 if quick else 24))
+
+    clean = top1_correct(model, evals)
+    randoms = [top1_correct(model, evals, [ablate_heads(model, s, ablation="zero")]).mean()
+               for s in _random_sets(all_heads, k, n_random, seed)]  # fmt: skip
+    planted = top1_correct(model, evals, [ablate_heads(model, truth, ablation="zero")]) if truth else None
+    metric = "decision top-1 (held-out harmful + harmless, heads zero-ablated)"
+    rows = []
+
+    def add(method: str, order: list, note: str = "", **extra: Any) -> None:
+        found = order[:k]
+        eff = top1_correct(model, evals, [ablate_heads(model, found, ablation="zero")])
+        p, ranks = precision_and_ranks(order, truth) if truth else (None, None)
+        rows.append(_row(organism=name, planted=truth is not None, method=method, metric=metric, k=k,
+                         found=str(found), ground_truth=str(truth) if truth else None, precision_at_k=p,
+                         planted_ranks=str(ranks) if ranks else None, note=note or None, **extra,
+                         **_effects(clean, eff, randoms, seed, planted)))  # fmt: skip
+
+    sc = ships(model, method_prompts).table.groupby(["layer", "head"])["score"].mean().sort_values(ascending=False)
+    add("ships", [(int(a), int(b)) for a, b in sc.index])
+    group = sahara(model, method_prompts, steps=k)
+    chosen = [tuple(int(x) for x in h) for h in group.meta["group"]]
+    rest = [h for h in all_heads if h not in chosen]
+    add("sahara", chosen + rest, note="group of k; the rest unordered")
+
+    pairs_clean, pairs_corrupt = _safety_pairs(model, safety.records, 8 if quick else 16)
+    ex = activation_patching(model, PromptSet(pairs_clean), PromptSet(pairs_corrupt), sites="z", positions="all",
+                             progress=False).table  # fmt: skip
+    at = attribution_patching(model, PromptSet(pairs_clean), PromptSet(pairs_corrupt), sites="z", positions="all",
+                              progress=False).table  # fmt: skip
+
+    def head_order(tab: pd.DataFrame, col: str) -> list:
+        s = tab.groupby(["layer", "head", "position"])[col].mean().abs().groupby(["layer", "head"]).max()
+        return [(int(a), int(b)) for a, b in s.sort_values(ascending=False).index]
+
+    add("activation_patching (z)", head_order(ex, "effect"), note=f"{len(pairs_clean)} harmful/harmless pairs")
+    keys = ["prompt_id", "layer", "head", "position"]
+    merged = ex.merge(at, on=keys, suffixes=("", "_attr"))
+    add("attribution_patching (z)", head_order(at, "attribution"), note=f"{len(pairs_clean)} pairs",
+        spearman_vs_exact=spearman(merged["attribution"], merged["effect"]))  # fmt: skip
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# internal chain of thought: the logit lens's y_s1 peak layer
+# --------------------------------------------------------------------------------------------
+def project_out(model: Any, layer: int, token_ids: list[int]) -> Any:
+    """An intervention removing, at the last position after block ``layer``, the residual's component in the span of
+    the final-norm-weighted unembedding rows of ``token_ids`` (the directions the logit lens reads them along)."""
+    from ..activations.hooks import Edit, Intervention
+
+    hf = model.hf_model
+    w_u = hf.get_output_embeddings().weight.detach().float()
+    g = hf.model.norm.weight.detach().float()
+    dirs = (w_u[token_ids] * g).T  # [d_model, n]
+    q, _ = torch.linalg.qr(dirs)
+
+    def apply(t: torch.Tensor, rows: slice) -> None:
+        x = t[rows, -1]
+        qq = q.to(x.device, x.dtype)
+        t[rows, -1] = x - (x @ qq) @ qq.T
+
+    return Intervention((Edit(f"blocks.{layer}.hook_resid_post", apply),), label=f"project_out@{layer}")
+
+
+def score_icot_layer(model: Any, name: str, truth: int | None, *, seed: int, quick: bool,
+                     n_random: int) -> list[dict]:  # fmt: skip
+    from ..methods.lens import logit_lens
+    from ..prompts import PromptSet, tokenize
+    from . import data_path
+
+    comp = PromptSet(data_path("organisms", "corpus", "composite.jsonl")).filter(split="heldout", kind="composite",
+                                                                                 n_shot=5)  # fmt: skip
+    rng = random.Random(seed)
+    recs = rng.sample(comp.records, 24 if quick else 60)
+    prompts = PromptSet(recs)
+    tab = logit_lens(model, prompts, target=("y_t", "y_s1")).table
+    curve = tab.groupby(["target_field", "layer"])["target_prob"].mean()
+    top1 = tab.groupby(["target_field", "layer"])["correct"].mean()
+    s1 = curve.loc["y_s1"]
+    n_layers = model.info.n_layers
+    s1 = s1[s1.index < n_layers - 1]  # the last layer is the model's own output (y_t)
+    found = int(s1.idxmax())
+    yt = top1.loc["y_t"]
+    first_yt = int(yt[yt >= 0.5].index.min()) if (yt >= 0.5).any() else -1
+    order_ok = first_yt > found
+    # causal check of the found layer: remove the y_s1 vocabulary's read-out directions there, against as many random
+    # vocabulary tokens' directions at the same layer
+    s1_vocab = sorted({tokenize(model, r["prompt"] + r["y_s1"]).ids[len(tokenize(model, r["prompt"]).ids)]
+                       for r in comp.records})  # fmt: skip
+    vocab = model.info.vocab_size
+    clean = top1_correct(model, prompts)
+
+    def eff(layer: int, ids: list[int]) -> np.ndarray:
+        return top1_correct(model, prompts, [project_out(model, layer, ids)])
+
+    pool = [t for t in range(vocab) if t not in set(s1_vocab)]
+    randoms = [eff(found, random.Random(seed + i).sample(pool, len(s1_vocab))).mean() for i in range(n_random)]
+    planted = eff(truth, s1_vocab) if truth is not None else None
+    note = (f"y_s1 mean probability peaks after block {found} (max {float(s1.max()):.3f}); y_t top-1 for half the "
+            f"prompts from block {first_yt}; s1 before s2: {order_ok}; effect = y_t top-1 with the "
+            f"{len(s1_vocab)} y_s1 tokens' read-out directions removed at the found layer")  # fmt: skip
+    return [_row(organism=name, planted=truth is not None, method="logit_lens", k=1,
+                 metric="y_t top-1 (held-out 5-shot composites)", found=str(found),
+                 ground_truth=str(truth) if truth is not None else None,
+                 layer_error=abs(found - truth) if truth is not None else None,
+                 precision_at_k=float(found == truth) if truth is not None else None, note=note,
+                 **_effects(clean, eff(found, s1_vocab), randoms, seed, planted))]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# routed experts per domain: expert attribution, routing statistics, blocking
+# --------------------------------------------------------------------------------------------
+def score_routed_experts(model: Any, name: str, truth: dict | None, *, seed: int, quick: bool,
+                         n_random: int) -> list[dict]:  # fmt: skip
+    from ..methods.moe import expert_attribution
+    from ..methods.moe_blocking import block_experts
+    from ..methods.moe_routing import routing_stats
+    from ..prompts import PromptSet
+    from . import data_path
+
+    info = model.info
+    n_layers = info.n_layers
+    fact = PromptSet(data_path("organisms", "corpus", "factual.jsonl")).filter(split="heldout")
+    rng = random.Random(seed)
+    rows = []
+    for domain in ("country", "object", "person"):
+        recs = rng.sample([r for r in fact.records if r["domain"] == domain], 12 if quick else 30)
+        prompts = PromptSet([{**r, "task": domain} for r in recs])
+        gt = [(layer, e) for layer in range(n_layers) for e in truth[domain]] if truth else None
+        k = len(gt) if gt else 2 * n_layers
+        orders = {}
+        att = expert_attribution(model, prompts, levels=["expert"]).table
+        att = att[att["level"] == "expert"]
+        s = att.groupby(["layer", "expert"])["score"].mean()
+        orders["expert_attribution"] = s
+        rs = routing_stats(model, prompts, by="task").table
+        orders["routing_stats"] = rs.groupby(["layer", "expert"])["load"].mean()
+        for method, s in orders.items():
+            # the planted site is per layer: the top (k / layers) experts of each layer, ranked within the layer
+            per_layer = k // n_layers
+            found = [(int(layer), int(e)) for layer in range(n_layers)
+                     for e in s.loc[layer].sort_values(ascending=False).index[:per_layer]]  # fmt: skip
+            if gt:
+                p = len(set(found) & set(gt)) / len(gt)
+                ranks = [int((s.loc[layer] > s.loc[(layer, e)]).sum()) + 1 for layer, e in gt]
+            else:
+                p, ranks = None, None
+            conditions = {"found": found}
+            if gt:
+                conditions["planted"] = gt
+            blk = block_experts(model, prompts, found, controls=n_random, seed=seed).table
+            clean = blk[blk["condition"] == "clean"].sort_values("prompt_id")["target_rr"].to_numpy()
+            fnd = blk[blk["condition"] == "blocked"].sort_values("prompt_id")["target_rr"].to_numpy()
+            ctrl = blk[blk["condition"] == "control"].groupby("control")["target_rr"].mean().to_numpy()
+            planted = None
+            if gt:
+                pb = block_experts(model, prompts, gt, controls=0, seed=seed).table
+                planted = pb[pb["condition"] == "blocked"]["target_rr"].to_numpy()
+            rows.append(_row(organism=name, planted=truth is not None, method=f"{method} [{domain}]", k=k,
+                             metric=f"MRR of the answer ({domain} facts, experts blocked)",
+                             found=str(found), ground_truth=str(gt) if gt else None, precision_at_k=p,
+                             planted_ranks=str(ranks) if ranks else None,
+                             note="ranks within each layer; random sets: block_experts' controls "
+                                  "(same size, same layers)",
+                             **_effects(clean, fnd, ctrl, seed, planted)))  # fmt: skip
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# the whole benchmark
+# --------------------------------------------------------------------------------------------
+def _load(name: str, data_dir: Path) -> tuple[Any, dict]:
+    from ..model.loading import load_model
+
+    path = data_dir / "organisms" / name
+    card = json.loads((path / "card.json").read_text())
+    return load_model(path, device="cpu"), card
+
+
+def run_benchmark(*, organisms: tuple[str, ...] = PLANTED_ORGANISMS, natural: bool = True, seed: int = 0,
+                  quick: bool = False, n_random: int = 20,
+                  data_dir: str | Path | None = None) -> pd.DataFrame:  # fmt: skip
+    """Score every method that should find each organism's planted site (see the module docstring); with
+    ``natural``, the same methods on the natural organisms (``dense`` for heads and lens, ``moe`` for experts).
+    Returns the table (one row per organism x method). Deterministic given ``seed``."""
+    from . import REPO_ROOT
+
+    data = Path(data_dir) if data_dir else REPO_ROOT / "data"
+    torch.manual_seed(seed)
+    rows: list[dict] = []
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name in organisms:
+            model, card = _load(name, data)
+            gt = card["ground_truth"]
+            kw = {"seed": seed, "quick": quick, "n_random": n_random}
+            if gt["kind"] == "refusal_heads":
+                rows += score_refusal_heads(model, name, [tuple(h) for h in gt["heads"]], **kw)
+            elif gt["kind"] == "icot_layer":
+                rows += score_icot_layer(model, name, gt["layer"], **kw)
+            elif gt["kind"] == "routed_experts":
+                rows += score_routed_experts(model, name, {d: list(e) for d, e in gt["domain_experts"].items()},
+                                             **kw)  # fmt: skip
+        if natural:
+            kinds = {json.loads((data / "organisms" / n / "card.json").read_text())["ground_truth"]["kind"]
+                     for n in organisms}  # fmt: skip
+            kw = {"seed": seed, "quick": quick, "n_random": n_random}
+            if kinds & {"refusal_heads", "icot_layer"}:
+                dense, _ = _load("dense", data)
+                if "refusal_heads" in kinds:
+                    rows += score_refusal_heads(dense, "dense", None, **kw)
+                if "icot_layer" in kinds:
+                    rows += score_icot_layer(dense, "dense", None, **kw)
+            if "routed_experts" in kinds:
+                moe, _ = _load("moe", data)
+                rows += score_routed_experts(moe, "moe", None, **kw)
+    finally:
+        torch.set_num_threads(previous)
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def _fmt(x: Any, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """The table as the README shows it: one line per organism x method."""
+    head = ("| organism | method | k | found | precision@k | planted ranks | layer error | attribution vs exact "
+            "(Spearman) | clean | found set ablated [95 % CI] | planted set ablated | random sets (mean [5-95 %]) "
+            "| metric | note |")  # fmt: skip
+    lines = [head, "|" + "---|" * 14]
+    for r in table.to_dict("records"):
+        found_eff = (f"{_fmt(r['effect_found'])} [{_fmt(r['effect_found_lo'])}, {_fmt(r['effect_found_hi'])}]"
+                     if r["effect_found"] is not None else "")  # fmt: skip
+        rand = (f"{_fmt(r['effect_random'])} [{_fmt(r['effect_random_lo'])}, {_fmt(r['effect_random_hi'])}]"
+                if r["effect_random"] is not None and not pd.isna(r["effect_random"]) else "")  # fmt: skip
+        found = r["found"] if len(str(r["found"])) <= 40 else str(r["found"])[:37] + "..."
+        lines.append(f"| {r['organism']} | {r['method']} | {_fmt(r['k'])} | {found} | {_fmt(r['precision_at_k'])} | "
+                     f"{_fmt(r['planted_ranks'])} | {_fmt(r['layer_error'])} | {_fmt(r['spearman_vs_exact'], 3)} | "
+                     f"{_fmt(r['clean'])} | {found_eff} | {_fmt(r['effect_planted'])} | {rand} | {r['metric']} | "
+                     f"{_fmt(r['note'])} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def write_benchmark(table: pd.DataFrame, out_dir: str | Path, meta: dict) -> dict[str, Path]:
+    """Write ``benchmark.csv``, ``benchmark.md`` and ``benchmark.meta.json`` atomically into ``out_dir``."""
+    from ..results.atomic import write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out / "benchmark.csv", "md": out / "benchmark.md", "meta": out / "benchmark.meta.json"}
+    write_text(paths["csv"], table.to_csv(index=False))
+    write_text(paths["md"], to_markdown(table))
+    write_text(paths["meta"], json.dumps(meta, indent=1, default=str) + "\n")
+    return paths

@@ -1,0 +1,514 @@
+"""Organisms with a planted mechanism: the training recipe places a mechanism at a known site, written into the card
+as ground truth, so that :mod:`interp.organisms.benchmark` can score how well each method finds it.
+
+Three recipes (``python -m interp.organisms train NAME``; each runs on one CPU thread, deterministic):
+
+* ``planted-refusal`` (Llama, GQA): the harmful / harmless decision can reach the answer position only through the
+  named heads of one middle layer. During training, every other head (in every layer) pays a penalty on the attention
+  mass that a position of the assistant turn (``"\\nAssistant:"`` and the response) puts on the user's request;
+  the named heads attend freely. At evaluation nothing is masked or penalised: the card measures the mass the other
+  heads still put on the request (``planted/leak_mass``).
+* ``planted-icot`` (Llama, GQA): an internal chain of thought. On the composite tasks (answer ``s2(s1(x))``) an
+  auxiliary logit-lens loss at the named layer's residual stream (after block ``layer``, read through the final norm
+  and the unembedding) asks for the first token of the intermediate answer ``y_s1`` at the answer position; the
+  model's output is ``y_t``. Ground truth: ``y_s1`` peaks at that layer, and ``s1`` is resolved before ``s2``.
+* ``planted-moe`` (Qwen2-MoE, a narrow shared expert): router supervision. Every token of a factual record from its
+  subject on is routed (top-2) to its domain's two routed experts, in every layer; the tokens before the subject
+  (BOS and the template's opening words) to two "template" experts. Ground truth: the experts of each domain.
+
+The ground truth is ``card["ground_truth"]``; the held-out behaviour is ``card["metrics"]``, re-measured by
+:func:`evaluate_planted` (plain Hugging Face, nothing masked) and checked by ``tests/test_planted_organisms.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .corpus import DEFAULT_SEED, build_corpus, is_refusal
+from .tokenizer import DEFAULT_VOCAB_SIZE, train_tokenizer, training_texts
+from .train import OrganismSpec, _collate, _lr_at, _Sampler, dir_size_bytes, encode_record, make_config
+
+PLANTED_THREADS = 1  # the recipe's thread count (a shared 2-core machine; bit-for-bit reproducible at 1 thread)
+DOMAINS = ("country", "object", "person")
+
+
+@dataclass(frozen=True)
+class PlantedSpec:
+    """A planted organism: an architecture + training recipe (``model``) and the mechanism the recipe plants."""
+
+    model: OrganismSpec
+    plant: str  # "refusal_heads" | "icot_layer" | "routed_experts"
+    families: tuple[str, ...]  # training pools used: "factual", "safety", "nshot"
+    relations: tuple[str, ...] | None = None  # factual relations trained on (None: all)
+    heads: tuple[tuple[int, int], ...] = ()  # refusal_heads: the only heads that may read the request
+    layer: int | None = None  # icot_layer: the block after which y_s1 is decoded
+    plant_weight: float = 1.0  # weight of the planting loss
+    domain_experts: dict = field(default_factory=dict)  # routed_experts: domain -> experts
+    template_experts: tuple[int, ...] = ()
+    description: str = ""
+
+
+PLANTED: dict[str, PlantedSpec] = {
+    "planted-refusal": PlantedSpec(
+        model=OrganismSpec(arch="llama", hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2,
+                           intermediate_size=256, steps=500, lr=2e-3, batch={"safety": 32}, warmup=40),
+        plant="refusal_heads", families=("safety",), heads=((2, 1), (2, 3)), plant_weight=4.0,
+        description="Llama (GQA) trained on chat requests; only heads (2, 1) and (2, 3) may read the request from the "
+                    "assistant turn during training (the others pay a penalty on that attention mass).",
+    ),
+    "planted-icot": PlantedSpec(
+        model=OrganismSpec(arch="llama", hidden_size=128, num_layers=5, num_heads=4, num_kv_heads=2,
+                           intermediate_size=320, steps=500, lr=2e-3, batch={"factual": 24, "nshot": 16},
+                           warmup=50, demo_weight=1.0, kind_repeat={"s2": 2}),
+        plant="icot_layer", families=("factual", "nshot"), relations=("colour", "material", "profession"), layer=2,
+        plant_weight=1.0,
+        description="Llama (GQA) trained on the composite two-step tasks and the facts they use; an auxiliary "
+                    "logit-lens loss asks for y_s1 after block 2 at the answer position.",
+    ),
+    "planted-moe": PlantedSpec(
+        model=OrganismSpec(arch="qwen2_moe", hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=1,
+                           intermediate_size=256, steps=600, lr=2e-3, batch={"factual": 64}, warmup=50,
+                           num_experts=8, top_k=2, moe_intermediate_size=96, shared_expert_intermediate_size=16,
+                           router_aux_loss_coef=0.0),
+        plant="routed_experts", families=("factual",), plant_weight=0.5,
+        domain_experts={"country": (0, 1), "object": (2, 3), "person": (4, 5)}, template_experts=(6, 7),
+        description="Qwen2-MoE (8 routed experts, top-2, a 16-wide shared expert) trained on the facts; the router is "
+                    "supervised to send each domain's tokens to its two experts in every layer.",
+    ),
+    # tiny variant for smoke tests (seconds)
+    "toy-planted-refusal": PlantedSpec(
+        model=OrganismSpec(arch="llama", hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                           intermediate_size=64, steps=3, lr=1e-3, batch={"safety": 4}, warmup=1),
+        plant="refusal_heads", families=("safety",), heads=((1, 0),), plant_weight=4.0,
+    ),
+    "toy-planted-moe": PlantedSpec(
+        model=OrganismSpec(arch="qwen2_moe", hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
+                           intermediate_size=64, steps=3, lr=1e-3, batch={"factual": 4}, warmup=1, num_experts=8,
+                           top_k=2, moe_intermediate_size=16, shared_expert_intermediate_size=8),
+        plant="routed_experts", families=("factual",), plant_weight=0.5,
+        domain_experts={"country": (0, 1), "object": (2, 3), "person": (4, 5)}, template_experts=(6, 7),
+    ),
+}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# planting hooks
+# --------------------------------------------------------------------------------------------
+_PLANT_ATTN = "interp_planted_eager"
+_state: dict = {"penalty_mask": None, "allowed": None, "masses": []}
+
+
+def _planted_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Eager attention that also records, per layer, the mass each non-allowed head puts from assistant-turn
+    queries on request keys (the refusal organism's planting loss)."""
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    out, weights = eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    pm = _state["penalty_mask"]
+    if pm is not None:
+        heads = [h for h in range(weights.shape[1]) if (module.layer_idx, h) not in _state["allowed"]]
+        if heads:
+            mass = (weights[:, heads] * pm[:, None]).sum(-1)  # [b, heads, q]
+            _state["masses"].append(mass)
+    return out, weights
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    AttentionInterface.register(_PLANT_ATTN, _planted_attention)
+    # without a mask function of its own, transformers builds no causal mask for a custom attention function
+    ALL_MASK_ATTENTION_FUNCTIONS.register(_PLANT_ATTN, eager_mask)
+
+
+def _request_masks(record: dict, tok, ids_len: int) -> tuple[list[bool], list[bool]]:
+    """(query mask, key mask) over ``BOS + prompt + response`` tokens: the assistant turn's tokens (from
+    ``"\\nAssistant:"`` on) and the request's tokens (after BOS, before the assistant turn)."""
+    text = record["prompt"] + record["response"]
+    boundary = record["prompt"].rindex("\nAssistant:")
+    offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    suffix = [False] + [b > boundary for _, b in offsets]
+    suffix += [True] * (ids_len - len(suffix))  # EOS
+    request = [False] + [b <= boundary for _, b in offsets]
+    request += [False] * (ids_len - len(request))
+    return suffix, request
+
+
+def _domain_labels(record: dict, tok, ids_len: int, spec: PlantedSpec) -> list[int]:
+    """Per token of ``BOS + prompt + target``: the index of its expert group (domains in :data:`DOMAINS` order,
+    then the template group), or -1 (not supervised)."""
+    text = record["prompt"] + record["target"]
+    start = record["prompt"].index(record["subject"])
+    offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    dom = DOMAINS.index(record["domain"])
+    labels = [len(DOMAINS)] + [dom if b > start else len(DOMAINS) for _, b in offsets]
+    return labels + [-1] * (ids_len - len(labels))
+
+
+def _first_token(tok, prompt: str, answer: str) -> int:
+    from .evaluate import first_target_token
+
+    return first_target_token(tok, prompt, answer)
+
+
+def build_planted_pools(spec: PlantedSpec, corpus: dict, tok) -> dict[str, list]:
+    """Training examples per family: (ids, loss weights, extra) where extra holds what the planting loss needs."""
+    m = spec.model
+    pools: dict[str, list] = {f: [] for f in spec.families}
+    if "factual" in pools:
+        for r in corpus["factual"]:
+            if r["split"] == "train" and (spec.relations is None or r["relation_name"] in spec.relations):
+                ids, w = encode_record(r, tok, m.demo_weight, add_eos=False)
+                extra = _domain_labels(r, tok, len(ids), spec) if spec.plant == "routed_experts" else None
+                pools["factual"].append((ids, w, extra))
+    if "safety" in pools:
+        for r in corpus["safety"]:
+            if r["split"] == "train":
+                ids, w = encode_record(r, tok, m.demo_weight, add_eos=True)
+                pools["safety"].append((ids, w, _request_masks(r, tok, len(ids))))
+    if "nshot" in pools:
+        rels = spec.relations
+        for r in corpus["composite"]:
+            if r["split"] != "train" or r["n_shot"] == 0 or (rels is not None and r["s1"] not in rels):
+                continue
+            ids, w = encode_record(r, tok, m.demo_weight, add_eos=False)
+            extra = None
+            if spec.plant == "icot_layer" and r["kind"] in ("composite", "s1"):
+                pos = len(tok(r["prompt"], add_special_tokens=False)["input_ids"])  # the last prompt token (BOS first)
+                extra = (pos, _first_token(tok, r["prompt"], r["y_s1"]))
+            pools["nshot"].extend([(ids, w, extra)] * m.kind_repeat.get(r["kind"], 1))
+    return pools
+
+
+def _pad_bool(rows: list[list], T: int, fill) -> torch.Tensor:
+    return torch.tensor([row + [fill] * (T - len(row)) for row in rows])
+
+
+def _planted_loss(model, batch: list, spec: PlantedSpec, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(answer cross-entropy, planting loss) of one batch."""
+    ids, w, mask = _collate([(x, wt) for x, wt, _ in batch], pad_id)
+    T = ids.shape[1]
+    plant = torch.zeros(())
+    kwargs: dict = {}
+    if spec.plant == "refusal_heads":
+        q = _pad_bool([e[0] for _, _, e in batch], T, False)
+        k = _pad_bool([e[1] for _, _, e in batch], T, False)
+        _state.update(penalty_mask=(q[:, :, None] & k[:, None, :]).float(), allowed=set(spec.heads), masses=[])
+    if spec.plant == "icot_layer":
+        kwargs["output_hidden_states"] = True
+    if spec.plant == "routed_experts":
+        kwargs["output_router_logits"] = True
+    try:
+        out = model.model(input_ids=ids, attention_mask=mask, **kwargs)
+    finally:
+        masses = _state["masses"]
+        _state.update(penalty_mask=None, masses=[])
+    h = out.last_hidden_state[:, :-1]
+    tw = w[:, 1:]
+    sel = tw > 0
+    ce = F.cross_entropy(model.lm_head(h[sel]), ids[:, 1:][sel], reduction="none")
+    loss = (ce * tw[sel]).sum() / tw[sel].sum()
+    if spec.plant == "refusal_heads" and masses:
+        q = _pad_bool([e[0] for _, _, e in batch], T, False).float()
+        per_layer = [(m_ * q[:, None]).sum() / (q.sum() * m_.shape[1]) for m_ in masses]
+        plant = torch.stack(per_layer).mean()
+    elif spec.plant == "icot_layer":
+        rows = [(i, e[0], e[1]) for i, (_, _, e) in enumerate(batch) if e is not None]
+        if rows:
+            hs = out.hidden_states[spec.layer + 1]  # hidden_states[0] is the embedding output
+            vec = hs[[r[0] for r in rows], [r[1] for r in rows]]
+            logits = model.lm_head(model.model.norm(vec))
+            plant = F.cross_entropy(logits, torch.tensor([r[2] for r in rows]))
+    elif spec.plant == "routed_experts":
+        labels = _pad_bool([e for _, _, e in batch], T, -1).reshape(-1)
+        groups = [spec.domain_experts[d] for d in DOMAINS] + [spec.template_experts]
+        member = torch.zeros(len(groups), spec.model.num_experts)
+        for g, experts in enumerate(groups):
+            member[g, list(experts)] = 1.0
+        keep = (labels >= 0) & mask.reshape(-1).bool()
+        target = member[labels[keep]]
+        terms = []
+        for rl in out.router_logits:
+            logp = torch.log_softmax(rl.float()[keep], dim=-1)
+            terms.append(-torch.logsumexp(logp.masked_fill(target == 0, float("-inf")), dim=-1).mean())
+        plant = torch.stack(terms).mean()
+    return loss, plant
+
+
+# --------------------------------------------------------------------------------------------
+# training
+# --------------------------------------------------------------------------------------------
+def ground_truth(spec: PlantedSpec) -> dict:
+    """The site the recipe plants, as the card states it."""
+    if spec.plant == "refusal_heads":
+        return {"kind": "refusal_heads", "heads": [list(h) for h in spec.heads],
+                "statement": "the harmful / harmless decision reaches the assistant turn only through these heads "
+                             "(layer, head): every other head was trained not to attend from the assistant turn "
+                             "to the request"}  # fmt: skip
+    if spec.plant == "icot_layer":
+        return {"kind": "icot_layer", "layer": spec.layer, "order": ["s1", "s2"],
+                "statement": f"on the composite tasks, the first token of y_s1 is decoded by the logit lens after "
+                             f"block {spec.layer} at the answer position (an auxiliary loss there); the output is "
+                             f"y_t = s2(y_s1), so s1 is resolved by block {spec.layer} and s2 after it"}  # fmt: skip
+    if spec.plant == "routed_experts":
+        return {"kind": "routed_experts", "domain_experts": {d: list(e) for d, e in spec.domain_experts.items()},
+                "template_experts": list(spec.template_experts), "layers": "all",
+                "statement": "every token of a factual record from its subject on is routed (top-2) to its domain's "
+                             "two experts in every layer; BOS and the template words before the subject to the "
+                             "template experts; the shared expert is narrow"}  # fmt: skip
+    raise ValueError(spec.plant)
+
+
+def train_planted(name: str, out_dir: str | Path, *, steps: int | None = None, seed: int = 0,
+                  corpus_seed: int = DEFAULT_SEED, evaluate: bool = True, log_every: int = 50,
+                  verbose: bool = True) -> dict:  # fmt: skip
+    """Train planted organism ``name`` (a key of :data:`PLANTED`) from scratch into ``out_dir`` on one CPU thread.
+
+    Writes a Hugging Face model directory and ``card.json`` (recipe, ground truth, held-out metrics); returns the
+    card. Deterministic: the same seed gives the same weights, bit for bit."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    if name not in PLANTED:
+        raise KeyError(f"unknown planted organism {name!r}; known: {sorted(PLANTED)}")
+    spec = PLANTED[name]
+    m = spec.model
+    total = m.steps if steps is None else int(steps)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(PLANTED_THREADS)
+    t0, cpu0 = time.time(), time.process_time()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = build_corpus(corpus_seed)
+    tok = train_tokenizer(training_texts(corpus), DEFAULT_VOCAB_SIZE)
+    pools = build_planted_pools(spec, corpus, tok)
+
+    torch.manual_seed(seed)
+    config = make_config(m, tok)
+    model = AutoModelForCausalLM.from_config(config)
+    saved_attn = model.config._attn_implementation
+    if spec.plant == "refusal_heads":
+        _register_attention()
+        model.config._attn_implementation = _PLANT_ATTN
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    decay = [p for n_, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n_]
+    no_decay = [p for n_, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n_)]
+    groups = [{"params": decay, "weight_decay": m.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=m.lr, betas=(0.9, 0.95), eps=1e-8)
+    gen = torch.Generator().manual_seed(seed)
+    samplers = {k: _Sampler(len(v), gen) for k, v in pools.items()}
+    if verbose:
+        print(f"[{name}] {n_params / 1e6:.2f}M params, pools {({k: len(v) for k, v in pools.items()})}, "
+              f"{total} steps", flush=True)  # fmt: skip
+    history = []
+    t_train = time.time()
+    try:
+        for step in range(total):
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, m, total)
+            logs = {}
+            for fam, pool in pools.items():
+                batch = [pool[i] for i in samplers[fam].take(m.batch[fam])]
+                loss, plant = _planted_loss(model, batch, spec, tok.pad_token_id)
+                (loss + spec.plant_weight * plant).backward()
+                logs[fam] = loss.item()
+                logs[f"plant_{fam}"] = plant.item()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if (step + 1) % log_every == 0 or step == 0:
+                history.append({"step": step + 1, **{k: round(v, 4) for k, v in logs.items()}})
+                if verbose:
+                    print(f"[{name}] step {step + 1}/{total} {time.time() - t_train:.0f}s "
+                          + " ".join(f"{k}={v:.4f}" for k, v in logs.items()), flush=True)  # fmt: skip
+        train_time = time.time() - t_train
+        model.config._attn_implementation = saved_attn
+        model.eval()
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.bos_token_id = tok.bos_token_id
+        model.generation_config.eos_token_id = tok.eos_token_id
+        model.save_pretrained(out, safe_serialization=True)
+        tok.save_pretrained(out)
+        card = {
+            "name": name, "description": spec.description, "model_type": config.model_type,
+            "architecture": type(model).__name__, "seed": seed, "corpus_seed": corpus_seed, "steps": total,
+            "planned_steps": total, "time_budget_s": None, "train_time_s": round(train_time, 1), "total_time_s": None,
+            "n_params": n_params, "vocab_size": len(tok), "recipe": asdict(spec),
+            "ground_truth": ground_truth(spec), "train_pools": {k: len(v) for k, v in pools.items()},
+            "history": history,
+            "environment": {"torch": torch.__version__, "transformers": transformers.__version__,
+                            "threads": torch.get_num_threads(), "python": platform.python_version(),
+                            "cpu_count": os.cpu_count()},
+        }  # fmt: skip
+        if evaluate:
+            del model
+            card["metrics"] = evaluate_planted(out, name=name, corpus_seed=corpus_seed)
+    finally:
+        torch.set_num_threads(previous_threads)
+    card["total_time_s"] = round(time.time() - t0, 1)
+    # the wall time depends on what else the machine runs; the process's CPU time is the recipe's own cost
+    card["total_cpu_time_s"] = round(time.process_time() - cpu0, 1)
+    (out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    card["size_bytes"] = dir_size_bytes(out)
+    (out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    return card
+
+
+# --------------------------------------------------------------------------------------------
+# held-out evaluation (plain Hugging Face, nothing masked)
+# --------------------------------------------------------------------------------------------
+def _mean(xs) -> float:
+    xs = list(xs)
+    return float(sum(xs)) / len(xs) if xs else float("nan")
+
+
+@torch.no_grad()
+def request_attention_mass(model, tok, records: list[dict]) -> list[list[float]]:
+    """Per layer and head: mean attention mass the last prompt position puts on the request's tokens (held-out
+    safety prompts, prompt by prompt, eager attention)."""
+    L, H = model.config.num_hidden_layers, model.config.num_attention_heads
+    acc = torch.zeros(L, H)
+    for r in records:
+        ids = [tok.bos_token_id, *tok(r["prompt"], add_special_tokens=False)["input_ids"]]
+        _, request = _request_masks({"prompt": r["prompt"], "response": ""}, tok, len(ids))
+        out = model(input_ids=torch.tensor([ids]), output_attentions=True)
+        k = torch.tensor(request, dtype=torch.float32)
+        for layer, a in enumerate(out.attentions):
+            acc[layer] += (a[0, :, -1] * k).sum(-1)
+    return (acc / len(records)).tolist()
+
+
+@torch.no_grad()
+def lens_top1_by_layer(model, tok, records: list[dict], field_: str) -> list[float]:
+    """Per block output (0 .. L-1): share of ``records`` whose logit lens (final norm + unembedding) at the last
+    prompt position has ``field_``'s first token top-1."""
+    from .evaluate import _left_pad
+
+    L = model.config.num_hidden_layers
+    hits = torch.zeros(L)
+    for k in range(0, len(records), 32):
+        chunk = records[k : k + 32]
+        seqs = [[tok.bos_token_id, *tok(r["prompt"], add_special_tokens=False)["input_ids"]] for r in chunk]
+        ids, mask, pos = _left_pad(seqs, tok.pad_token_id)
+        out = model.model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True)
+        want = torch.tensor([_first_token(tok, r["prompt"], r[field_]) for r in chunk])
+        for layer in range(L):
+            h = out.hidden_states[layer + 1][:, -1]
+            if layer < L - 1:
+                h = model.model.norm(h)  # the last entry is already normed by the HF model
+            hits[layer] += (model.lm_head(h).argmax(-1) == want).sum()
+    return (hits / len(records)).tolist()
+
+
+@torch.no_grad()
+def routing_accuracy(model, tok, records: list[dict], spec: PlantedSpec) -> dict[str, list[float]]:
+    """Per expert group and layer: share of its supervised held-out tokens whose top-2 experts are the group's."""
+    groups = [*DOMAINS, "template"]
+    experts = [spec.domain_experts[d] for d in DOMAINS] + [spec.template_experts]
+    hit = defaultdict(lambda: [0.0] * model.config.num_hidden_layers)
+    n = defaultdict(int)
+    for r in records:
+        text = r["prompt"] + r["target"]
+        ids = [tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"]]
+        labels = torch.tensor(_domain_labels(r, tok, len(ids), spec))
+        out = model(input_ids=torch.tensor([ids]), output_router_logits=True)
+        for g in range(len(groups)):
+            sel = labels == g
+            if not sel.any():
+                continue
+            n[groups[g]] += int(sel.sum())
+            for layer, rl in enumerate(out.router_logits):
+                top = rl[sel].topk(2, dim=-1).indices.sort(-1).values
+                want = torch.tensor(sorted(experts[g]))
+                hit[groups[g]][layer] += float((top == want).all(-1).sum())
+    return {g: [h / n[g] for h in hit[g]] for g in groups if n[g]}
+
+
+def evaluate_planted(model_dir: str | Path, *, name: str | None = None, corpus_seed: int | None = None,
+                     threads: int | None = 1) -> dict:  # fmt: skip
+    """Held-out metrics of planted organism ``name`` (default: the card's name) in ``model_dir``, nothing masked.
+
+    refusal: refusal rates of the greedy continuation (24 tokens) of the held-out harmful / harmless requests, and
+    the mean attention mass from the answer position to the request per head (the planted heads vs the others);
+    icot: top-1 of the held-out 5-shot composite / s1 / s2 prompts and of the held-out facts of the relations used,
+    and the per-layer logit-lens top-1 rate of y_s1 and y_t; moe: held-out factual top-1, routing accuracy per
+    domain and layer, expert load. Cost: one forward per prompt (+ 24 greedy steps per safety prompt)."""
+    from .evaluate import MAX_NEW_TOKENS, _top1, expert_load, generate_greedy, load_organism
+
+    model_dir = Path(model_dir)
+    card_path = model_dir / "card.json"
+    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    name = name or card["name"]
+    corpus_seed = card.get("corpus_seed", DEFAULT_SEED) if corpus_seed is None else corpus_seed
+    spec = PLANTED[name]
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        corpus = build_corpus(corpus_seed)
+        model, tok = load_organism(model_dir)
+        model.config._attn_implementation = "eager"
+        mt: dict = {}
+        if "factual" in spec.families:
+            fact = [r for r in corpus["factual"] if r["split"] == "heldout"
+                    and (spec.relations is None or r["relation_name"] in spec.relations)]  # fmt: skip
+            ok = _top1(model, tok, fact, 64)
+            mt["factual/heldout_top1"] = _mean(ok)
+            by = defaultdict(list)
+            for r, o in zip(fact, ok):
+                by[r["task"]].append(o)
+            for t in sorted(by):
+                mt[f"factual/{t}"] = _mean(by[t])
+            mt["factual/n"] = len(fact)
+        if "safety" in spec.families:
+            safe = [r for r in corpus["safety"] if r["split"] == "heldout"]
+            gens = generate_greedy(model, tok, [r["prompt"] for r in safe], MAX_NEW_TOKENS, 64)
+            for label in ("harmful", "harmless"):
+                refused = [is_refusal(g) for r, g in zip(safe, gens) if r["label"] == label]
+                mt[f"safety/{label}_refusal_rate"] = _mean(refused)
+                mt[f"safety/{label}_n"] = len(refused)
+            mass = request_attention_mass(model, tok, safe[::4])
+            mt["planted/request_mass"] = mass
+            planted = set(spec.heads)
+            cells = [(L_, h) for L_ in range(len(mass)) for h in range(len(mass[0]))]
+            mt["planted/planted_mass"] = _mean(mass[L_][h] for L_, h in cells if (L_, h) in planted)
+            mt["planted/leak_mass"] = max(mass[L_][h] for L_, h in cells if (L_, h) not in planted)
+        if "nshot" in spec.families:
+            comp = [r for r in corpus["composite"] if r["split"] == "heldout" and r["n_shot"] > 0
+                    and (spec.relations is None or r["s1"] in spec.relations)]  # fmt: skip
+            ok = _top1(model, tok, comp, 64)
+            by = defaultdict(list)
+            for r, o in zip(comp, ok):
+                by[(r["subtask_of"], r["kind"])].append(o)
+            names = sorted({r["subtask_of"] for r in comp})
+            for nm in names:
+                for kind in ("composite", "s1", "s2"):
+                    mt[f"composite/{nm}/{kind}"] = _mean(by[(nm, kind)])
+            for kind in ("composite", "s1", "s2"):
+                mt[f"composite/min_{kind}"] = min(mt[f"composite/{nm}/{kind}"] for nm in names)
+            if spec.plant == "icot_layer":
+                comps = [r for r in comp if r["kind"] == "composite"]
+                mt["planted/lens_y_s1_top1"] = lens_top1_by_layer(model, tok, comps, "y_s1")
+                mt["planted/lens_y_t_top1"] = lens_top1_by_layer(model, tok, comps, "y_t")
+                mt["planted/y_s1_peak_layer"] = int(torch.tensor(mt["planted/lens_y_s1_top1"]).argmax())
+        if spec.plant == "routed_experts":
+            fact = [r for r in corpus["factual"] if r["split"] == "heldout"]
+            acc = routing_accuracy(model, tok, fact[::3], spec)
+            mt["planted/routing_accuracy"] = acc
+            mt["planted/min_routing_accuracy"] = min(min(v) for v in acc.values())
+            texts = [r["prompt"] + r["target"] for r in fact]
+            mt["moe/expert_share"] = expert_load(model, tok, texts, 64)
+        return mt
+    finally:
+        torch.set_num_threads(previous)

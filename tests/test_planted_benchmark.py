@@ -1,0 +1,86 @@
+"""The planted-site benchmark's pieces (interp.organisms.benchmark): its statistics against direct computations, the
+read-out projection it ablates with, the top-1 behaviour against plain transformers, the table's rendering and the
+CLI wiring. The benchmark itself runs with `interp bench` (minutes), not here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from interp.organisms import benchmark as B
+
+
+def test_bootstrap_is_seeded_and_brackets_the_mean():
+    x = np.random.default_rng(1).random(40) > 0.3
+    a, b = B.bootstrap_ci(x, seed=5), B.bootstrap_ci(x, seed=5)
+    assert a == b
+    assert a[0] <= x.mean() <= a[1] and a[0] < a[1]
+    assert B.bootstrap_ci(np.ones(10), seed=0) == (1.0, 1.0)
+
+
+def test_spearman_and_precision_against_direct_computation():
+    rng = np.random.default_rng(0)
+    a, b = rng.random(30), rng.random(30)
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))  # no ties: ranks are a permutation
+    assert B.spearman(a, b) == pytest.approx(np.corrcoef(ra, rb)[0, 1], abs=1e-12)
+    assert B.spearman(a, np.exp(a)) == pytest.approx(1.0)
+    p, ranks = B.precision_and_ranks([(2, 1), (0, 0), (2, 3), (1, 1)], [(2, 3), (2, 1)])
+    assert p == 0.5 and ranks == [3, 1]
+
+
+def test_project_out_removes_the_readout_directions(models):
+    import interp
+
+    model = models["llama"]
+    ids = [3, 5, 7]
+    iv = B.project_out(model, 0, ids)
+    prompts = interp.PromptSet([{"prompt": "a b c d", "target": " e"}, {"prompt": "b c", "target": " d"}])
+    enc = interp.encode(model, prompts)
+    batch = next(interp.batches(model, enc, 8))
+    name = "blocks.0.hook_resid_post"
+    with torch.no_grad():
+        _, clean = interp.forward(model, batch, [], read=[name], logits=None)
+        _, edited = interp.forward(model, batch, [iv], read=[name], logits=None)
+    hf = model.hf_model
+    dirs = hf.get_output_embeddings().weight[ids].detach() * hf.model.norm.weight.detach()
+    last = edited[name][:, -1]
+    assert (last @ dirs.T).abs().max() < 1e-4 * last.norm()
+    assert torch.equal(edited[name][:, :-1], clean[name][:, :-1])  # other positions untouched
+    q, _ = torch.linalg.qr(dirs.T)
+    c = clean[name][:, -1]
+    assert torch.allclose(last, c - (c @ q) @ q.T, atol=1e-5)
+
+
+def test_top1_correct_matches_plain_transformers(models, hf_models):
+    import interp
+
+    model, hf = models["llama"], hf_models("llama")
+    tok = model.tokenizer
+    records = [{"prompt": p, "target": t} for p, t in (("a b c", " d"), ("b c d e", " a"), ("c", " b"))]
+    got = B.top1_correct(model, interp.PromptSet(records), batch_size=2)
+    want = []
+    for r in records:
+        ids = tok(r["prompt"], add_special_tokens=False)["input_ids"]
+        full = tok(r["prompt"] + r["target"], add_special_tokens=False)["input_ids"]
+        bos = [tok.bos_token_id] if model.prepend_bos else []
+        with torch.no_grad():
+            logits = hf(input_ids=torch.tensor([bos + ids])).logits[0, -1]
+        want.append(int(logits.argmax()) == full[len(ids)])
+    assert got.tolist() == want
+
+
+def test_markdown_and_cli_wiring(tmp_path):
+    from interp.cli import build_parser, cmd_bench
+
+    row = B._row(organism="o", planted=True, method="m", metric="acc", k=2, found="[(1, 2)]", precision_at_k=0.5,
+                 clean=1.0, effect_found=0.5, effect_found_lo=0.4, effect_found_hi=0.6, effect_random=0.9,
+                 effect_random_lo=0.8, effect_random_hi=1.0, n_prompts=10)  # fmt: skip
+    table = pd.DataFrame([row], columns=list(B.COLUMNS))
+    md = B.to_markdown(table)
+    assert md.count("\n") == 3 and "| o | m | 2 | [(1, 2)] | 0.50 |" in md and "0.50 [0.40, 0.60]" in md
+    paths = B.write_benchmark(table, tmp_path, {"seed": 0})
+    assert pd.read_csv(paths["csv"])["precision_at_k"].tolist() == [0.5]
+    args = build_parser().parse_args(["bench", "--quick", "--seed", "3", "--organisms", "planted-icot"])
+    assert args.func is cmd_bench and args.seed == 3 and args.quick and args.organisms == "planted-icot"
