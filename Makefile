@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench findings clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check interp tests benchmarks docs
 	$(BIN)/python -m pytest -q -x --durations=15 tests
+
+# the README's organism findings with their bootstrap intervals; --check fails unless README.md quotes them as computed
+findings: $(STAMP)
+	$(BIN)/python docs/findings.py
+	$(BIN)/python docs/findings.py --check
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_capture.py
