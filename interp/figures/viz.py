@@ -5,7 +5,12 @@
 - layer 0 at the bottom of every layer axis (layers increase upwards), heads / positions / experts along x;
 - every axis titled; every colourbar titled with its unit; hovers give the value with its unit (and the token
   text where there is one); titles say what is averaged, over how many;
-- no fixed width: figures follow their container (the report, a notebook cell).
+- no fixed width: figures follow their container (the report, a notebook cell);
+- one style per series: two legend entries never share a colour, dash and marker; a curve never joins points of
+  different sites (one trace per site);
+- a value axis is scaled to what is compared: a bounded quantity drawn as a curve (a rate, a probability) spans
+  its whole range, points compared with each other (conditions near 1) are zoomed to their spread
+  (:func:`value_range`) and drawn as points, never as bars cut above 0.
 
 :func:`check_convention` lists what a figure breaks; ``tests/test_figure_convention.py`` runs it on every
 registered method's default figure. :func:`save_html` writes a page with plotly's JavaScript inlined, so it works
@@ -109,10 +114,62 @@ def check_convention(fig: go.Figure) -> list[str]:
             ys = list(t.y) if t.y is not None else []
             if ys and all(isinstance(v, (int, float)) for v in ys) and ys != sorted(ys):
                 problems.append("a heatmap's y values do not increase (layer 0 must be at the bottom)")
+            elif t.showscale is not False and cb.split(" (")[0].strip().lower() in GENERIC_COLORBAR_TITLES:
+                problems.append(f"a heatmap's colourbar is titled {cb!r}: say what it shows, with its unit")
             scale = t.colorscale
             if scale is not None and _is_diverging_but_uncentred(t):
                 problems.append("a diverging colour scale not centred at 0")
+    problems += _shared_styles(fig)
     return problems
+
+
+GENERIC_COLORBAR_TITLES = {"value", "z", ""}
+
+
+def _trace_style(trace: Any) -> tuple | None:
+    """(kind, colour, dash, marker symbol) of a trace that sets its colour; None when plotly picks the colour
+    (then its colourway gives each trace its own)."""
+    line = getattr(trace, "line", None)
+    marker = getattr(trace, "marker", None)
+    colour = getattr(line, "color", None) or getattr(marker, "color", None)
+    if colour is None or not isinstance(colour, str):
+        return None
+    dash = getattr(line, "dash", None)
+    symbol = getattr(marker, "symbol", None)
+    mode = getattr(trace, "mode", None)
+    return (trace.type, colour, dash or "solid", symbol if isinstance(symbol, str) else "circle", mode)
+
+
+def _shared_styles(fig: go.Figure) -> list[str]:
+    """Legend entries of different names drawn in the same style (a reader cannot tell them apart)."""
+    seen: dict[tuple, str] = {}
+    problems = []
+    for t in fig.data:
+        if t.showlegend is False or not t.name:
+            continue
+        style = _trace_style(t)
+        if style is None:
+            continue
+        other = seen.setdefault(style, t.name)
+        if other != t.name:
+            problems.append(f"legend entries {other!r} and {t.name!r} are drawn in the same style {style[1:4]}")
+    return problems
+
+
+FRACTION_RANGE = [-0.03, 1.03]  # the whole range of a probability / rate / accuracy, markers at 0 and 1 not cut
+
+
+def value_range(values: Any, errors: Any = None, *, pad: float = 0.15, min_span: float = 1e-3) -> list[float]:
+    """A value axis range that shows the differences between ``values`` (± ``errors``): their spread plus
+    ``pad`` of it on each side (at least ``min_span`` wide), not a range from 0 that flattens 0.975 against 0.99.
+    For points compared with each other; draw them as markers (a bar's length would claim a zero baseline)."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float).ravel()
+    e = np.zeros_like(v) if errors is None else np.nan_to_num(np.asarray(errors, dtype=float).ravel())
+    lo, hi = np.nanmin(v - e), np.nanmax(v + e)
+    span = max(hi - lo, min_span)
+    return [float(lo - pad * span), float(hi + pad * span)]
 
 
 def _plain_text(text: str) -> str:

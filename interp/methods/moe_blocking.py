@@ -108,9 +108,13 @@ def _merge_blocking(parts: list[Result], meta: dict, _params: dict) -> Result:
 
 
 def blocking_figure(result: Result, metric: str = "mrr") -> Any:
-    """Bars of MRR (or HIT@10) of the target, over all prompts and per task: clean, blocked (or each keep-n
-    condition), and the mean of the random controls with their std."""
+    """MRR (or HIT@10) of the target, over all prompts and per task, as points: clean, blocked (or each keep-n
+    condition), and the mean of the random controls with their std as an error bar. The axis is zoomed to the
+    points' spread (:func:`interp.figures.viz.value_range`): blocking moves a near-1 MRR by hundredths, which bars
+    from 0 would hide."""
     import plotly.graph_objects as go
+
+    from ..figures.viz import value_range
 
     check_choice("metric", metric, ("mrr", "hit@10"))
     summ = result.meta["summary"]
@@ -122,20 +126,34 @@ def blocking_figure(result: Result, metric: str = "mrr") -> Any:
     conds = [c for c in ("clean", "blocked") if f"{metric}_{c}" in summ["all"]]
     conds += [c for c in summ["all"] if c.startswith(f"{metric}_keep")]
     label = "MRR" if metric == "mrr" else "HIT@10"
-    for c in conds:
+    values, errors = [], []
+    for i, c in enumerate(conds):
         key = c if c.startswith(f"{metric}_") else f"{metric}_{c}"
         name = key.removeprefix(f"{metric}_")
-        fig.add_trace(go.Bar(name=name, x=x, y=[groups[g].get(key) for g in x],
-                             hovertemplate="%{x}<br>" + name + f" {label}=%{{y:.3f}}<extra></extra>"))
+        ys = [groups[g].get(key) for g in x]
+        values += ys
+        errors += [0.0] * len(ys)
+        fig.add_trace(go.Scatter(name=name, x=x, y=ys, mode="markers", marker={"size": 11, "symbol": _SYMBOLS[i % 4]},
+                                 hovertemplate="%{x}<br>" + name + f" {label}=%{{y:.4f}}<extra></extra>"))
     if f"{metric}_control_mean" in summ["all"]:
-        fig.add_trace(go.Bar(name="random controls (mean ± std)", x=x,
-                             y=[groups[g][f"{metric}_control_mean"] for g in x],
-                             error_y=dict(type="data", array=[groups[g][f"{metric}_control_std"] for g in x]),
-                             hovertemplate="%{x}<br>random controls " + label + "=%{y:.3f}<extra></extra>"))
+        ys = [groups[g][f"{metric}_control_mean"] for g in x]
+        sd = [groups[g][f"{metric}_control_std"] for g in x]
+        values += ys
+        errors += sd
+        fig.add_trace(go.Scatter(name="random controls (mean ± std)", x=x, y=ys, mode="markers",
+                                 marker={"size": 11, "symbol": "x"}, error_y={"type": "data", "array": sd},
+                                 hovertemplate="%{x}<br>random controls " + label + "=%{y:.4f}<extra></extra>"))
     n = summ["all"]["n_prompts"]
     fig.update_layout(title=f"{result.method}: {label} of the target over {n} prompts (all, then per task)",
-                      xaxis_title="prompts (all, or one task)", yaxis_title=label, barmode="group", autosize=True)
+                      xaxis_title="prompts (all, or one task)", yaxis_title=label, scattermode="group",
+                      autosize=True)
+    finite = [(v, e) for v, e in zip(values, errors) if v is not None and v == v]
+    if finite:
+        fig.update_yaxes(range=value_range([v for v, _ in finite], [e for _, e in finite]))
     return fig
+
+
+_SYMBOLS = ("circle", "diamond", "square", "triangle-up")
 
 
 def _control_sets(m: Any, pairs: list[tuple[int, int]], controls: int, seed: int) -> list[list[tuple[int, int]]]:

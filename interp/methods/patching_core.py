@@ -388,10 +388,11 @@ def run_exact(m: Model, pairs: Pairs, batch: tuple[Batch, Batch], slots: list[Sl
 # --- figure and sharded runs ----------------------------------------------------------------------------
 def patching_figure(result: Result, site: str | None = None, position: int | None = None, value: str | None = None
                     ) -> Any:
-    """Mean over prompts of ``value`` (default: the schema's value, ``effect`` / ``attribution``; ``"score"`` for
-    the metric after patching): layer x position for a residual / output site (x = token position, from the end
-    when the prompts' lengths differ), layer x head for z (at ``position``, default the last)."""
-    from ..figures.viz import heatmap
+    """Mean over prompt pairs of ``value`` (default: the schema's value, ``effect`` / ``attribution``; ``"score"``
+    for the metric after patching): layer x position for a residual / output site (x = token position, from the end
+    when the prompts' lengths differ), layer x head for z (at ``position``, default the last). The title says over
+    how many pairs; a column names its token only where every pair has that token there (the hover lists them)."""
+    from ..figures.viz import axis_label, heatmap
 
     t = result.table
     if value is None:
@@ -404,25 +405,38 @@ def patching_figure(result: Result, site: str | None = None, position: int | Non
     if t.empty:
         have = sorted(result.table["site"].unique())
         raise ParameterError(f"The result has no rows for site {site!r}; it has {have}.")
-    title = f"{result.method} ({result.meta.get('parameters', {}).get('direction', '')}): {value}, site {site}"
+    params = result.meta.get("parameters", {})
+    n = t["prompt_id"].nunique()
+    mean = f"mean over {n} prompt pair{'s' if n != 1 else ''}"
+    title = f"{result.method} ({params.get('direction', '')}): {value}, site {site}"
+    normalised = value in ("score", "estimate", "exact") and params.get("metric") == NORM_LOGIT_DIFF
+    unit = "1 = clean, 0 = corrupt" if normalised else str(result.meta.get("metric_unit", ""))
+    bar = axis_label(value, unit if len(unit) <= 30 else "")
     if site in S.HEAD_SITES:
         pos = -1 if position is None else position
         t = t[t["pos_from_end"] == -pos - 1] if pos < 0 else t[t["position"] == pos]
         grid = t.pivot_table(index="layer", columns="head", values=value, aggfunc="mean")
         return heatmap(grid.values, [str(h) for h in grid.columns], [str(x) for x in grid.index],
-                       title=f"{title}, position {pos}", x_title="head", y_title="layer", colorscale="RdBu",
-                       zmid=0.0)
+                       title=f"{title}, position {pos}<br>{mean}", x_title="head", y_title="layer",
+                       zmid=0.0, colorbar_title=bar)
     same_len = t.groupby("prompt_id")["position"].max().nunique() == 1
     col = "position" if same_len else "pos_from_end"
     grid = t.pivot_table(index="layer", columns=col, values=value, aggfunc="mean")
-    if same_len:
-        first = t[t["prompt_id"] == t["prompt_id"].iloc[0]].drop_duplicates("position").set_index("position")
-        labels = [f"{p} {first['token'].get(p, '')!r}" for p in grid.columns]
-    else:
+    if not same_len:
         grid = grid[sorted(grid.columns, reverse=True)]
-        labels = [f"-{p + 1}" for p in grid.columns]
-    return heatmap(grid.values, labels, [str(x) for x in grid.index], title=title, x_title="position",
-                   y_title="layer", colorscale="RdBu", zmid=0.0)
+    tokens = t.drop_duplicates(["prompt_id", col]).groupby(col)["token"].agg(lambda s: list(dict.fromkeys(s)))
+    names = [f"{p}" if same_len else f"-{p + 1}" for p in grid.columns]
+    labels = [f"{name} {tokens[p][0]!r}" if len(tokens.get(p, [])) == 1 else name
+              for name, p in zip(names, grid.columns)]
+    shown = [", ".join(repr(x) for x in tokens.get(p, [])[:6]) + (" ..." if len(tokens.get(p, [])) > 6 else "")
+             for p in grid.columns]
+    custom = [shown for _ in grid.index]
+    value_name = bar.split(" (")[0]
+    return heatmap(grid.values, labels, [str(x) for x in grid.index], title=f"{title}<br>{mean}",
+                   x_title=("position" if same_len else "position from the end") + " (token: where all pairs share it)",
+                   y_title="layer", zmid=0.0, colorbar_title=bar, customdata=custom,
+                   hover=f"layer=%{{y}}<br>position=%{{x}}<br>tokens: %{{customdata}}<br>{value_name}=%{{z:.4g}}"
+                         "<extra></extra>")
 
 
 def prepare_pairs(_m: Model, ps: PromptSet, params: dict) -> dict:

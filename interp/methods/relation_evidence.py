@@ -138,40 +138,54 @@ def _prepare(m: Any, ps: Any, params: dict) -> dict:
 
 
 def relation_evidence_figure(result: Result) -> Any:
-    """Three panels: mean attribute rate per layer, mean log10 rank of the target per layer (logit lens at the
-    last position), and the mean drop of the final attribute rate when each window of MLPs / attention is
-    knocked out."""
+    """Three panels: mean attribute rate per layer and mean log10 rank of the target per layer (logit lens at the
+    last position), and below them the mean drop of the final attribute rate when each window of MLPs / attention
+    is knocked out. Rates are drawn over their whole range [0, 1] and the drops up to the final attribute rate
+    (the most a knockout can remove), so a change of one top-k token is not drawn as a cliff."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
+
+    from ..figures.viz import FRACTION_RANGE
 
     t = result.table
     lens = t[t["analysis"] == "lens"].copy()
     lens["log10_rank"] = lens["target_rank"].astype(float).apply(math.log10)
     per_layer = lens.groupby("layer")[["attribute_rate", "log10_rank"]].mean().reset_index()
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("attribute rate (logit lens)", "log10 rank of the target",
-                                                        "knockout: drop of the final attribute rate"))
+    fig = make_subplots(rows=2, cols=2, specs=[[{}, {}], [{"colspan": 2}, None]], vertical_spacing=0.2,
+                        horizontal_spacing=0.14,
+                        subplot_titles=("attribute rate per layer", "rank of the target per layer",
+                                        "knockout: drop of the final attribute rate"))
     fig.add_trace(go.Scatter(x=per_layer["layer"], y=per_layer["attribute_rate"], mode="lines+markers",
-                             name="AR_l", hovertemplate="layer %{x}<br>mean attribute rate %{y:.3f}<extra></extra>"),
+                             name="attribute rate", line={"color": "#b2182b"},
+                             hovertemplate="layer %{x}<br>mean attribute rate %{y:.3f}<extra></extra>"),
                   row=1, col=1)
     fig.add_trace(go.Scatter(x=per_layer["layer"], y=per_layer["log10_rank"], mode="lines+markers",
-                             name="log10 rank", hovertemplate="layer %{x}<br>mean log10 rank %{y:.3f}<extra></extra>"),
+                             name="log10 rank of the target", line={"color": "#2166ac"},
+                             hovertemplate="layer %{x}<br>mean log10 rank %{y:.3f}<extra></extra>"),
                   row=1, col=2)
     ko = t[t["analysis"] == "knockout"]
+    drops = [0.0]
     for site, part in ko.groupby("site", sort=False):
         g = part.groupby(["window_start", "window_end"])["attribute_rate_drop"].mean().reset_index()
+        drops += [float(v) for v in g["attribute_rate_drop"]]
         fig.add_trace(go.Bar(x=[f"[{a}, {b})" for a, b in zip(g["window_start"], g["window_end"])],
                              y=g["attribute_rate_drop"], name=f"{site} knocked out",
                              hovertemplate="layers %{x}<br>mean drop %{y:.3f}<extra>" + site + "</extra>"),
-                      row=1, col=3)
+                      row=2, col=1)
+    final_rate = float(per_layer["attribute_rate"].iloc[-1]) if len(per_layer) else 1.0
+    top = max(final_rate, max(drops))
+    low = min(drops)
+    ranks_top = max(1.0, float(per_layer["log10_rank"].max()) if len(per_layer) else 1.0)
     fig.update_xaxes(title_text="layer (residual after the block)", row=1, col=1)
     fig.update_xaxes(title_text="layer (residual after the block)", row=1, col=2)
-    fig.update_xaxes(title_text="knocked-out layers [start, end)", row=1, col=3)
-    fig.update_yaxes(title_text="attribute rate (fraction of top-k)", row=1, col=1)
-    fig.update_yaxes(title_text="log10 rank of the target", row=1, col=2)
-    fig.update_yaxes(title_text="attribute-rate drop (fraction)", row=1, col=3)
+    fig.update_xaxes(title_text="knocked-out layers [start, end)", row=2, col=1)
+    fig.update_yaxes(title_text="attribute rate (fraction of top-k)", range=FRACTION_RANGE, row=1, col=1)
+    fig.update_yaxes(title_text="log10 rank (0 = top-1)", range=[-0.05 * ranks_top, 1.05 * ranks_top], row=1, col=2)
+    fig.update_yaxes(title_text="drop (fraction of top-k)", range=[low - 0.05 * top, 1.05 * top], row=2, col=1)
     n = t["prompt_id"].nunique()
     fig.update_layout(title=f"Relation evidence at the last position<br>mean over {n} prompt{'s' if n != 1 else ''}",
-                      barmode="group", autosize=True)
+                      barmode="group", autosize=True, height=720, margin={"t": 110},
+                      legend={"orientation": "h", "y": -0.12})
     return fig
 
 

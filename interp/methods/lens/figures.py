@@ -13,8 +13,14 @@ from ...errors import ParameterError
 from ...results.result import Result
 from .statistics import DISTRIBUTION_METRICS, as_summary, is_lens_table
 
+# target fields take these colours; per-distribution metrics (KL, entropy) one neutral colour of their own, so a
+# colour names one target field in every panel
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+_NEUTRAL = "#333333"
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")  # one per lens x norm
+_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x")  # one per site
+_FRACTIONS = ("mean_target_prob", "accuracy", "mrr")  # drawn over their whole range [0, 1]
+MAX_COLUMNS = 16  # positions a heatmap shows by default (the last ones): more cannot be read at a report's width
 METRIC_TITLES = {"mean_target_prob": "target probability", "median_target_rank": "target rank (median)",
                  "mrr": "MRR", "accuracy": "top-1 accuracy", "mean_target_logit": "target logit",
                  "kl": "KL(final || lens), nats", "entropy": "entropy, nats",
@@ -37,13 +43,15 @@ def lens_heatmap(result: Result, prompt_id: str | None = None, *, site: str | No
     positions; each cell shows the decoded top-1 token, is coloured by its probability (``color="prob"``), by a
     target field's probability (``color="y_t"`` ..., the field's name), or by ``"kl"`` / ``"entropy"`` (nats),
     and its hover lists the top-k tokens (the first with its probability). Needs a logit_lens result; with
-    positions="all" it shows every token (or the ``last_n`` last ones), with "last" a single column."""
+    positions="all" it shows the ``last_n`` last tokens (default: all, at most :data:`MAX_COLUMNS`), with "last" a
+    single column. The title names the prompt, says which of how many it is, and how many positions are shown."""
     from ...figures.viz import heatmap
 
     table = result.table
     if not is_lens_table(table):
         raise ParameterError("lens_heatmap needs a logit_lens result (columns predicted_token, top_tokens, ...).")
-    pid = prompt_id if prompt_id is not None else table["prompt_id"].iloc[0]
+    pids = list(dict.fromkeys(table["prompt_id"]))
+    pid = prompt_id if prompt_id is not None else pids[0]
     t = table[table["prompt_id"] == pid]
     if t.empty:
         raise ParameterError(f"prompt_id={pid!r} is not in the result.")
@@ -69,11 +77,14 @@ def lens_heatmap(result: Result, prompt_id: str | None = None, *, site: str | No
     rows = list(dict.fromkeys(zip(t["depth"], t["layer"], t["site"])))
     row_label = {r: f"L{r[1]} {r[2]}" for r in rows}
     positions = sorted(t["position"].unique())
+    n_positions = len(positions)
     if last_n is not None:
         if isinstance(last_n, bool) or not isinstance(last_n, int) or last_n < 1:
             raise ParameterError(f"last_n must be an integer >= 1; got {last_n!r}.")
-        positions = positions[-last_n:]
-        t = t[t["position"].isin(positions)]
+    else:
+        last_n = MAX_COLUMNS
+    positions = positions[-last_n:]
+    t = t[t["position"].isin(positions)]
     tokens = t.drop_duplicates("position").set_index("position")["token"]
     col_label = {p: f"{p} {_short(tokens[p], 10)}" for p in positions}
     z = [[None] * len(positions) for _ in rows]
@@ -89,13 +100,18 @@ def lens_heatmap(result: Result, prompt_id: str | None = None, *, site: str | No
         k = min(len(toks), top_k) if top_k else len(toks)
         lines = [f"{n + 1}. {toks[n]!r}" + (f" {rec['predicted_prob']:.3f}" if n == 0 else "") for n in range(k)]
         hover[i][j] = "<br>".join(lines)
-    fig = heatmap(z, [col_label[p] for p in positions], [row_label[r] for r in rows],
-                  title=f"{lens} lens ({t['norm'].iloc[0]} norm), prompt {pid!r}: top token, coloured by {ztitle}",
+    which = f"prompt {pids.index(pid) + 1} of {len(pids)} (prompt_id=)" if len(pids) > 1 else "the only prompt"
+    shown = (f"the last {len(positions)} of {n_positions} positions (last_n=)" if len(positions) < n_positions
+             else f"all {n_positions} positions")
+    name = pid if len(pid) <= 70 else pid[:69] + "…"
+    title = (f"{lens} lens ({t['norm'].iloc[0]} norm): top token, coloured by {ztitle}"
+             f"<br>{name!r}<br>{which}; {shown}")
+    fig = heatmap(z, [col_label[p] for p in positions], [row_label[r] for r in rows], title=title,
                   x_title="position (input token)", y_title="layer", text=text,
                   hover=f"%{{y}} · %{{x}}<br>{ztitle}=%{{z:.3f}}<br>%{{customdata}}<extra></extra>",
-                  colorscale="Blues")
-    fig.update_traces(customdata=hover, zmin=0, zmax=1 if zcol.endswith("_prob") else None)
-    fig.update_layout(height=max(300, 28 * len(rows) + 150), width=max(600, 70 * len(positions) + 200))
+                  colorbar_title=ztitle.replace(", nats", " (nats)"), diverging=False)
+    fig.update_traces(customdata=hover, zmin=0, zmax=1 if zcol.endswith("_prob") else None, textfont={"size": 9})
+    fig.update_layout(height=max(320, 28 * len(rows) + 190), margin={"t": 110})
     return fig
 
 
@@ -104,10 +120,14 @@ def lens_curves(*results: Any, metrics: tuple[str, ...] = ("mean_target_prob", "
                 target: str | list[str] | None = None, site: str | None = "resid_post",
                 positions: str = "last") -> Any:
     """Per-layer curves over a dataset: one panel per metric (target probability, median target rank, top-1
-    accuracy, MRR, KL in nats ...), one colour per target field, one dash style per lens x norm (pass the
-    logit-lens and the tuned-lens results together to compare them). Takes logit_lens results or
+    accuracy, MRR, KL in nats ...), one colour per target field (per-distribution metrics such as KL in a neutral
+    colour of their own), one dash style per lens x norm (pass the logit-lens and the tuned-lens results together
+    to compare them), one marker and one curve per site (``site=None`` draws every site: sublayers are never
+    joined into one curve). Takes logit_lens results or
     :func:`~interp.methods.lens.lens_summary` results. ``target``: the target field(s) drawn (default: all)."""
     from plotly.subplots import make_subplots
+
+    from ...figures.viz import FRACTION_RANGE
 
     if not results:
         raise ParameterError("lens_curves needs at least one result.")
@@ -122,10 +142,12 @@ def lens_curves(*results: Any, metrics: tuple[str, ...] = ("mean_target_prob", "
     else:
         fields = [target] if isinstance(target, str) else list(target)
     variants = list(dict.fromkeys(zip(summary["lens"], summary["norm"])))
+    sites = list(dict.fromkeys(summary.sort_values("depth", kind="stable")["site"]))
     cols = 2 if len(metrics) > 1 else 1
     nrows = (len(metrics) + cols - 1) // cols
     fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[METRIC_TITLES[mtr] for mtr in metrics])
-    x_col = "layer" if summary["site"].nunique() == 1 else "depth"
+    x_col = "layer" if len(sites) == 1 else "depth"
+    x_title = "layer" if len(sites) == 1 else "depth (blocks)"
     shown: set[str] = set()
     for mi, mtr in enumerate(metrics):
         r, c = mi // cols + 1, mi % cols + 1
@@ -133,25 +155,31 @@ def lens_curves(*results: Any, metrics: tuple[str, ...] = ("mean_target_prob", "
         groups = fields if per_target else [fields[0] if fields else ""]
         for vi, (lens_name, norm) in enumerate(variants):
             for fi, f in enumerate(groups):
-                g = summary[(summary["lens"] == lens_name) & (summary["norm"] == norm)
-                            & (summary["target_field"] == f)]
-                g = g.sort_values("depth")
-                if g.empty or mtr not in g.columns:
-                    continue
-                name = f"{f} · {lens_name} ({norm})" if per_target else f"{lens_name} ({norm})"
-                colour = _COLOURS[fi % len(_COLOURS)] if per_target else _COLOURS[vi % len(_COLOURS)]
-                fig.add_scatter(x=g[x_col], y=g[mtr], mode="lines+markers", name=name, legendgroup=name,
-                                showlegend=name not in shown,
-                                line={"color": colour, "dash": _DASHES[vi % len(_DASHES)]},
-                                hovertemplate=f"{name}<br>{x_col}=%{{x}}<br>{mtr}=%{{y:.4g}}<extra></extra>",
-                                row=r, col=c)
-                shown.add(name)
-        fig.update_xaxes(title_text=x_col, row=r, col=c)
+                for si, s in enumerate(sites):
+                    g = summary[(summary["lens"] == lens_name) & (summary["norm"] == norm)
+                                & (summary["target_field"] == f) & (summary["site"] == s)]
+                    g = g.sort_values("depth")
+                    if g.empty or mtr not in g.columns:
+                        continue
+                    parts = [f] if per_target else []
+                    parts += [f"{lens_name} ({norm})"] + ([s] if len(sites) > 1 else [])
+                    name = " · ".join(parts)
+                    colour = _COLOURS[fi % len(_COLOURS)] if per_target else _NEUTRAL
+                    fig.add_scatter(x=g[x_col], y=g[mtr], mode="lines+markers", name=name, legendgroup=name,
+                                    showlegend=name not in shown,
+                                    line={"color": colour, "dash": _DASHES[vi % len(_DASHES)]},
+                                    marker={"symbol": _SYMBOLS[si % len(_SYMBOLS)], "color": colour},
+                                    hovertemplate=f"{name}<br>{x_col}=%{{x}}<br>{mtr}=%{{y:.4g}}<extra></extra>",
+                                    row=r, col=c)
+                    shown.add(name)
+        fig.update_xaxes(title_text=x_title, row=r, col=c)
         fig.update_yaxes(title_text=AXIS_TITLES.get(mtr, METRIC_TITLES[mtr]), row=r, col=c)
         if mtr == "median_target_rank":
             fig.update_yaxes(type="log", row=r, col=c)
+        elif mtr in _FRACTIONS:
+            fig.update_yaxes(range=FRACTION_RANGE, row=r, col=c)
     fig.update_layout(title=f"Lens per layer over {int(summary['n'].max()) if len(summary) else 0} prompts "
-                            f"({positions} position)", height=330 * nrows + 80)
+                            f"({positions} position)", height=max(330 * nrows + 80, 30 * len(shown) + 200))
     return fig
 
 
