@@ -55,7 +55,7 @@ def test_lens_curves_one_style_per_series_and_no_curve_across_sites(models, comp
         styles.setdefault(trace.name, (trace.line.color, trace.line.dash, trace.marker.symbol))
         points = list(zip(trace.x, trace.y))
         sites = set()
-        for x, y in points:
+        for x, _y in points:
             match = summary[(summary["depth"] == x)]
             sites |= set(match["site"])
         assert len(sites) == 1, f"{trace.name} joins points of {sorted(sites)}"
