@@ -38,7 +38,8 @@ PARAMETERS: dict[str, str] = {
               "0 = corrupt), or a callable metric (see interp.methods.metrics.MetricFn).",
     "ablation": "How a component is ablated: for heads (interp.ablate_heads) 'query' (scale the head's query by "
                 "eps: undifferentiated attention), 'output' (scale its output z by eps), 'key' (scale its KV "
-                "group's key by eps), 'mean' (z replaced by a mean), 'zero' (z set to 0); for experts 'zero' "
+                "group's key by eps), 'mean' (z replaced by a mean), 'mean_query' (the query replaced by the mean "
+                "of the layer's queries), 'zero' (z set to 0); for experts 'zero' "
                 "(drop its output) or 'reroute' (its router logit to -inf before top-k).",
     "sites": "Which component kinds are patched, restored, knocked out or decoded: names from interp.activations.sites "
              "('resid_pre', 'resid_mid', 'resid_post', 'attn_out', 'mlp_out', 'z').",
@@ -88,8 +89,12 @@ PARAMETERS: dict[str, str] = {
     "corruption": "Causal tracing: which tokens get noise, 'subject' (ROME) or 'relation' (every non-subject "
                   "token, Liu et al.).",
     "samples": "Causal tracing: corrupted copies per fact.",
-    "noise": "Causal tracing: the noise std as a multiple of nu, the std of the subjects' embedding elements "
-             "(ROME: 3), or explicit noise tensors.",
+    "noise": "Causal tracing: the noise std as a multiple of nu (noise_scale; ROME: 3), or explicit noise "
+             "tensors.",
+    "noise_scale": "Causal tracing: nu, the unit of noise: 'subjects' (std of the embedding elements of the distinct "
+                   "subjects), 'records' (of every record's subject: ROME's collect_embedding_std), or a number.",
+    "noise_draws": "Causal tracing: how the noise is drawn: 'torch' (torch.Generator seeded seed) or 'rome' (ROME's "
+                   "numpy RandomState(1 + seed) per fact, float64).",
     "severed": "Causal tracing: sublayer sites ('mlp_out', 'attn_out') frozen in their corrupted state above the "
                "layer where the hidden state (resid_post) is restored.",
     "only_correct": "Keep only facts whose top-1 prediction is the target's first token (ROME).",

@@ -68,6 +68,14 @@ def hf_ablation(hf, heads, kind, eps=EPS):
             if kind == "query":
                 mod = attn.c_attn if gpt2 else getattr(attn, "q_norm", None) or attn.q_proj
                 handles.append(mod.register_forward_hook(slicer(head, lambda t, _o: t * eps)))
+            elif kind == "mean_query":  # the authors' mean mask on q: the head's query := the mean query
+
+                def mean_q(_t, out):
+                    if out.shape[-1] == d_head:
+                        return out.mean(-2)
+                    return out[..., :n_heads * d_head].reshape(*out.shape[:-1], n_heads, d_head).mean(-2)
+                mod = attn.c_attn if gpt2 else getattr(attn, "q_norm", None) or attn.q_proj
+                handles.append(mod.register_forward_hook(slicer(head, mean_q)))
             elif kind == "key":
                 group = head // (n_heads // n_kv)
                 mod = attn.c_attn if gpt2 else getattr(attn, "k_norm", None) or attn.k_proj
@@ -141,7 +149,8 @@ def ref_states(model, hf, prompts, heads, kind="query"):
 # --- Ships ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch,kind", [("gpt2", "query"), ("llama", "query"), ("qwen2_moe", "query"),
                                        ("qwen3_moe", "query"), ("llama", "output"), ("llama", "key"),
-                                       ("mixtral", "mean")])
+                                       ("mixtral", "mean"), ("llama", "mean_query"), ("gpt2", "mean_query"),
+                                       ("qwen3_moe", "mean_query")])
 def test_ships_equals_per_head_reference(models, hf_models, arch, kind):
     model, hf = models(arch), hf_models(arch)
     res = sh.ships(model, PROMPTS, ablation=kind, batch_size=3)  # 2 padded batches

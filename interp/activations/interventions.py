@@ -16,8 +16,9 @@ from ..model.loading import as_model
 from .hooks import Edit, Intervention
 from .sites import hook_name
 
-# how a head is ablated (ablate_heads' ``ablation``): query / output / key scaled by eps, z zeroed, z replaced by a mean
-HEAD_ABLATIONS = ("query", "output", "zero", "mean", "key")
+# how a head is ablated (ablate_heads' ``ablation``): query / output / key scaled by eps, z zeroed, z replaced by a
+# mean, the query replaced by the mean query of the layer's heads
+HEAD_ABLATIONS = ("query", "output", "zero", "mean", "key", "mean_query")
 
 
 def check_heads(model: Any, heads: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -47,13 +48,29 @@ def ablate_heads(
 ) -> Intervention:
     """Ablate attention heads at every position.
 
-    ``ablation`` (one of :data:`HEAD_ABLATIONS`): ``query`` scales the head's query by ``eps`` (attention becomes
-    uniform over the causal prefix: Zhou et al.'s "undifferentiated attention"; per query head, so right under
-    grouped-query attention); ``output`` scales the head's output z by ``eps`` (their "scaling contribution");
-    ``zero`` sets z to 0; ``mean`` replaces z by ``means[(l, h)]`` (a dataset mean, shape [d_head]) or, when no
-    means are given, by the mean of z over the layer's heads at that position (the authors' code); ``key`` scales
-    the key of the head's KV group by ``eps`` (under grouped-query attention this hits every query head of the
-    group). ``eps`` is a dimensionless factor (> 0; used by query, output and key).
+    ``ablation`` (one of :data:`HEAD_ABLATIONS`), and which of the masks in Zhou et al.'s code
+    (github.com/ydyjya/SafetyHeadAttribution, ``lib/utils/custommodel.py``: ``scale_mask`` / ``mean_mask`` on
+    ``q``, ``k`` or ``v``) each one is:
+
+    - ``query``: the head's query times ``eps``, so attention becomes uniform over the causal prefix (the paper's
+      "undifferentiated attention"; the authors' scale mask on ``q``). Per query head, so right under
+      grouped-query attention.
+    - ``output``: the head's output z times ``eps`` (the paper's "scaling contribution"; the authors' scale mask
+      on ``v``, which scales the head's attention output, i.e. z).
+    - ``zero``: z set to 0 (that scale mask with factor 0, the code's default factor).
+    - ``mean``: z replaced by ``means[(l, h)]`` (a dataset mean, shape [d_head]) or, when no means are given, by
+      the mean of z over the layer's heads at that position (the authors' mean mask on ``v``).
+    - ``mean_query``: the head's query replaced by the mean of the layer's query heads at that position (the
+      authors' mean mask on ``q``). The authors take the mean before RoPE; RoPE is linear and the same for every
+      head, so the mean after it (where interp reads the query, :func:`_query_hook`) is the same. On models with
+      q-norm (Qwen3, OLMoE), which the authors' code does not cover, it is the mean of the normalised queries.
+    - ``key``: the key of the head's KV group times ``eps`` (under grouped-query attention this hits every query
+      head of the group; the authors' scale mask on ``k`` indexes the KV heads with the query head's index
+      instead, which under grouped-query attention is another group or out of range).
+
+    Several heads of one layer are ablated in the order given; with ``mean`` / ``mean_query`` each later head
+    takes the mean over the heads as they stand then (as the authors' loop over its head mask does). ``eps`` is a
+    dimensionless factor (> 0; used by query, output and key).
     """
     check_choice("ablation", ablation, HEAD_ABLATIONS)
     eps = check_positive_float("eps", eps) if ablation in ("query", "output", "key") else eps
@@ -71,6 +88,8 @@ def ablate_heads(
         elif ablation == "key":
             group = head // (info.n_heads // info.n_kv_heads)
             edits.append(Edit(_query_hook(model, layer, "k"), _scale_head(group, eps)))
+        elif ablation == "mean_query":
+            edits.append(Edit(_query_hook(model, layer, "q"), _mean_head(head, None)))
         else:
             value = None if means is None else means.get((layer, head))
             if means is not None and value is None:
@@ -148,7 +167,7 @@ def add_embedding_noise(
 
     def apply(t: torch.Tensor, rows: slice) -> None:
         target = t[rows]
-        nz = noise.to(device=t.device, dtype=t.dtype)
+        nz = noise.to(device=t.device)  # added in the wider dtype, rounded once (float64 noise: as ROME)
         for b, (s, e) in enumerate(spans):
             target[b, s:e] += nz[b] if nz.dim() == 3 else nz
 
@@ -156,9 +175,24 @@ def add_embedding_noise(
 
 
 def gaussian_noise(rows: int, n_tokens: int, d_model: int, *, scale: float, seed: int = 0) -> torch.Tensor:
-    """Seeded N(0, scale^2) noise [rows, n_tokens, d_model] (float32, CPU) for :func:`add_embedding_noise`."""
+    """Seeded N(0, scale^2) noise [rows, n_tokens, d_model] (float32, CPU) for :func:`add_embedding_noise`: the
+    draws of ``torch.Generator().manual_seed(seed)`` (interp's causal tracing, ``noise_draws="torch"``)."""
     gen = torch.Generator().manual_seed(int(seed))
     return torch.randn(rows, n_tokens, d_model, generator=gen) * float(scale)
+
+
+NOISE_DRAWS = ("torch", "rome")  # causal_trace's noise_draws: interp's torch generator, or ROME's numpy draws
+
+
+def rome_noise(rows: int, n_tokens: int, d_model: int, *, scale: float, seed: int = 1) -> torch.Tensor:
+    """ROME's noise draws (Meng et al. 2022, github.com/kmeng01/rome ``experiments/causal_trace.py``,
+    ``trace_with_patch``): a fresh ``numpy.random.RandomState(seed)`` (ROME: 1) per traced run, one standard-normal
+    array [rows, n_tokens, d_model] from it, times ``scale``, kept in float64 (CPU) as ROME keeps it. Added in
+    float64 and rounded once to the model's dtype (an in-place add, as ROME's), it reproduces ROME's corrupted
+    embeddings exactly."""
+    import numpy as np
+
+    return torch.from_numpy(np.random.RandomState(int(seed)).randn(rows, n_tokens, d_model)) * float(scale)
 
 
 def mask_attention(model: Any, key_mask: torch.Tensor, *, from_layer: int = 0) -> Intervention:

@@ -8,10 +8,14 @@ ICLR 2025, arXiv 2410.13708): Ships, generalised Ships, Sahara and attack-succes
 * :func:`sahara` - greedy search of the head group that moves that angle most;
 * :func:`attack_success_rate` - generate with heads ablated at every step and judge each response.
 
-Ablations (``ablation=``) are :func:`interp.ablate_heads`'s: ``query`` (the paper's "undifferentiated attention":
-the head's query times eps, after q/k-norm and rotary, so attention goes uniform over the causal prefix; per query
-head, so right under grouped-query attention), ``output`` (z times eps: "scaling contribution"), ``key`` (the KV
-group's key times eps), ``mean`` (z replaced by the mean over the layer's heads) and ``zero``. Every L x H sweep
+Ablations (``ablation=``) are :func:`interp.ablate_heads`'s, each one of the masks of the authors' code
+(``lib/utils/custommodel.py``: ``scale_mask`` / ``mean_mask`` on ``q``, ``k`` or ``v``): ``query`` (the paper's
+"undifferentiated attention": the head's query times eps, after q/k-norm and rotary, so attention goes uniform over
+the causal prefix; per query head, so right under grouped-query attention; their scale mask on ``q``), ``output``
+(z times eps: "scaling contribution"; their scale mask on ``v``), ``key`` (the KV group's key times eps; their scale
+mask on ``k``, which under grouped-query attention indexes KV heads with the query head's index), ``mean`` (z
+replaced by the mean over the layer's heads; their mean mask on ``v``), ``mean_query`` (the query replaced by the
+mean of the layer's query heads; their mean mask on ``q``) and ``zero`` (z set to 0). Every L x H sweep
 runs through :func:`interp.run_variants`: ablations batched as rows, each starting at the ablated layer from the
 clean residual (exact).
 

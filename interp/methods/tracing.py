@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..activations.hooks import Edit, Intervention, StopForward, hooked
+from ..activations.interventions import NOISE_DRAWS, gaussian_noise, rome_noise
 from ..activations.sites import EMBED, SUBLAYER_OUTPUTS, check_sites, depth, hook_name
 from ..activations.variants import forward, run_variants
 from ..errors import ParameterError, PromptError, check_choice, check_positive_float, check_positive_int
@@ -42,6 +43,7 @@ SITES = ("resid_post", "mlp_out", "attn_out")  # the states causal tracing resto
 SEVERABLE = SITES[1:]  # the sublayers a severed restoration freezes
 assert set(SEVERABLE) == set(SUBLAYER_OUTPUTS)
 CORRUPTIONS = ("subject", "relation")
+NOISE_SCALES = ("subjects", "records")  # nu over the distinct subjects (interp), or over every record's (ROME)
 ROLES = ("bos", "before subject", "first subject", "middle subject", "last subject", "first subsequent", "further",
          "last")
 PAPER = ("Meng et al. 2022, Locating and Editing Factual Associations in GPT (ROME, causal tracing), arXiv "
@@ -100,22 +102,32 @@ def corrupted_positions(length: int, subject: tuple[int, int], bos: bool, corrup
 
 
 def embedding_noise(positions: Sequence[int], noise: torch.Tensor) -> Intervention:
-    """Add ``noise`` [rows, n, d_model] to the token embeddings (``hook_embed``) at ``positions`` (n columns)."""
+    """Add ``noise`` [rows, n, d_model] to the token embeddings (``hook_embed``) at ``positions`` (n columns), in
+    the wider of the two dtypes and rounded once to the model's (float64 noise, ROME's, as ROME's in-place add)."""
     cols = list(positions)
 
     def apply(t: torch.Tensor, rows: slice) -> None:
         target = t[rows]
-        target[:, cols] += noise.to(device=t.device, dtype=t.dtype)
+        target[:, cols] += noise.to(device=t.device)
 
-    return Intervention((Edit(EMBED, apply),), "embedding noise", {"positions": cols})
+    return Intervention((Edit(EMBED, apply, first_column=min(cols, default=-1)),), "embedding noise",
+                        {"positions": cols})
 
 
-def subject_embedding_std(model: Any, subjects: Sequence[str]) -> float:
-    """Std of the embedding elements (``hook_embed``: what the noise is added to) of the subjects, each tokenised
-    alone with no special tokens (ROME's ``collect_embedding_std``; unbiased std over all elements)."""
+def subject_embedding_std(model: Any, subjects: Sequence[str], *, weighting: str = "subjects") -> float:
+    """nu: the std of the embedding elements (``hook_embed``: what the noise is added to) of the subjects, each
+    tokenised alone with no special tokens (unbiased std over all elements).
+
+    ``weighting="subjects"`` (causal_trace's default ``noise_scale``) counts each distinct subject once;
+    ``"records"`` counts every record's subject, so a subject that several facts share counts as often: ROME's
+    ``collect_embedding_std`` (github.com/kmeng01/rome, ``experiments/causal_trace.py``), which embeds
+    ``[k["subject"] for k in knowns]``. (ROME tokenises with ``tokenizer.encode``, which also embeds any special
+    token the tokenizer adds by itself: none for GPT-2, the models its code loads, or the organisms.)
+    """
+    check_choice("weighting", weighting, NOISE_SCALES)
     m = as_model(model)
     ids: list[int] = []
-    for s in dict.fromkeys(subjects):
+    for s in (dict.fromkeys(subjects) if weighting == "subjects" else subjects):
         ids.extend(m.tokenizer(s, add_special_tokens=False)["input_ids"])
     if not ids:
         raise PromptError("The subjects tokenise to no tokens; cannot measure the embedding std for the noise.")
@@ -130,8 +142,14 @@ def subject_embedding_std(model: Any, subjects: Sequence[str]) -> float:
 
 # --- the method -------------------------------------------------------------------------------------------
 def _check_params(m: Model, corruption: Any, site_list: Any, window: Any, samples: Any, noise: Any, seed: Any,
-                  severed: Any, target: Any, max_rows: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+                  severed: Any, target: Any, max_rows: Any, noise_scale: Any = "subjects",
+                  noise_draws: Any = "torch") -> tuple[tuple[str, ...], tuple[str, ...]]:
     check_choice("corruption", corruption, CORRUPTIONS)
+    _check_noise_scale(noise_scale)
+    check_choice("noise_draws", noise_draws, NOISE_DRAWS)
+    if noise_draws != "torch" and not isinstance(noise, (int, float)):
+        raise ParameterError(f"noise_draws={noise_draws!r} chooses how noise is drawn, but noise is given as explicit "
+                             "tensors, which are used as they are; give noise as a number, or drop noise_draws.")
     if target is not None and (not isinstance(target, str) or not target):
         raise ParameterError(f"target must be the name of a prompt field (or None: the model's own top-1 token); "
                              f"got {target!r}.")
@@ -160,6 +178,25 @@ def _check_params(m: Model, corruption: Any, site_list: Any, window: Any, sample
     return chosen, sev
 
 
+def _check_noise_scale(noise_scale: Any) -> None:
+    if isinstance(noise_scale, str):
+        if noise_scale in NOISE_SCALES:
+            return
+    elif isinstance(noise_scale, (int, float)) and not isinstance(noise_scale, bool):
+        check_positive_float("noise_scale", noise_scale)
+        return
+    raise ParameterError(f"noise_scale must be 'subjects' (nu over the distinct subjects), 'records' (over every "
+                         f"record's subject, ROME's collect_embedding_std) or a positive number (nu itself); got "
+                         f"{noise_scale!r}.")
+
+
+def _embedding_unit(m: Model, ps: Any, noise_scale: str | float) -> float:
+    """nu, the unit of the noise: measured on the prompt set's subjects, or given."""
+    if isinstance(noise_scale, str):
+        return subject_embedding_std(m, ps.column("subject"), weighting=noise_scale)
+    return float(noise_scale)
+
+
 def _check_noise_tensor(t: torch.Tensor, samples: int, d_model: int, where: str = "noise") -> None:
     if t.dim() != 3 or t.shape[0] != samples or t.shape[2] != d_model:
         raise ParameterError(
@@ -171,14 +208,15 @@ def _check_noise_tensor(t: torch.Tensor, samples: int, d_model: int, where: str 
 
 
 def _noise_for(noise: Any, k: int, n: int, samples: int, d_model: int, scale: float | None, seed: int,
-               pid: str) -> torch.Tensor:
+               pid: str, draws: str = "torch") -> torch.Tensor:
     if isinstance(noise, torch.Tensor):
         t = noise
     elif isinstance(noise, (list, tuple)):
         t = noise[k]
+    elif draws == "rome":
+        return rome_noise(samples, n, d_model, scale=float(scale), seed=1 + seed)
     else:
-        gen = torch.Generator().manual_seed(seed)
-        return torch.randn(samples, n, d_model, generator=gen) * float(scale)
+        return gaussian_noise(samples, n, d_model, scale=float(scale), seed=seed)
     if t.shape[1] != n:
         raise ParameterError(f"Prompt {pid!r}: the noise covers {t.shape[1]} tokens but {n} tokens are corrupted.")
     return t
@@ -274,13 +312,15 @@ def _trace_prepare(m: Model, ps: Any, params: dict) -> dict:
     different noise), and let a shard keep none of its facts (the merge checks the whole set). Both are shard
     inputs (``subject_std``, ``allow_none_kept``), read with :func:`interp.methods.registry.shard_input`."""
     noise = params.get("noise", 3.0)
+    noise_scale = params.get("noise_scale", "subjects")
+    _check_noise_scale(noise_scale)
     if isinstance(noise, (list, tuple)):
         raise ParameterError("noise given as one tensor per prompt cannot be split into shards; give a number or "
                              "one tensor for every prompt, or run causal_trace without shards.")
     out = {**params, "allow_none_kept": True}
     if isinstance(noise, (int, float)):
         check_positive_float("noise", noise)
-        out["subject_std"] = subject_embedding_std(m, ps.column("subject"))
+        out["subject_std"] = _embedding_unit(m, ps, noise_scale)
     return out
 
 
@@ -307,6 +347,8 @@ def causal_trace(
     window: int = 10,
     samples: int = 10,
     noise: float | torch.Tensor | Sequence[torch.Tensor] = 3.0,
+    noise_scale: str | float = "subjects",
+    noise_draws: str = "torch",
     seed: int = 0,
     severed: str | Sequence[str] | None = None,
     target: str | None = "target",
@@ -330,12 +372,24 @@ def causal_trace(
             half-open window ``window_layers(l, window, L)``, ROME: [l-5, l+5)).
         window: width of that window, in layers (ROME: 10).
         samples: corrupted copies per fact (ROME: 10).
-        noise: a multiple of nu, the std of the embedding elements of the prompt set's subjects each tokenised
-            alone (ROME: 3); every fact then gets N(0, (noise nu)^2) noise drawn from
-            ``torch.Generator().manual_seed(seed)`` (the same draws for every fact, as ROME does). Or an explicit
-            tensor [samples, n_corrupted_tokens, d_model] (or a list of them, one per prompt) to match another
-            tool exactly.
-        seed: the seed of the noise draws.
+        noise: a multiple of nu (``noise_scale``; ROME: 3): every fact gets N(0, (noise nu)^2) noise on each
+            corrupted token's embedding, the same draws for every restoration of the fact. Or an explicit tensor
+            [samples, n_corrupted_tokens, d_model] (or a list of them, one per prompt) to match another tool
+            exactly (added in the wider of its dtype and the model's, rounded once).
+        noise_scale: nu, the unit of ``noise``: ``"subjects"`` (default) the std of the embedding elements of the
+            prompt set's distinct subjects, each tokenised alone; ``"records"`` the same over every record's
+            subject, so a subject shared by several facts counts as often (ROME's ``collect_embedding_std``; on a
+            set whose subjects repeat the two differ); or a positive number, nu itself (e.g. ``noise=1.0,
+            noise_scale=0.1`` is ROME's ``--noise_level 0.1``). See :func:`subject_embedding_std`.
+        noise_draws: how the noise is drawn: ``"torch"`` (default) ``torch.Generator().manual_seed(seed)``, one
+            [samples, n, d_model] float32 draw per fact; ``"rome"`` ROME's own draws
+            (github.com/kmeng01/rome, ``experiments/causal_trace.py``, ``trace_with_patch``): a fresh
+            ``numpy.random.RandomState(1 + seed)`` per fact (seed 0: ROME's ``RandomState(1)``), one float64
+            ``randn(samples, n, d_model)``, added in float64 (:func:`interp.activations.interventions.rome_noise`).
+            With ``noise_scale="records"`` and ``load_model(..., prepend_bos=False)`` on GPT-2 this is ROME's
+            recipe draw for draw. The severed restorations reuse each fact's draws in both passes (ROME's
+            ``trace_with_repatch`` draws its second pass from the already advanced generator: docs/peers.md).
+        seed: the seed of the noise draws (see ``noise_draws``).
         severed: ``"mlp_out"`` and / or ``"attn_out"``: also restore ``resid_post`` with that sublayer's output at
             token t frozen at its corrupted value (per sample) in every layer above l (rows with ``severed`` set).
         target: the prompt field whose first token is traced; None traces the model's own clean top-1 token.
@@ -351,7 +405,7 @@ def causal_trace(
         subsequent, further, last), in_subject, corrupted, target_prob (mean P(o) over the corrupted copies
         with the restoration), indirect_effect (target_prob - corrupted_target_prob), clean_target_prob (ROME's
         high), corrupted_target_prob (ROME's low), total_effect (clean - corrupted), target_token, target_id.
-        ``meta["noise_std"]`` is the noise std used (None with explicit tensors).
+        ``meta["noise_std"]`` is the noise std used, noise x nu (None with explicit tensors).
 
     Cost per fact: 1 clean forward, 1 corrupted forward of ``samples`` rows, and (len(sites) + len(severed)) x
     T' x L restorations of ``samples`` rows each (T' = tokens from the first corrupted one on: a state before
@@ -363,7 +417,8 @@ def causal_trace(
     """
     m = as_model(model)
     ps = as_prompt_set(prompts)
-    chosen, sev = _check_params(m, corruption, sites, window, samples, noise, seed, severed, target, max_rows)
+    chosen, sev = _check_params(m, corruption, sites, window, samples, noise, seed, severed, target, max_rows,
+                                noise_scale, noise_draws)
     subject_std = shard_input("subject_std")  # fixed over the whole set by a sharded run
     allow_none_kept = bool(shard_input("allow_none_kept", False))
     if subject_std is not None:
@@ -384,14 +439,14 @@ def causal_trace(
         plans.append(cols)
     scale = None
     if isinstance(noise, (int, float)):
-        nu = subject_embedding_std(m, ps.column("subject")) if subject_std is None else float(subject_std)
+        nu = _embedding_unit(m, ps, noise_scale) if subject_std is None else float(subject_std)
         scale = float(noise) * nu
 
     rows: list[dict[str, Any]] = []
     dropped: list[str] = []
     for k, rec in enumerate(tqdm(ps.records, desc="causal_trace", disable=not progress)):
         cols = plans[k]
-        nz = _noise_for(noise, k, len(cols), samples, d_model, scale, seed, rec["id"])
+        nz = _noise_for(noise, k, len(cols), samples, d_model, scale, seed, rec["id"], noise_draws)
         fact = _trace_fact(m, enc, k, cols, nz, chosen, sev, window, target, only_correct, max_rows)
         if fact is None:
             dropped.append(rec["id"])

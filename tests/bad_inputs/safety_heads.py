@@ -21,6 +21,8 @@ CASES = [
     ("ships eps NaN", lambda m, t, d: sh.ships(m, GOOD, eps=math.nan), ParameterError, "finite"),
     ("ships unknown ablation", lambda m, t, d: sh.ships(m, GOOD, ablation="erase"), ParameterError,
      "ablation='erase' is not one of"),
+    ("ships mean ablation of keys (not offered)", lambda m, t, d: sh.ships(m, GOOD, ablation="mean_key"),
+     ParameterError, "ablation='mean_key' is not one of.*mean_query"),
     ("ships batch size zero", lambda m, t, d: sh.ships(m, GOOD, batch_size=0), ParameterError,
      "batch_size must be an integer >= 1"),
     ("generalized ships head layer out of range", lambda m, t, d: sh.generalized_ships(m, GOOD, [(3, 0)]),

@@ -6,6 +6,7 @@ from interp.errors import ParameterError, PromptError, SpanError
 from interp.methods.registry import shard_inputs
 from interp.methods.relation_evidence import relation_evidence
 from interp.methods.tracing import causal_trace
+from interp.runs.resumable import run_resumable
 
 GOOD = [{"id": "paris", "prompt": "The capital of France is", "target": " Paris", "subject": "France", "task": "cap"}]
 
@@ -47,6 +48,20 @@ CASES = [
      "noise is a list of 2 tensors but there are 1 prompts"),
     ("unknown corruption", lambda m, t, d: causal_trace(m, GOOD, corruption="object"), ParameterError,
      "corruption='object' is not one of"),
+    ("unknown noise_scale", lambda m, t, d: causal_trace(m, GOOD, noise_scale="facts"), ParameterError,
+     "noise_scale must be 'subjects'.*'records'.*or a positive number.*got 'facts'"),
+    ("negative noise_scale", lambda m, t, d: causal_trace(m, GOOD, noise_scale=-0.1), ParameterError,
+     "noise_scale must be a positive"),
+    ("noise_scale as a bool", lambda m, t, d: causal_trace(m, GOOD, noise_scale=True), ParameterError,
+     "noise_scale must be 'subjects'"),
+    ("unknown noise_draws", lambda m, t, d: causal_trace(m, GOOD, noise_draws="numpy"), ParameterError,
+     "noise_draws='numpy' is not one of"),
+    ("ROME draws with explicit noise tensors",
+     lambda m, t, d: causal_trace(m, GOOD, samples=2, noise=_noise((2, 1, 64)), noise_draws="rome"), ParameterError,
+     "noise_draws='rome' chooses how noise is drawn, but noise is given as explicit tensors"),
+    ("unknown noise_scale in a sharded run",
+     lambda m, t, d: run_resumable("causal_trace", m, GOOD, t / "run", noise_scale="facts"), ParameterError,
+     "noise_scale must be 'subjects'"),
     ("unknown site", lambda m, t, d: causal_trace(m, GOOD, sites=("neurons",)), ParameterError,
      "Unknown site 'neurons'.*resid_post, mlp_out, attn_out"),
     ("old site name", lambda m, t, d: causal_trace(m, GOOD, sites=("mlp",)), ParameterError,
