@@ -276,9 +276,9 @@ def cmd_organisms(args: argparse.Namespace, _g: dict[str, Any]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, _g: dict[str, Any]) -> int:
-    from .organisms.benchmark import PLANTED_ORGANISMS, run_benchmark, to_markdown, write_benchmark
+    from .organisms.benchmark import run_benchmark, shipped_planted, to_markdown, write_benchmark
 
-    organisms = tuple(args.organisms.split(",")) if args.organisms else PLANTED_ORGANISMS
+    organisms = tuple(args.organisms.split(",")) if args.organisms else shipped_planted()
     table = run_benchmark(organisms=organisms, natural=not args.no_natural, seed=args.seed, quick=args.quick,
                           n_random=args.n_random)  # fmt: skip
     meta = {"organisms": organisms, "natural": not args.no_natural, "seed": args.seed, "quick": args.quick,
@@ -317,7 +317,7 @@ def build_parser() -> _Parser:
     train.set_defaults(func=cmd_organisms)
     bench = sub.add_parser("bench", help="score the methods on the planted organisms' known sites")
     bench.add_argument("--out", default="results/bench")
-    bench.add_argument("--organisms", default=None, help="comma-separated planted organisms (default: all)")
+    bench.add_argument("--organisms", default=None, help="comma-separated planted organisms (default: all shipped)")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--n-random", type=int, default=20, help="random sets of the same size per found set")
     bench.add_argument("--quick", action="store_true", help="fewer prompts")

@@ -38,7 +38,7 @@ def benchmark_section(ctx: DemoContext) -> DemoSection:
     import pandas as pd
 
     from ..organisms import REPO_ROOT
-    from ..organisms.benchmark import PLANTED_ORGANISMS, run_benchmark
+    from ..organisms.benchmark import run_benchmark, shipped_planted
     from ..results.result import Result
 
     committed = REPO_ROOT / COMMITTED_TABLE
@@ -46,7 +46,7 @@ def benchmark_section(ctx: DemoContext) -> DemoSection:
         table = pd.read_csv(committed)
         meta = {"method": "benchmark", "parameters": {"source": str(COMMITTED_TABLE)}}
     else:
-        available = tuple(n for n in PLANTED_ORGANISMS if (ctx.data_dir / "organisms" / n / "card.json").exists())
+        available = shipped_planted(ctx.data_dir)
         table = run_benchmark(organisms=available, seed=0, quick=ctx.quick, n_random=20, data_dir=ctx.data_dir)
         meta = {"method": "benchmark", "parameters": {"organisms": list(available), "seed": 0, "quick": ctx.quick}}
     return DemoSection(

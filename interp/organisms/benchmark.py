@@ -325,15 +325,31 @@ def _load(name: str, data_dir: Path) -> tuple[Any, dict]:
     return load_model(path, device="cpu"), card
 
 
-def run_benchmark(*, organisms: tuple[str, ...] = PLANTED_ORGANISMS, natural: bool = True, seed: int = 0,
+def shipped_planted(data_dir: str | Path | None = None) -> tuple[str, ...]:
+    """The planted organisms shipped under ``data_dir`` (default: the repository's data/), in benchmark order."""
+    from . import REPO_ROOT
+
+    data = Path(data_dir) if data_dir else REPO_ROOT / "data"
+    return tuple(n for n in PLANTED_ORGANISMS if (data / "organisms" / n / "card.json").exists())
+
+
+def run_benchmark(*, organisms: tuple[str, ...] | None = None, natural: bool = True, seed: int = 0,
                   quick: bool = False, n_random: int = 20,
                   data_dir: str | Path | None = None) -> pd.DataFrame:  # fmt: skip
     """Score every method that should find each organism's planted site (see the module docstring); with
     ``natural``, the same methods on the natural organisms (``dense`` for heads and lens, ``moe`` for experts).
-    Returns the table (one row per organism x method). Deterministic given ``seed``."""
+    ``organisms``: default every shipped planted organism. Returns the table (one row per organism x method).
+    Deterministic given ``seed``."""
     from . import REPO_ROOT
 
     data = Path(data_dir) if data_dir else REPO_ROOT / "data"
+    organisms = shipped_planted(data) if organisms is None else tuple(organisms)
+    missing = [n for n in organisms if not (data / "organisms" / n / "card.json").exists()]
+    if missing:
+        from ..errors import ParameterError
+
+        raise ParameterError(f"organisms={missing}: not shipped under {data / 'organisms'} (train them with "
+                             f"`interp organisms train NAME`); shipped: {list(shipped_planted(data))}")  # fmt: skip
     torch.manual_seed(seed)
     rows: list[dict] = []
     previous = torch.get_num_threads()

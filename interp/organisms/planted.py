@@ -16,6 +16,10 @@ Three recipes (``python -m interp.organisms train NAME``; each runs on one CPU t
   subject on is routed (top-2) to its domain's two routed experts, in every layer; the tokens before the subject
   (BOS and the template's opening words) to two "template" experts. Ground truth: the experts of each domain.
 
+Shipped: ``planted-refusal`` and ``planted-moe``. ``planted-icot`` is a recipe only, NOT shipped and not known to
+reach the card thresholds: a 500-step run was stopped at step 300 with the 5-shot answer loss still at 4.4 nats
+(the natural ``dense`` organism needs 1200 steps of a larger batch for these tasks); it needs a longer run.
+
 The ground truth is ``card["ground_truth"]``; the held-out behaviour is ``card["metrics"]``, re-measured by
 :func:`evaluate_planted` (plain Hugging Face, nothing masked) and checked by ``tests/test_planted_organisms.py``.
 """
@@ -280,7 +284,9 @@ def train_planted(name: str, out_dir: str | Path, *, steps: int | None = None, s
     from transformers import AutoModelForCausalLM
 
     if name not in PLANTED:
-        raise KeyError(f"unknown planted organism {name!r}; known: {sorted(PLANTED)}")
+        from ..errors import ParameterError
+
+        raise ParameterError(f"unknown planted organism {name!r}; known: {sorted(PLANTED)}")
     spec = PLANTED[name]
     m = spec.model
     total = m.steps if steps is None else int(steps)
