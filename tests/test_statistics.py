@@ -213,3 +213,26 @@ def test_figures_that_average_over_prompts_can_show_the_interval():
     np.testing.assert_allclose(fig.data[0].y, a["success"])
     np.testing.assert_allclose(fig.data[0].error_y.array, a["success_ci_high"] - a["success"])
     assert not check_convention(fig)
+
+
+def test_the_blocking_figure_can_show_the_interval():
+    from interp.figures.viz import check_convention
+    from interp.methods.moe_blocking import blocking_figure, blocking_summary
+
+    t = _blocking_table(seed=1, effect=0.2)
+    t["task"] = ["a" if int(p[1:]) % 2 else "b" for p in t["prompt_id"]]
+    t["target_in_top10"] = t["target_rr"] > 0.5
+    r = Result(t, {"method": "block_experts", "summary": blocking_summary(t)})
+    fig = blocking_figure(r, ci=0.95, n_boot=300, seed=0)
+    agg = r.aggregate("condition", value="target_rr", ci=0.95, n_boot=300, seed=0).table.set_index("condition")
+    by_task = r.aggregate(["task", "condition"], value="target_rr", ci=0.95, n_boot=300,
+                          seed=0).table.set_index(["task", "condition"])
+    for trace in fig.data:
+        cond = "control" if trace.name.startswith("random controls") else trace.name
+        assert list(trace.x) == ["all", "a", "b"]
+        assert trace.y[0] == pytest.approx(agg.loc[cond, "target_rr"])
+        assert trace.y[1] == pytest.approx(by_task.loc[("a", cond), "target_rr"])
+        assert trace.error_y.array[0] == pytest.approx(agg.loc[cond, "target_rr_ci_high"] - agg.loc[cond, "target_rr"])
+    assert not check_convention(fig)
+    plain = blocking_figure(r)
+    assert plain.data[-1].name == "random controls (mean ± std)"

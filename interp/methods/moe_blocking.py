@@ -107,11 +107,13 @@ def _merge_blocking(parts: list[Result], meta: dict, _params: dict) -> Result:
     return Result(table, {**meta, "summary": blocking_summary(table)})
 
 
-def blocking_figure(result: Result, metric: str = "mrr") -> Any:
+def blocking_figure(result: Result, metric: str = "mrr", *, ci: float | None = None, n_boot: int = 1000,
+                    seed: int = 0) -> Any:
     """MRR (or HIT@10) of the target, over all prompts and per task, as points: clean, blocked (or each keep-n
     condition), and the mean of the random controls with their std as an error bar. The axis is zoomed to the
     points' spread (:func:`interp.figures.viz.value_range`): blocking moves a near-1 MRR by hundredths, which bars
-    from 0 would hide."""
+    from 0 would hide. With ``ci`` (e.g. 0.95), every point's error bar is instead its seeded bootstrap interval
+    over prompts (:meth:`interp.Result.aggregate`; a prompt's control sets resampled together)."""
     import plotly.graph_objects as go
 
     from ..figures.viz import value_range
@@ -144,7 +146,10 @@ def blocking_figure(result: Result, metric: str = "mrr") -> Any:
                                  marker={"size": 11, "symbol": "x"}, error_y={"type": "data", "array": sd},
                                  hovertemplate="%{x}<br>random controls " + label + "=%{y:.4f}<extra></extra>"))
     n = summ["all"]["n_prompts"]
-    fig.update_layout(title=f"{result.method}: {label} of the target over {n} prompts (all, then per task)",
+    if ci is not None:
+        values, errors = _interval_bars(fig, result, x, metric, ci, n_boot, seed)
+    fig.update_layout(title=f"{result.method}: {label} of the target over {n} prompts (all, then per task)"
+                      + ("" if ci is None else f"<br>bars: {ci:.0%} bootstrap interval over prompts"),
                       xaxis_title="prompts (all, or one task)", yaxis_title=label, scattermode="group",
                       autosize=True)
     finite = [(v, e) for v, e in zip(values, errors) if v is not None and v == v]
@@ -154,6 +159,31 @@ def blocking_figure(result: Result, metric: str = "mrr") -> Any:
 
 
 _SYMBOLS = ("circle", "diamond", "square", "triangle-up")
+
+
+def _interval_bars(fig: Any, result: Result, groups: list[str], metric: str, ci: float, n_boot: int,
+                   seed: int) -> tuple[list[float], list[float]]:
+    """Set each condition's points (and error bars) of a blocking figure to the mean and bootstrap interval over
+    prompts, per group ('all' and each task); the values and half-widths, for the axis zoom."""
+    from ..figures.viz import interval_error
+
+    col = "target_rr" if metric == "mrr" else "target_in_top10"
+    parts = [result.aggregate("condition", value=col, ci=ci, n_boot=n_boot, seed=seed).table.assign(group="all")]
+    if "task" in result.table.columns and len(groups) > 1:
+        parts.append(result.aggregate(["task", "condition"], value=col, ci=ci, n_boot=n_boot, seed=seed).table
+                     .rename(columns={"task": "group"}))
+    agg = pd.concat(parts, ignore_index=True).set_index(["group", "condition"])
+    values, errors = [], []
+    for trace in fig.data:
+        cond = "control" if str(trace.name).startswith("random controls") else trace.name
+        rows = agg.loc[[(g, cond) for g in groups]]
+        trace.y = rows[col].tolist()
+        trace.error_y = interval_error(rows, col)
+        if cond == "control":
+            trace.name = f"random controls (mean, {ci:.0%} interval)"
+        values += rows[col].tolist()
+        errors += list(((rows[f"{col}_ci_high"] - rows[f"{col}_ci_low"]) / 2).fillna(0.0))
+    return values, errors
 
 
 def _control_sets(m: Any, pairs: list[tuple[int, int]], controls: int, seed: int) -> list[list[tuple[int, int]]]:
