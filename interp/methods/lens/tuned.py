@@ -180,8 +180,9 @@ class TunedLens(torch.nn.Module):
         (its translator l is tuned-lens's l + 1); tuned-lens's translator 0 (the embeddings) is then the identity,
         and interp's last translator (on the final residual, which tuned-lens decodes as the model's output) is not
         written: a warning says so when an entry of it exceeds ``DROP_ATOL`` (1e-5; one trained by
-        :func:`train_tuned_lens` stays within float32 round-off of the identity, the KL's gradient there being zero). ``resid_mid`` has no tuned-lens counterpart. ``model`` (optional) gives the
-        config's ``unembed_hash`` (tuned-lens's hash of the unembedding matrix).
+        :func:`train_tuned_lens` stays within float32 round-off of the identity, the KL's gradient there being
+        zero). ``resid_mid`` has no tuned-lens counterpart. ``model`` (optional) gives the config's
+        ``unembed_hash`` (tuned-lens's hash of the unembedding matrix).
         """
         from safetensors.torch import save_file
 
@@ -218,8 +219,9 @@ class TunedLens(torch.nn.Module):
         weight, bias, dropped = to_tuned_lens_indices(self.weight.detach().cpu(), self.bias.detach().cpu(), self.site)
         if dropped > DROP_ATOL:
             warnings.warn(f"layout='tuned-lens': this resid_post lens's last translator (layer {self.n_layers - 1}, "
-                          f"on the final residual; largest entry {dropped:.3g}) is not written: tuned-lens decodes the final "
-                          "residual as the model's output, with no translator.", LensLayoutWarning, stacklevel=3)
+                          f"on the final residual; largest entry {dropped:.3g}) is not written: tuned-lens decodes "
+                          "the final residual as the model's output, with no translator.", LensLayoutWarning,
+                          stacklevel=3)
         state = {}
         for i in range(self.n_layers):
             state[f"{i}.weight"] = weight[i].contiguous().clone()
