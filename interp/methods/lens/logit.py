@@ -34,11 +34,10 @@ from ...model.decode import NORM_MODES, decode, norm_scale, unembed
 from ...model.loading import as_model
 from ...prompts import PromptSet, as_prompt_set, batches, encode
 from ...results.result import make_meta
-from .. import metrics
 from ..registry import Schema, register_method
 from . import reading
 from .figures import lens_figure
-from .statistics import LensResult
+from .statistics import FinalDistribution, LensResult, chunk_rows, row_statistics
 from .tuned import TunedLens
 
 # presets of ``sites`` (besides any list of names from interp.activations.sites.STREAM)
@@ -92,10 +91,10 @@ def _check_target(ps: PromptSet, target: str | Sequence[str] | None) -> tuple[st
 
 
 class _Tokens:
-    """Token texts, decoded once per id."""
+    """Token texts, decoded once per id; and JSON lists of them, each token's JSON text made once."""
 
     def __init__(self, tokenizer: Any):
-        self.tokenizer, self.cache = tokenizer, {}
+        self.tokenizer, self.cache, self.json = tokenizer, {}, {}
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         flat = ids.reshape(-1)
@@ -103,6 +102,17 @@ class _Tokens:
             if int(t) not in self.cache:
                 self.cache[int(t)] = self.tokenizer.decode([int(t)])
         return np.array([self.cache[int(t)] for t in flat], dtype=object).reshape(ids.shape)
+
+    def json_lists(self, ids: np.ndarray) -> tuple[list[str], list[str]]:
+        """(ids, token texts) of each row of ``ids`` [N, k] as JSON lists: the text ``json.dumps`` writes for
+        the list (``ensure_ascii=False``), joined from each item's JSON text."""
+        for t in np.unique(ids):
+            if int(t) not in self.json:
+                self.json[int(t)] = json.dumps(self(np.array([t]))[0], ensure_ascii=False)
+        tok = self.json
+        rows = ids.tolist()
+        return (["[" + ", ".join(map(str, r)) + "]" for r in rows],
+                ["[" + ", ".join(tok[t] for t in r) + "]" for r in rows])
 
 
 def _next_ids(batch: Any, rows: torch.Tensor, cols: torch.Tensor, last_target: torch.Tensor | None) -> torch.Tensor:
@@ -115,39 +125,30 @@ def _next_ids(batch: Any, rows: torch.Tensor, cols: torch.Tensor, last_target: t
     return torch.where(last, fill, nxt)
 
 
-def _decoded_columns(logits: torch.Tensor, final_logits: torch.Tensor, next_ids: torch.Tensor, top_k: int,
-                     tokens: _Tokens) -> dict[str, Any]:
-    """The per-distribution columns of one site x layer ([N] each): top-1, the top-k tokens, KL, entropy,
-    cross-entropy."""
-    logits = logits.float()
-    known = next_ids >= 0
-    ce = -metrics.logprob(logits, next_ids.clamp(min=0))
-    ce = torch.where(known, ce, torch.full_like(ce, float("nan")))
-    top = logits.log_softmax(-1).topk(top_k, dim=-1)
-    top_ids, top_probs = top.indices.cpu().numpy(), top.values.exp().cpu().numpy()
-    top_strs = tokens(top_ids)
+def _decoded_columns(stats: dict[str, torch.Tensor], tokens: _Tokens) -> dict[str, Any]:
+    """The per-distribution columns of one site x layer ([N] each) from :func:`row_statistics`."""
+    top_ids, top_probs = stats["top_ids"].cpu().numpy(), stats["top_logp"].exp().cpu().numpy()
+    ids_json, tokens_json = tokens.json_lists(top_ids)
     return {
-        "predicted_id": top_ids[:, 0], "predicted_token": top_strs[:, 0], "predicted_prob": top_probs[:, 0],
-        "top_ids": [json.dumps(r) for r in top_ids.tolist()],
-        "top_tokens": [json.dumps(r, ensure_ascii=False) for r in top_strs.tolist()],
-        "kl": metrics.kl_divergence(final_logits, logits).cpu().numpy(),
-        "entropy": metrics.entropy(logits).cpu().numpy(),
-        "cross_entropy": ce.cpu().numpy(),
+        "predicted_id": top_ids[:, 0], "predicted_token": tokens(top_ids[:, 0]), "predicted_prob": top_probs[:, 0],
+        "top_ids": np.array(ids_json, dtype=object), "top_tokens": np.array(tokens_json, dtype=object),
+        "kl": stats["kl"].cpu().numpy(), "entropy": stats["entropy"].cpu().numpy(),
+        "cross_entropy": stats["cross_entropy"].cpu().numpy(),
     }
 
 
-def _target_columns(logits: torch.Tensor, target_ids: dict[str, torch.Tensor], predicted: torch.Tensor
-                    ) -> dict[str, np.ndarray]:
+def _target_columns(stats: dict[str, torch.Tensor], target_ids: torch.Tensor) -> dict[str, np.ndarray]:
     """The per-target columns of one site x layer, [N, F] each (F = the target fields, in order)."""
-    cols: dict[str, list[torch.Tensor]] = {"target_prob": [], "target_logit": [], "target_rank": [], "correct": []}
-    for ids in target_ids.values():
-        cols["target_prob"].append(metrics.prob(logits, ids))
-        cols["target_logit"].append(metrics.logit(logits, ids))
-        cols["target_rank"].append(metrics.rank(logits, ids).long())
-        cols["correct"].append(predicted == ids)
-    out = {k: torch.stack(v, dim=1).cpu().numpy() for k, v in cols.items()}
+    out = {"target_prob": stats["target_logp"].exp().cpu().numpy(),
+           "target_logit": stats["target_logit"].cpu().numpy(),
+           "target_rank": stats["target_rank"].cpu().numpy(),
+           "correct": (stats["top_ids"][:, :1] == target_ids).cpu().numpy()}
     out["target_rr"] = 1.0 / out["target_rank"]
     return out
+
+
+def _concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 
 @register_method(
@@ -247,16 +248,17 @@ def logit_lens(
         names.append(final_resid)
     tokens = _Tokens(m.tokenizer)
     n_fields = len(fields)
+    own_logits = norm == "recompute" and lens is None
     frames = []
     n_batches = -(-len(ps) // batch_size)
     with torch.no_grad():
         for batch in tqdm(batches(m, enc, batch_size), total=n_batches, desc="logit lens", disable=not progress):
             rows, cols = reading.select(batch, pos)
             store = reading.read(m, batch, names, rows, cols)
-            final_logits = unembed(m, store[FINAL_NORMED]).float()
             scale = norm_scale(m, store[final_resid]) if norm == "frozen" else None
             target_ids = {f: batch.targets[f].to(m.device)[rows.to(m.device)] for f in fields}
             next_ids = _next_ids(batch, rows, cols, target_ids[fields[0]].cpu() if fields else None).to(m.device)
+            tid = torch.stack([target_ids[f] for f in fields], dim=1) if fields else None  # [N, F]
             base: dict[str, Any] = {
                 "_prompt": np.asarray(batch.indices)[rows.numpy()],
                 "position": (cols - batch.offsets[rows]).numpy(),
@@ -264,29 +266,48 @@ def logit_lens(
                 "token": tokens(batch.input_ids[rows, cols].numpy()),
             }
             if fields:
-                ids = torch.stack([target_ids[f] for f in fields], dim=1).cpu().numpy()  # [N, F]
+                ids = tid.cpu().numpy()
                 per_field = {"target_field": np.tile(np.array(fields, dtype=object), len(rows)),
                              "target_token": tokens(ids).reshape(-1), "target_id": ids.reshape(-1)}
-            for kind in kinds:
-                for layer in range(n_layers):
-                    h = store[hook_name(kind, layer)]
-                    if lens is not None:
-                        h = lens.translate(h, layer)
-                    logits = decode(m, h, norm=norm, scale=scale, output="logits").float()
-                    out = {**base, **_decoded_columns(logits, final_logits, next_ids, top_k, tokens)}
-                    out.update({"site": kind, "layer": layer, "depth": depth(kind, layer),
-                                "_site_order": STREAM.index(kind)})
-                    if fields:
-                        predicted = torch.as_tensor(out["predicted_id"], device=m.device)
-                        out = {k: v if np.isscalar(v) else np.repeat(np.asarray(v, dtype=object if isinstance(
-                            v, list) else None), n_fields, axis=0) for k, v in out.items()}
-                        out.update(per_field)
-                        out.update({k: v.reshape(-1) for k, v in
-                                    _target_columns(logits, target_ids, predicted).items()})
-                    frames.append(pd.DataFrame(out))
-    table = pd.concat(frames, ignore_index=True)
-    table = table.sort_values(["_prompt", "layer", "_site_order", "position"], kind="stable")
-    table.insert(0, "prompt_id", [ps.ids[i] for i in table["_prompt"]])
+            # chunks of rows outside, sites x layers inside: the model's own distribution of a chunk is made once,
+            # and no [rows, vocab] array larger than a chunk exists
+            parts: dict[tuple[str, int], list[dict[str, torch.Tensor]]] = {
+                (kind, layer): [] for kind in kinds for layer in range(n_layers)}
+            step = chunk_rows(len(rows), m.info.vocab_size, m.device)
+            for s0 in range(0, len(rows), step):
+                sl = slice(s0, s0 + step)
+                final_logits = unembed(m, store[FINAL_NORMED][sl])
+                final = FinalDistribution(final_logits)
+                for kind, layer in parts:
+                    if own_logits and (kind, layer) == ("resid_post", n_layers - 1):
+                        logits = final_logits  # recomputed, the last residual decodes to the model's own logits
+                    else:
+                        h = store[hook_name(kind, layer)][sl]
+                        if lens is not None:
+                            h = lens.translate(h, layer)
+                        logits = decode(m, h, norm=norm, scale=None if scale is None else scale[sl],
+                                        output="logits")
+                    parts[(kind, layer)].append(row_statistics(logits, final, next_ids[sl],
+                                                               None if tid is None else tid[sl], top_k))
+                del final, final_logits
+            for (kind, layer), chunks in parts.items():
+                stats = _concat(chunks)
+                out = {**base, **_decoded_columns(stats, tokens)}
+                n_rows = len(rows) * max(1, n_fields)
+                out.update({"site": np.full(n_rows, kind, dtype=object), "layer": np.full(n_rows, layer),
+                            "depth": np.full(n_rows, depth(kind, layer)),
+                            "_site_order": np.full(n_rows, STREAM.index(kind))})
+                if fields:
+                    out = {k: np.repeat(v, n_fields, axis=0) if len(v) != n_rows else v for k, v in out.items()}
+                    out.update(per_field)
+                    out.update({k: v.reshape(-1) for k, v in _target_columns(stats, tid).items()})
+                frames.append(out)
+    # one table, sorted (stable) by prompt, layer, site, position: numpy's lexsort on the integer keys, then
+    # each column taken in that order, once
+    columns = {k: np.concatenate([f[k] for f in frames]) for k in frames[0]}
+    order = np.lexsort((columns["position"], columns["_site_order"], columns["layer"], columns["_prompt"]))
+    table = pd.DataFrame({k: v[order] for k, v in columns.items()})
+    table.insert(0, "prompt_id", np.asarray(ps.ids, dtype=object)[table["_prompt"].to_numpy()])
     table.insert(1, "lens", "logit" if lens is None else "tuned")
     table.insert(2, "norm", norm)
     lead = ["prompt_id", "lens", "norm", "site", "layer", "depth", "position", "is_last", "token"]

@@ -1,4 +1,5 @@
-"""Dataset statistics of a logit / tuned lens table: per-layer aggregates (top-1 accuracy, MRR, mean target
+"""Statistics of the lens. Per decoded row (:func:`row_statistics`): the columns of one chunk of decoded logits,
+fused into a few passes over [rows, vocab]. Per dataset: the per-layer aggregates (top-1 accuracy, MRR, mean target
 probability, KL, entropy; :func:`lens_summary`, ``LensResult.aggregate()``) and the internal chain-of-thought
 reading of them (:func:`lens_takeover`). They read only the table's columns, so they work on a result read back
 from disk, merged from shards, or concatenated from several lenses."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
+import torch
 
 from ...errors import ParameterError, check_choice
 from ...results.result import Result
@@ -17,6 +19,66 @@ KEYS = ["lens", "norm", "site", "layer", "depth"]
 # per-target means of a summary (the rest, kl / entropy / cross_entropy, are per decoded distribution)
 TARGET_METRICS = ("accuracy", "mrr", "mean_target_prob", "mean_target_logit", "median_target_rank")
 DISTRIBUTION_METRICS = ("kl", "entropy", "cross_entropy")
+
+
+# elements of one [rows, vocab] chunk of decoded logits: cache-sized on a CPU (each pass over the chunk then reads
+# it from cache, not memory), large on an accelerator (fewer kernel launches); at least MIN_CHUNK_ROWS rows so the
+# unembedding's weight read is shared by enough rows
+CHUNK_ELEMENTS = {"cpu": 2**19, "cuda": 2**26}
+MIN_CHUNK_ROWS = 32
+
+
+def chunk_rows(n_rows: int, vocab: int, device: torch.device | str) -> int:
+    """Rows per chunk of decoded logits for :func:`row_statistics` (bounds its memory to a few chunks)."""
+    budget = CHUNK_ELEMENTS.get(torch.device(device).type, CHUNK_ELEMENTS["cuda"])
+    return max(1, min(n_rows, max(MIN_CHUNK_ROWS, budget // max(1, vocab))))
+
+
+class FinalDistribution:
+    """The model's own next-token distribution at a chunk of rows, computed once and shared by every site and
+    layer decoded there: log-probs ``logp`` and probs ``p`` [rows, vocab] (float32 or wider)."""
+
+    def __init__(self, final_logits: torch.Tensor):
+        self.logp = final_logits.float().log_softmax(-1)
+        self.p = self.logp.exp()
+
+
+def row_statistics(logits: torch.Tensor, final: FinalDistribution, next_ids: torch.Tensor,
+                   target_ids: torch.Tensor | None, top_k: int) -> dict[str, torch.Tensor]:
+    """The per-row columns of a chunk of decoded logits [rows, vocab] (float32 or wider), in nats:
+
+    - ``top_logp``, ``top_ids`` [rows, top_k]: the top_k decoded tokens, best first (ids and log-probs);
+    - ``kl`` = KL(final || decoded) = sum p_final (log p_final - log p); ``entropy`` = -sum p log p;
+    - ``cross_entropy`` = -log p(next_ids) (NaN where next_ids < 0);
+    - with ``target_ids`` [rows, F]: ``target_logit``, ``target_logp``, ``target_rank`` (1 + the number of tokens
+      with a strictly larger logit) [rows, F].
+
+    Each quantity is computed by the same formula as :mod:`interp.methods.metrics` (so the numbers are those of
+    ``metrics.kl_divergence`` / ``entropy`` / ``rank`` up to float summation order), but the [rows, vocab] array
+    is passed over only by log_softmax, exp, the KL's difference (written into the exp's buffer), top-k and, per
+    target field, one subtraction whose sign is counted; the entropy and the KL are dot products. The chunk
+    should be small enough to stay in cache (:func:`chunk_rows`)."""
+    logits = logits.float() if logits.dtype not in (torch.float32, torch.float64) else logits
+    logp = logits.log_softmax(-1)
+    buf = torch.exp(logp)
+    out = {"entropy": -torch.linalg.vecdot(buf, logp)}
+    torch.sub(final.logp.to(logp.dtype), logp, out=buf)
+    out["kl"] = torch.linalg.vecdot(final.p.to(logp.dtype), buf)
+    out["top_logp"], out["top_ids"] = logp.topk(top_k, dim=-1)
+    known = next_ids >= 0
+    ce = -logp.gather(-1, next_ids.clamp(min=0)[:, None])[:, 0]
+    out["cross_entropy"] = torch.where(known, ce, torch.full_like(ce, float("nan")))
+    if target_ids is not None:
+        t_logit = logits.gather(-1, target_ids)
+        out["target_logit"], out["target_logp"] = t_logit, logp.gather(-1, target_ids)
+        ranks = []
+        for f in range(target_ids.shape[1]):
+            # L > t counted as sign(L - t) clamped at 0 (exact for floats: L - t > 0 iff L > t), in float passes
+            # that vectorise, into the reused buffer; sums of 0 / 1 are exact in float32 below 2**24 tokens
+            torch.sub(logits, t_logit[:, f:f + 1], out=buf).sign_().clamp_(min=0)
+            ranks.append(buf.sum(-1))
+        out["target_rank"] = torch.stack(ranks, dim=1).long() + 1
+    return out
 
 
 class LensResult(Result):
