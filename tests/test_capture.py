@@ -160,3 +160,40 @@ def test_get_names_a_bad_prompt(models):
 def test_dtype_cast(models):
     cap = interp.capture(models["llama"], PROMPTS, "blocks.0.hook_resid_post", dtype=torch.float16, progress=False)
     assert cap["blocks.0.hook_resid_post"].dtype == torch.float16
+
+
+def test_a_failed_shard_write_is_raised_in_the_caller_and_keeps_the_previous_capture(models, tmp_path, monkeypatch):
+    """Shards are written on a background thread: its error reaches the caller, the earlier capture stays whole."""
+    from interp.activations import capture as capture_module
+
+    m = models["llama"]
+    names = ["blocks.1.hook_resid_post"]
+    first = interp.capture(m, PROMPTS, names, positions="all", batch_size=2, to_dir=tmp_path / "cap", progress=False)
+    before = first[names[0]].clone()
+    real_save, calls = capture_module.save_file, []
+
+    def failing_save(tensors, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full (simulated)")
+        real_save(tensors, path)
+
+    monkeypatch.setattr(capture_module, "save_file", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        interp.capture(m, PROMPTS, names, positions="all", batch_size=1, to_dir=tmp_path / "cap", progress=False)
+    monkeypatch.setattr(capture_module, "save_file", real_save)
+    again = interp.Capture.open(tmp_path / "cap")
+    torch.testing.assert_close(again[names[0]], before, atol=0, rtol=0, equal_nan=True)
+    assert not list((tmp_path / "cap").glob(".*.tmp"))  # no half-written file left
+
+
+@pytest.mark.parametrize("positions", ["all", "subject", "last"])
+def test_batched_capture_equals_prompt_by_prompt(models, positions):
+    """The preallocated in-memory assembly puts every batch's rows in prompt order, as batch_size=1 does."""
+    m = models["gpt2"]
+    names = ["blocks.0.hook_resid_post", "blocks.1.attn.hook_z"]
+    big = interp.capture(m, PROMPTS, names, positions=positions, batch_size=3, progress=False)
+    one = interp.capture(m, PROMPTS, names, positions=positions, batch_size=1, progress=False)
+    for n in names:
+        torch.testing.assert_close(big[n], one[n], atol=1e-5, rtol=0, equal_nan=True)
+    assert big.lengths == one.lengths

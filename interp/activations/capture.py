@@ -242,6 +242,96 @@ def _to_batch_positions(value: torch.Tensor, bsz: int, width: int) -> torch.Tens
     return value
 
 
+class _Writer:
+    """Writes shards on a background thread, so a batch's file write overlaps the next batch's forward. Each job
+    waits for its device-to-host copies (a CUDA event) before reading the tensors, and writes atomically
+    (interp.results.atomic). An error in the thread is raised in the caller at its next :meth:`submit` or at
+    :meth:`close`; the queue holds at most two batches, so host memory stays bounded."""
+
+    def __init__(self) -> None:
+        import queue
+        import threading
+
+        self._queue: Any = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="interp-capture-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                if job is None:
+                    return
+                if self._error is None:  # after a failure the rest is drained, not written
+                    path, tensors, event = job
+                    if event is not None:
+                        event.synchronize()
+                    with atomic_path(path) as tmp:
+                        save_file({n: t.contiguous() for n, t in tensors.items()}, str(tmp))
+            except BaseException as exc:  # handed to the caller
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, path: Path, tensors: dict[str, torch.Tensor], event: Any) -> None:
+        self._raise()
+        self._queue.put((path, tensors, event))
+
+    def close(self, *, raise_error: bool = True) -> None:
+        """Wait until every submitted shard is written (or the thread failed); re-raise its error."""
+        self._queue.put(None)
+        self._thread.join()
+        if raise_error:
+            self._raise()
+
+
+class _Assembler:
+    """The in-memory result of a capture: one preallocated tensor per hook [n_prompts, (positions,) ...], filled
+    with the padding value, into which each batch's rows are copied in place (no concatenation, no second
+    full-size copy)."""
+
+    def __init__(self, n: int, lengths: list[int] | None):
+        self.n, self.lengths = n, lengths
+        self.width = max(lengths) if lengths else 0
+        self.data: dict[str, torch.Tensor] = {}
+
+    def add(self, name: str, part: torch.Tensor, rows: Sequence[int]) -> None:
+        out = self.data.get(name)
+        if out is None:
+            shape = (self.n, self.width, *part.shape[2:]) if self.lengths is not None else (self.n, *part.shape[1:])
+            out = self.data[name] = torch.full(shape, _pad_value(part.dtype), dtype=part.dtype)
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        if self.lengths is not None:
+            w = min(part.shape[1], self.width)
+            out[idx, :w] = part[:, :w]
+        else:
+            out[idx] = part
+
+    def result(self, name: str) -> torch.Tensor:
+        out = self.data[name]
+        if self.lengths is not None:  # padding is the padding value, whatever a part held there
+            real = torch.arange(out.shape[1])[None, :] < torch.tensor(self.lengths, dtype=torch.long)[:, None]
+            out[~real] = _pad_value(out.dtype)
+        return out
+
+
+def _left_aligned(value: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """Rows of ``value`` [B, T, ...] read from column ``starts[r]`` for ``lengths[r]`` entries into [B, width,
+    ...], the rest the padding value; one gather on the tensor's own device (exact: entries are copied)."""
+    cols = torch.arange(width, device=value.device)
+    idx = (starts.to(value.device)[:, None] + cols[None, :]).clamp(max=value.shape[1] - 1)
+    out = value[torch.arange(value.shape[0], device=value.device)[:, None], idx]
+    pad = cols[None, :] >= lengths.to(value.device)[:, None]
+    if bool(pad.any()):
+        out[pad] = _pad_value(out.dtype)
+    return out
+
+
 def capture(
     model: Any,
     prompts: Any,
@@ -257,7 +347,12 @@ def capture(
 
     ``positions``: "last" (the last real token), "all" (every token) or a field name (that field's token span,
     e.g. "subject"). Cost: one forward per batch (stopped early after the deepest hook asked for when only one
-    hook sits at that depth); memory: only the asked-for values, moved to CPU per batch, or streamed to disk.
+    hook sits at that depth); memory: only the asked-for values, in one preallocated tensor per hook, or
+    streamed to disk (one shard per batch, written on a background thread).
+
+    On a CUDA device the selected values are copied to pinned host memory without blocking inside the hooks;
+    a batch's copies are waited for (its CUDA event) only when its values are placed or written, after the next
+    batch's forward has been queued.
     """
     m = as_model(model)
     names = _resolve_names(m, hooks)
@@ -280,53 +375,77 @@ def capture(
     deepest = max(layers)
     stop_after = names[layers.index(deepest)] if layers.count(deepest) == 1 and deepest < 10**9 else None
 
-    lengths: list[int] | None = None if positions == "last" else [0] * len(ps)
-    collected: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    rows: list[int] = []
+    if positions == "last":
+        lengths: list[int] | None = None
+    elif positions == "all":
+        lengths = [len(item) for item in encoded.items]
+    else:
+        lengths = [e - s for s, e in encoded.spans[span_field]]
+    cuda = torch.device(m.device).type == "cuda"
+    assembler = _Assembler(len(ps), lengths) if directory is None else None
+    writer = _Writer() if directory is not None else None
     shards: list[dict[str, Any]] = []
-    n_batches = (len(ps) + batch_size - 1) // batch_size
-    for k, batch in enumerate(tqdm(batches(m, encoded, batch_size), total=n_batches, desc="capture",
-                                   disable=not progress)):
-        bsz, width = batch.size, batch.width
-        spans = batch.spans.get(span_field) if span_field else None
+    pending: tuple[int, list[int], dict[str, torch.Tensor], Any] | None = None
 
-        def select(name: str, value: torch.Tensor, bsz=bsz, width=width, spans=spans) -> torch.Tensor:
-            value = _to_batch_positions(value, bsz, width)
-            if positions == "last":
-                out = value[:, -1]
-            elif positions == "all":
-                out = value
-            else:
-                longest = max(e - s for s, e in spans)
-                out = value.new_full((bsz, longest, *value.shape[2:]), _pad_value(value.dtype))
-                for r, (s, e) in enumerate(spans):
-                    out[r, : e - s] = value[r, s:e]
-            out = out.detach().to("cpu", non_blocking=False)
-            return out.to(dtype) if dtype is not None else out
-
-        _, store = forward(m, batch, (), read=names, read_fn=select, logits=None, stop_after=stop_after)
-        batch_lengths = None
-        if positions == "all":
-            batch_lengths = batch.lengths.tolist()
-            for n in names:  # left-align: drop each row's padding
-                v = store[n]
-                store[n] = torch.stack(
-                    [_left_align(v[r], width - ln, v.shape[1]) for r, ln in enumerate(batch_lengths)]
-                )
-        elif span_field:
-            batch_lengths = [e - s for s, e in spans]
-        if batch_lengths is not None:
-            for r, ln in zip(batch.indices, batch_lengths):
-                lengths[r] = ln  # type: ignore[index]
-        if directory is not None:
+    def consume(job: tuple[int, list[int], dict[str, torch.Tensor], Any]) -> None:
+        k, rows, values, event = job
+        if writer is not None:
             file = f"shard_{run_token}_{k:06d}.safetensors"
-            with atomic_path(directory / file) as tmp:
-                save_file({n: store[n].contiguous() for n in names}, str(tmp))
-            shards.append({"file": file, "rows": list(batch.indices)})
-        else:
-            for n in names:
-                collected[n].append(store[n])
-            rows.extend(batch.indices)
+            writer.submit(directory / file, values, event)  # type: ignore[operator]
+            shards.append({"file": file, "rows": rows})
+            return
+        if event is not None:
+            event.synchronize()
+        for n in names:
+            assembler.add(n, values[n], rows)  # type: ignore[union-attr]
+
+    n_batches = (len(ps) + batch_size - 1) // batch_size
+    try:
+        for k, batch in enumerate(tqdm(batches(m, encoded, batch_size), total=n_batches, desc="capture",
+                                       disable=not progress)):
+            bsz, width = batch.size, batch.width
+            starts = real = None
+            longest = 0
+            if positions == "all":
+                starts, real, longest = batch.offsets, batch.lengths, width
+            elif span_field:
+                spans = batch.spans[span_field]
+                starts = torch.tensor([s for s, _ in spans], dtype=torch.long)
+                real = torch.tensor([e - s for s, e in spans], dtype=torch.long)
+                longest = int(real.max()) if len(real) else 0
+
+            def select(name: str, value: torch.Tensor, bsz=bsz, width=width, starts=starts, real=real,
+                       longest=longest) -> torch.Tensor:
+                value = _to_batch_positions(value, bsz, width).detach()
+                if positions == "last":
+                    out = value[:, -1]
+                else:  # left-aligned (a span: from its first token), padded past each row's length
+                    out = _left_aligned(value, starts, real, longest)
+                if dtype is not None:
+                    out = out.to(dtype)
+                if out.device.type != "cuda":
+                    return out.to("cpu")
+                host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+                host.copy_(out, non_blocking=True)  # queued after the kernels that made it; the hook does not wait
+                return host
+
+            _, store = forward(m, batch, (), read=names, read_fn=select, logits=None, stop_after=stop_after)
+            event = None
+            if cuda:
+                event = torch.cuda.Event()
+                event.record()
+            if pending is not None:
+                consume(pending)
+            pending = (k, list(batch.indices), {n: store[n] for n in names}, event)
+        if pending is not None:
+            consume(pending)
+            pending = None
+    except BaseException:
+        if writer is not None:
+            writer.close(raise_error=False)
+        raise
+    if writer is not None:
+        writer.close()
 
     index = {
         "names": names,
@@ -339,7 +458,7 @@ def capture(
     if directory is not None:
         _publish_index(directory, index)
         return Capture.open(directory)
-    data = {n: _assemble(collected[n], rows, len(ps), lengths) for n in names}
+    data = {n: assembler.result(n) for n in names}  # type: ignore[union-attr]
     return Capture(data, names=names, prompt_ids=ps.ids, positions=positions, lengths=lengths, model_name=m.name)
 
 
@@ -350,29 +469,14 @@ def _pad_value(dtype: torch.dtype) -> float | int | bool:
     return False if dtype == torch.bool else 0
 
 
-def _left_align(row: torch.Tensor, pad: int, width: int) -> torch.Tensor:
-    out = torch.full_like(row, _pad_value(row.dtype))
-    out[: width - pad] = row[pad:]
-    return out
-
-
 def _assemble(parts: list[torch.Tensor], rows: list[int], n: int, lengths: list[int] | None) -> torch.Tensor:
-    """Concatenate batch parts (padding the position axis to the longest) and put rows back in prompt order;
-    every entry past a row's length is set to the padding value (also in shards written before padding was NaN)."""
-    if lengths is not None:
-        longest = max(lengths) if lengths else 0
-        padded = []
-        for p in parts:
-            if p.shape[1] < longest:
-                fill = p.new_full((p.shape[0], longest - p.shape[1], *p.shape[2:]), _pad_value(p.dtype))
-                p = torch.cat([p, fill], dim=1)
-            padded.append(p[:, :longest])
-        parts = padded
-    stacked = torch.cat(parts, dim=0)
-    out = torch.empty_like(stacked)
-    out[torch.tensor(rows, dtype=torch.long)] = stacked
-    out = out[:n]
-    if lengths is not None:
-        real = torch.arange(out.shape[1])[None, :] < torch.tensor(lengths, dtype=torch.long)[:, None]
-        out[~real] = _pad_value(out.dtype)
-    return out
+    """Batch parts (read back from shards) placed into one preallocated tensor in prompt order; every entry past
+    a row's length is the padding value (also in shards written before padding was NaN)."""
+    out = _Assembler(n, lengths)
+    start = 0
+    for p in parts:
+        out.add("x", p, rows[start:start + p.shape[0]])
+        start += p.shape[0]
+    if "x" not in out.data:  # no prompt at all
+        return torch.empty(0)
+    return out.result("x")
