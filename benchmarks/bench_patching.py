@@ -1,132 +1,215 @@
-"""Patching benchmark (issue #6). Prints ratios measured in one run; not a test.
+"""Exact activation patching: ``interp.activation_patching`` against the loop a researcher writes, the same loop
+doing only interp's work, and the causal-prefix floor.
 
-Exact activation patching of every resid_pre site x position: ``interp.activation_patching`` (the variants
-engine: many patched copies per forward, each chunk started at its patched block) against the naive loop (one
-forward of the whole pair batch per layer x position, same patches, same metric). Goal: >= 3x. The two results
-are also compared (they must agree to 1e-5). Attribution patching's time is printed next to them.
+Two cases on the dense organism (data/organisms/dense) with composite pairs (the same demonstrations, another
+query of the same token length, so clean and corrupt differ only in the last few tokens):
 
-Model: data/organisms/dense if it is there (composite task pairs: the same demonstrations, another query of the
-same token length), else a random Llama of a similar shape built in a temp dir (printed).
+- ``positions``: resid_pre x every layer x every position (denoising, logit difference).
+- ``heads_last``: z x every layer x head at the last position, on prompts about twice as long (two sets of
+  demonstrations).
+
+Sides (see benchmarks/harness.py):
+
+- naive: one bridge ``run_with_hooks`` of the pair batch per place (layer x position, or layer x head), as in a
+  tutorial: every place, including those where clean and corrupt are equal (patching them changes nothing);
+- equal_work: the destination run, then only the places where some pair's clean and corrupt values differ
+  (what interp runs), stacked as rows of full forwards (every column, every block) in chunks of interp's row
+  budget;
+- floor: one plain forward of the pair batch; floor_forwards = 2 (the clean and corrupt runs) + the sum over
+  the places interp runs of (T - c) / T, c = the first column the place changes (the causal-prefix floor: a
+  patch at column c cannot change columns before it).
+
 Run: .venv/bin/python benchmarks/bench_patching.py [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
-import tempfile
-import time
-from pathlib import Path
-
 import torch
+from harness import ROOT, Case, main
 
-ROOT = Path(__file__).resolve().parents[1]
+import interp
+from interp.activations.sites import hook_name
+from interp.activations.variants import default_max_rows
+from interp.methods.patching import activation_patching
+from interp.methods.patching_core import make_pairs, pair_batches
+from interp.organisms.pairs import composite_pairs
 
-
-def model_dir() -> tuple[Path, str]:
-    organism = ROOT / "data" / "organisms" / "dense"
-    if (organism / "config.json").exists():
-        return organism, "dense organism (data/organisms/dense)"
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from interp.model.fixtures import train_tiny_tokenizer
-
-    out = Path(tempfile.mkdtemp()) / "dense_like"
-    tok = train_tiny_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=768, num_hidden_layers=6,
-                      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out, "FALLBACK random Llama (6 layers, d_model 256, 8 heads / 2 kv) - the dense organism is not shipped"
+MODEL = ROOT / "data" / "organisms" / "dense"
 
 
-def organism_pairs(model, n: int) -> tuple[list[dict], list[dict]] | None:
-    from interp.organisms import CORPUS_DIR
-    from interp.organisms.pairs import composite_pairs
-
-    if not (CORPUS_DIR / "composite.jsonl").exists():
-        return None
-    clean, corrupt = composite_pairs(model, n)
-    return (clean, corrupt) if clean else None
-
-
-def fallback_pairs(n: int) -> tuple[list[dict], list[dict]]:
-    names = ["Mary", "John"]
-    places = ["store", "house", "river", "city"]
-    clean = [{"id": f"c{i}", "prompt": f"Q: {names[i % 2]} went to the {places[i % 4]} and then to the old city\nA:",
-              "target": " to"} for i in range(n)]
-    corrupt = [{"id": f"k{i}", "prompt": f"Q: {names[(i + 1) % 2]} went to the {places[i % 4]} and then to the "
-                "old city\nA:", "target": " and"} for i in range(n)]
-    return clean, corrupt
+def long_pairs(model, n: int) -> tuple[list[dict], list[dict]]:
+    """Composite pairs with a second set of demonstrations in front (the same text in clean and corrupt)."""
+    clean, corrupt = composite_pairs(model, 2 * n)
+    clean, corrupt, extra = clean[:n], corrupt[:n], clean[n:]
+    out_c, out_k = [], []
+    for i, (c, k) in enumerate(zip(clean, corrupt)):
+        pre = extra[i % len(extra)]["prompt"].rsplit("\n\nQ:", 1)[0] + "\n\n"
+        out_c.append({**c, "prompt": pre + c["prompt"]})
+        out_k.append({**k, "prompt": pre + k["prompt"]})
+    return out_c, out_k
 
 
-def naive_loop(model, clean, corrupt):
-    """One forward of the pair batch per (layer, position): the reference loop."""
-    from interp.activations.hooks import Edit, Intervention
-    from interp.activations.sites import hook_name
-    from interp.activations.variants import forward
-    from interp.methods.patching_core import make_pairs, pair_batches, raw_metric
+class Setup:
+    """The pair batch and every place of one case, with the clean and corrupt values of its hooks."""
 
-    pairs = make_pairs(model, clean, corrupt, target="target", wrong=None, align=None, need_wrong=True)
-    out = {}
-    for cb, kb in pair_batches(model, pairs, len(clean)):
-        names = [hook_name("resid_pre", layer) for layer in range(model.info.n_layers)]
-        _, store = forward(model, cb, read=names)
-        ans, wr = pairs.target[kb.indices], pairs.wrong[kb.indices]
-        first = int(torch.maximum(cb.offsets, kb.offsets).min())
-        for layer, name in enumerate(names):
-            for c in range(first, kb.width):
-                valid = (torch.maximum(cb.offsets, kb.offsets) <= c)
+    def __init__(self, model, clean, corrupt, site: str):
+        self.m, self.clean, self.corrupt, self.site = model, clean, corrupt, site
+        self.pairs = make_pairs(model, clean, corrupt, target="target", wrong=None, align=None, need_wrong=True)
+        (self.cb, self.kb), = pair_batches(model, self.pairs, len(clean))
+        i = model.info
+        self.names = [hook_name(site, layer) for layer in range(i.n_layers)]
+        self.tgt = self.pairs.target[self.kb.indices]
+        self.wrong = self.pairs.wrong[self.kb.indices]
+        with torch.no_grad():
+            _, cache = model.bridge.run_with_cache(self.cb.input_ids, attention_mask=self.cb.attention_mask,
+                                                   position_ids=self.cb.position_ids,
+                                                   names_filter=lambda n: n in self.names)
+            self.src = {n: cache[n].clone() for n in self.names}
+            _, cache = model.bridge.run_with_cache(self.kb.input_ids, attention_mask=self.kb.attention_mask,
+                                                   position_ids=self.kb.position_ids,
+                                                   names_filter=lambda n: n in self.names)
+            self.dst = {n: cache[n].clone() for n in self.names}
+        width = self.kb.width
+        first = torch.maximum(self.cb.offsets, self.kb.offsets)
+        if site == "z":
+            self.places = [(layer, width - 1, h) for layer in range(i.n_layers) for h in range(i.n_heads)]
+            self.valid = {p: first <= width - 1 for p in self.places}
+        else:
+            self.places = [(layer, c, None) for layer in range(i.n_layers) for c in range(int(first.min()), width)]
+            self.valid = {p: first <= p[1] for p in self.places}
+        self.needed = [p for p in self.places if bool(self.differs(p).any())]
 
-                def apply(t, rows, c=c, name=name, valid=valid, store=store):
-                    t[rows][valid, c] = store[name][valid, c]
+    def differs(self, place) -> torch.Tensor:
+        layer, c, h = place
+        a, b = self.src[self.names[layer]][:, c], self.dst[self.names[layer]][:, c]
+        if h is not None:
+            a, b = a[:, h], b[:, h]
+        return (a != b).flatten(1).any(1) & self.valid[place]
 
-                logits, _ = forward(model, kb, [Intervention((Edit(name, apply),))])
-                vals = raw_metric("logit_diff", logits, ans, wr)
-                for r in range(kb.size):
-                    if valid[r]:
-                        out[(pairs.clean.ids[kb.indices[r]], layer, c - int(kb.offsets[r]))] = float(vals[r])
+    def floor_forwards(self) -> float:
+        width = self.kb.width
+        return 2.0 + sum((width - c) / width for _, c, _ in self.needed)
+
+    def metric(self, logits: torch.Tensor) -> torch.Tensor:
+        last = logits[:, -1].float()
+        r = torch.arange(last.shape[0])
+        k = last.shape[0] // len(self.tgt)
+        return last[r, self.tgt.repeat(k)] - last[r, self.wrong.repeat(k)]
+
+    def key(self, r: int, place) -> tuple:
+        layer, c, h = place
+        pid = self.pairs.clean.ids[self.kb.indices[r]]
+        return (pid, layer, -1 if h is None else h, c - int(self.kb.offsets[r]))
+
+    # --- the sides -------------------------------------------------------------------------------------------
+    def interp(self) -> dict:
+        positions = "last" if self.site == "z" else "all"
+        res = activation_patching(self.m, self.clean, self.corrupt, sites=self.site, positions=positions,
+                                  metric="logit_diff", batch_size=len(self.clean), progress=False)
+        t = res.table
+        heads = t["head"].fillna(-1).astype(int)
+        return {(p, int(la), int(h), int(po)): float(v) for p, la, h, po, v in
+                zip(t["prompt_id"], t["layer"], heads, t["position"], t["patched_metric"])}
+
+    def naive(self) -> dict:
+        """A tutorial loop: one hooked forward of the pair batch per place, every place."""
+        out = {}
+        kb, bridge = self.kb, self.m.bridge
+        for place in self.places:
+            layer, c, h = place
+            name, valid = self.names[layer], self.valid[place]
+            src = self.src[name]
+
+            def hook(value, hook, c=c, h=h, valid=valid, src=src):
+                value = value.clone()
+                if h is None:
+                    value[valid, c] = src[valid, c]
+                else:
+                    value[valid, c, h] = src[valid, c, h]
+                return value
+
+            with torch.no_grad():
+                logits = bridge.run_with_hooks(kb.input_ids, fwd_hooks=[(name, hook)],
+                                               attention_mask=kb.attention_mask, position_ids=kb.position_ids)
+            vals = self.metric(logits)
+            for r in torch.nonzero(valid)[:, 0].tolist():
+                out[self.key(r, place)] = float(vals[r])
+        return out
+
+    def equal_work(self) -> dict:
+        """Only the places where some pair differs, stacked as rows of full forwards (interp's row budget)."""
+        out = {}
+        kb, bridge, bsz = self.kb, self.m.bridge, self.kb.size
+        per = max(1, default_max_rows(self.m, kb.width) // bsz)
+        with torch.no_grad():  # a place where no pair differs has the destination's own metric
+            own = self.metric(bridge(kb.input_ids, attention_mask=kb.attention_mask, position_ids=kb.position_ids))
+        needed = set(self.needed)
+        for place in self.places:
+            if place not in needed:
+                for r in torch.nonzero(self.valid[place])[:, 0].tolist():
+                    out[self.key(r, place)] = float(own[r])
+        for s in range(0, len(self.needed), per):
+            chunk = self.needed[s:s + per]
+            n = len(chunk)
+            by_hook: dict[str, list] = {}
+            for j, place in enumerate(chunk):
+                by_hook.setdefault(self.names[place[0]], []).append((j, place))
+
+            def make(name, items):
+                src = self.src[name]
+
+                def hook(value, hook):
+                    value = value.clone()
+                    for j, (_layer, c, h) in items:
+                        rows = slice(j * bsz, (j + 1) * bsz)
+                        if h is None:
+                            value[rows, c] = src[:, c]
+                        else:
+                            value[rows, c, h] = src[:, c, h]
+                    return value
+
+                return hook
+
+            ids = kb.input_ids.repeat(n, 1)
+            with torch.no_grad():
+                logits = bridge.run_with_hooks(ids, fwd_hooks=[(nm, make(nm, it)) for nm, it in by_hook.items()],
+                                               attention_mask=kb.attention_mask.repeat(n, 1),
+                                               position_ids=kb.position_ids.repeat(n, 1))
+            vals = self.metric(logits).view(n, bsz)
+            for j, place in enumerate(chunk):
+                for r in torch.nonzero(self.valid[place])[:, 0].tolist():
+                    out[self.key(r, place)] = float(vals[j, r])
+        return out
+
+    def floor(self) -> None:
+        with torch.no_grad():
+            self.m.bridge(self.kb.input_ids, attention_mask=self.kb.attention_mask, position_ids=self.kb.position_ids)
+
+
+def check(got: dict, ref: dict) -> float:
+    if set(got) != set(ref):
+        raise AssertionError(f"interp and the loop patched different places ({len(got)} vs {len(ref)})")
+    return max(abs(got[k] - v) for k, v in ref.items())
+
+
+def cases(quick: bool = False) -> list[Case]:
+    m = interp.load_model(MODEL, device="cuda" if torch.cuda.is_available() else "cpu")
+    n = 4 if quick else 8
+    out = []
+    clean, corrupt = composite_pairs(m, n)
+    s = Setup(m, clean, corrupt, "resid_pre")
+    out.append(Case(
+        "positions", s.interp, s.naive, s.equal_work, s.floor, s.floor_forwards(), check,
+        note=f"{len(clean)} pairs x {s.kb.width} columns, resid_pre x {m.info.n_layers} layers; places: "
+             f"{len(s.places)}, interp runs {len(s.needed)}"))
+    clean, corrupt = long_pairs(m, n)
+    h = Setup(m, clean, corrupt, "z")
+    out.append(Case(
+        "heads_last", h.interp, h.naive, h.equal_work, h.floor, h.floor_forwards(), check,
+        note=f"{len(clean)} pairs x {h.kb.width} columns, z x {m.info.n_layers} layers x {m.info.n_heads} heads "
+             f"at the last position; interp runs {len(h.needed)} of {len(h.places)}"))
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="4 pairs instead of 16")
-    args = ap.parse_args()
-    import interp
-    from interp.methods.attribution_patching import attribution_patching
-    from interp.methods.patching import activation_patching
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    path, what = model_dir()
-    model = interp.load_model(path, device="cpu")
-    n = 4 if args.quick else 16
-    pairs = organism_pairs(model, n) if "organism" in what else None
-    clean, corrupt = pairs if pairs else fallback_pairs(n)
-    print(f"model: {what}; {model.info.n_layers} layers; {len(clean)} pairs of "
-          f"{len(interp.prompts.tokenize(model, clean[0]['prompt']).ids)} tokens; sites: resid_pre x every position")
-    activation_patching(model, clean[:1], corrupt[:1], sites="resid_pre", positions="last", progress=False)  # warm-up
-    t0 = time.perf_counter()
-    res = activation_patching(model, clean, corrupt, sites="resid_pre", batch_size=len(clean), progress=False)
-    t_batched = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ref = naive_loop(model, clean, corrupt)
-    t_loop = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    attribution_patching(model, clean, corrupt, sites="resid_pre", batch_size=len(clean), progress=False)
-    t_attr = time.perf_counter() - t0
-    got = {(p, int(la), int(po)): float(v) for p, la, po, v in
-           zip(res.table["prompt_id"], res.table["layer"], res.table["position"], res.table["patched_metric"])}
-    worst = max(abs(got[k] - v) for k, v in ref.items())
-    assert set(got) == set(ref), "the two runs patched different places"
-    print(f"places patched: {len(ref)} (pair x layer x position)")
-    print(f"naive loop (1 forward per layer x position): {t_loop:.2f} s")
-    print(f"activation_patching (variants engine):       {t_batched:.2f} s  -> ratio {t_loop / t_batched:.2f}x "
-          f"(goal >= 3x); max |difference| {worst:.2e}")
-    print(f"attribution_patching (2 forwards + 1 backward): {t_attr:.2f} s -> {t_loop / t_attr:.1f}x faster than "
-          "the loop")
-
-
 if __name__ == "__main__":
-    main()
+    main(cases)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -337,6 +337,52 @@ def plan_chunks(starts: Sequence[tuple[int, int]], bsz: int, n_layers: int, widt
     return best[1] if best is not None else []
 
 
+@dataclass
+class Reference:
+    """The reference run of a batch (clean, or under ``base``) as the variants engine restarts from it: last-column
+    ``logits``, the ``store`` of its reads (after ``read_fn``), ``whole`` (the reads before ``read_fn``), ``resid``
+    {block: the residual entering it}, ``kv`` (every layer's keys and values, or None)."""
+
+    logits: torch.Tensor
+    store: dict[str, Any]
+    whole: dict[str, torch.Tensor]
+    resid: dict[int, torch.Tensor]
+    kv: tuple[list[torch.Tensor], list[torch.Tensor]] | None
+    base: Intervention | None
+    size: int
+    width: int
+
+
+def reference_run(model: Any, batch: Batch, *, read: Sequence[str] = (),
+                  read_fn: Callable[[str, torch.Tensor], Any] | None = None, base: Intervention | None = None,
+                  layers: Sequence[int] | None = None, keys_values: bool = True) -> Reference:
+    """One forward of ``batch`` (under ``base``) that keeps what :func:`run_variants` restarts from: the residual
+    entering each block of ``layers`` (default: every block above 0) and, with ``keys_values``, every layer's keys
+    and values. Its ``logits`` / ``store`` are :func:`forward`'s. Cost: one forward."""
+    m = as_model(model)
+    read = list(read)
+    layers = range(1, m.info.n_layers) if layers is None else [layer for layer in layers if layer > 0]
+    resid_names = {hook_name("resid_pre", layer): layer for layer in layers}
+    whole: dict[str, torch.Tensor] = {}
+
+    def fn(name: str, value: torch.Tensor) -> Any:  # the kept residuals stay whole
+        if name in read:
+            whole[name] = value
+        if name in resid_names and name not in read:
+            return value
+        return value if read_fn is None else read_fn(name, value)
+
+    past = DynamicCache() if keys_values and batch.width > 1 else None
+    lg, store = forward(m, batch, [base] if base is not None else [], read=read + [n for n in resid_names
+                                                                                   if n not in read],
+                        read_fn=fn, past=past)
+    resid = {}
+    for name, layer in resid_names.items():
+        resid[layer] = whole[name] if name in read else store.pop(name)
+    kv = _recorded(past, m.info.n_layers, batch.width) if past is not None else None
+    return Reference(lg, store, whole, resid, kv, base, batch.size, batch.width)
+
+
 def run_variants(
     model: Any,
     batch: Batch,
@@ -350,6 +396,7 @@ def run_variants(
     reuse_prefix: bool = True,
     progress: bool = False,
     base: Intervention | None = None,
+    reference: Reference | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Run every variant on the batch; returns (base, [per-variant]) results of ``reduce``.
 
@@ -362,6 +409,8 @@ def run_variants(
     ``reuse_clean``: a chunk starts at its first intervened block, from the reference run's residual.
     ``reuse_prefix``: a chunk whose variants first change column c or later runs only columns >= c on the
     reference run's keys and values (the module doc says when a column cannot be cut: then every column runs).
+    ``reference``: the batch's :func:`reference_run` (with the same ``base`` and ``read``) when the caller has
+    made it already (e.g. to see its values before building the variants); then no reference forward runs here.
     Chunks group variants by where they start (:func:`plan_chunks`). Cost: one reference forward of B rows, plus
     per chunk one forward of (its variants x B) rows of at most ``max_rows`` rows (default: a memory budget at the
     chunk's width), over T - c columns from block l: about sum over variants of (T - c) / T x (L - l) / L
@@ -382,32 +431,20 @@ def run_variants(
     def rows_for(col: int) -> int:
         return max_rows or default_max_rows(m, width - col, width)
 
-    device = as_model(m).device.type
-    overhead = _FORWARD_OVERHEAD_ROWS.get(device, _FORWARD_OVERHEAD_ROWS["cuda"]) / bsz
+    overhead = _FORWARD_OVERHEAD_ROWS.get(m.device.type, _FORWARD_OVERHEAD_ROWS["cuda"]) / bsz
     chunks = plan_chunks(starts, bsz, n_layers, width, rows_for, overhead)
-    past = DynamicCache() if any(col > 0 for _, _, col in chunks) else None
-
-    needed = sorted({layer for _, layer, _ in chunks if layer > 0})
-    resid_names = [hook_name("resid_pre", layer) for layer in needed]
-    base_ivs = [base] if base is not None else []
-    user_fn = read_fn
-    # the reference's reads before read_fn: the prefix of a cut chunk's reads, and the value of a read hook below
-    # a chunk's start (it does not fire there)
-    whole: dict[str, torch.Tensor] = {}
-
-    def reference_fn(name: str, value: torch.Tensor) -> Any:  # the kept residuals stay whole
-        if name in read:
-            whole[name] = value
-        if name in resid_names:
-            return value
-        return value if user_fn is None else user_fn(name, value)
-
-    lg, store = forward(m, batch, base_ivs, read=read + resid_names, read_fn=reference_fn, past=past)
-    clean_resid = {layer: store.pop(hook_name("resid_pre", layer)) for layer in needed}
-    clean = reduce(lg, store)
-    kv = _recorded(past, n_layers, width) if past is not None else None
-    if past is not None and kv is None:  # the cache did not fill: every column runs
+    if reference is None:
+        reference = reference_run(m, batch, read=read, read_fn=read_fn, base=base,
+                                  layers=sorted({layer for _, layer, _ in chunks if layer > 0}),
+                                  keys_values=any(col > 0 for _, _, col in chunks))
+    elif reference.size != bsz or reference.width != width or reference.base is not base:
+        raise ValueError("reference: not a reference run of this batch with this base.")
+    clean = reduce(reference.logits, reference.store)
+    clean_resid, kv, whole = reference.resid, reference.kv, reference.whole
+    if kv is None and any(col > 0 for _, _, col in chunks):  # the cache did not fill: every column runs
         chunks = plan_chunks([(layer, 0) for layer, _ in starts], bsz, n_layers, width, rows_for, overhead)
+    # a start whose residual the reference did not keep begins lower, at the nearest kept block (or at 0)
+    chunks = [(ch, max([lv for lv in clean_resid if lv <= layer], default=0), col) for ch, layer, col in chunks]
 
     results: list[torch.Tensor | None] = [None] * len(variants)
     for chunk, start, col in tqdm(chunks, desc="variants", disable=not progress, leave=False):
@@ -422,6 +459,8 @@ def run_variants(
                 ivs = [*(kept_iv.on_rows(slice(j * bsz, (j + 1) * bsz)) for j in range(n)), *ivs]
         chunk_past, fn = None, read_fn
         if col > 0 and kv is not None:
+            if any(name not in whole for name in read):
+                raise ValueError("reference: it did not read every hook in read.")
             chunk_past = prefix_cache(kv[0], kv[1], col, n)
             if read:
                 fn = _padded_reads(whole, col, n, read_fn)
