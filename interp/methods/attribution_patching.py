@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -38,15 +39,17 @@ from .patching_core import (
     KEY_COLUMNS,
     PATCH_SITES,
     SCORE_UNIT,
+    Cells,
     Pairs,
+    PatchTable,
     Slot,
     TokenNames,
     batch_bar,
+    batch_cells,
     check_common,
     check_layers,
     example,
-    finish_table,
-    make_slots,
+    make_places,
     merge_pairs,
     metric_unit,
     pair_batches,
@@ -56,7 +59,6 @@ from .patching_core import (
     raw_metric,
     run_exact,
     score_of,
-    slot_rows,
 )
 from .registry import ShardPlan, register_method
 
@@ -139,15 +141,20 @@ def check_same_lengths(pairs: Pairs) -> None:
                 "use pairs of equal length, or ig_steps=1.")
 
 
-def slot_attribution(slot: Slot, src: torch.Tensor, dst: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """(a_src - a_dst) . grad at the slot's per-row columns (and head) [B]; rows not valid get 0."""
-    r = torch.arange(len(slot.cols))
-    c = slot.cols.to(src.device)
-    diff, g = src[r, c] - dst[r, c], grad[r, c]
-    if slot.head is not None:
-        diff, g = diff[:, slot.head], grad[r, c][:, slot.head]
-    out = (diff.double() * g.double()).sum(-1)
-    return torch.where(slot.valid.to(out.device), out, torch.zeros_like(out))
+def place_attributions(sites: Sequence[str], layers: Sequence[int], src: dict[str, torch.Tensor],
+                       dst: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], cells: Cells) -> torch.Tensor:
+    """(a_src - a_dst) . dM/da [places, cells] in float64, places in :func:`make_places` order: one contraction
+    over the feature dimension per hook (every position, and head, at once), then one gather of the cells."""
+    device = grads[S.hook_name(sites[0], layers[0])].device
+    r, c = torch.from_numpy(cells.row).to(device), torch.from_numpy(cells.col).to(device)
+    out = []
+    for site in sites:
+        for layer in layers:
+            hook = S.hook_name(site, layer)
+            per = ((src[hook] - dst[hook]).double() * grads[hook].double()).sum(-1)  # [B, T] or [B, T, heads]
+            at = per[r, c]  # [C] or [C, heads]
+            out.append(at.T if site in S.HEAD_SITES else at[None])
+    return torch.cat(out)
 
 
 def _prepare(m: Model, ps: Any, params: dict) -> dict:
@@ -216,13 +223,15 @@ def attribution_patching(
     if ig_steps > 1:
         check_same_lengths(pairs)
     layer_list = check_layers(m, layers)
-    names = TokenNames(m.tokenizer)
-    rows: list[dict[str, Any]] = []
+    places = make_places(m, site_list, layer_list)
+    hooks = sorted({S.hook_name(site, layer) for site, layer, _ in places})
+    rows = PatchTable(pairs, TokenNames(m.tokenizer), places, [*KEY_COLUMNS, *COLUMNS])
     batches = pair_batches(m, pairs, batch_size)
     for cb, kb in batch_bar(batches, "attribution_patching", progress):
         src, dst = (cb, kb) if direction == "denoising" else (kb, cb)
-        slots = make_slots(m, site_list, layer_list, pos, src, dst)
-        hooks = sorted({s.hook for s in slots})
+        cells = batch_cells(pos, src, dst)
+        if not len(cells):
+            continue
         tgt = pairs.target[dst.indices].to(m.device)
         wr = None if pairs.wrong is None else pairs.wrong[dst.indices].to(m.device)
         ids = [pairs.clean.ids[i] for i in dst.indices]
@@ -230,14 +239,16 @@ def attribution_patching(
                                                                             ids, ig_steps)
         src_metric = raw_metric(metric_v, src_logits, tgt, wr, ids).detach()
         clean_m, corr_m = (src_metric, dst_metric) if direction == "denoising" else (dst_metric, src_metric)
-        cm, km, dm = clean_m.double().cpu(), corr_m.double().cpu(), dst_metric.double().cpu()
-        for slot in slots:
-            attr = slot_attribution(slot, src_store[slot.hook], dst_acts[slot.hook], grads[slot.hook]).cpu()
-            for r, key in slot_rows(slot, dst, pairs, names):
-                a, c, k = float(attr[r]), float(cm[r]), float(km[r])
-                rows.append({**key, "attribution": a, "estimate": float(score_of(metric_v, float(dm[r]) + a, c, k)),
-                             "exact": float("nan"), "clean_metric": c, "corrupt_metric": k})
-    table = finish_table(rows, pairs.clean.ids, [*KEY_COLUMNS, *COLUMNS])
+        attr = place_attributions(site_list, layer_list, src_store, dst_acts, grads, cells)
+        host = torch.cat([attr.reshape(-1), torch.stack([clean_m, corr_m, dst_metric]).double().reshape(-1)]).cpu()
+        host = host.numpy()  # the batch's one transfer to the host
+        a = host[:attr.numel()].reshape(attr.shape)
+        cm, km, dm = (v[cells.row] for v in host[attr.numel():].reshape(3, -1))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            estimate = score_of(metric_v, dm + a, cm, km)
+        rows.add(dst, cells, {"attribution": a, "estimate": estimate, "exact": float("nan"), "clean_metric": cm,
+                              "corrupt_metric": km})
+    table = rows.table()
     if verify_top:
         table = _verify(m, pairs, table, batches, metric_v, direction, verify_top, max_rows)
     return Result(table, make_meta(model=m, prompts=pairs.clean, corrupt_fingerprint=pairs.corrupt.fingerprint(),
@@ -271,8 +282,16 @@ def _verify(m: Model, pairs: Pairs, table: pd.DataFrame, batches: list[tuple[Bat
                 exact[(pairs.clean.ids[i], slot.site, slot.layer, slot.head, pos_r)] = float(
                     score_of(metric, float(vals[r]), float(clean_m[r]), float(corr_m[r])))
     out = table.copy()
-    heads = out["head"].astype(object).where(out["head"].notna(), None)
-    key = zip(out["prompt_id"], out["site"], out["layer"], heads, out["position"])
-    out["exact"] = [exact.get((p, s, int(la), None if h is None else int(h), int(po)), float("nan"))
-                    for p, s, la, h, po in key]
+    # only the rows at a chosen place can have an exact value: find them with whole-column comparisons
+    at = np.zeros(len(out), dtype=bool)
+    site, layer, position = (out[c].to_numpy() for c in ("site", "layer", "position"))
+    head, head_na = out["head"].to_numpy(dtype=np.int64, na_value=-1), out["head"].isna().to_numpy()
+    for s, la, h, p in chosen:
+        at |= (site == s) & (layer == la) & (position == p) & (head_na if h is None else head == h)
+    idx = np.nonzero(at)[0]
+    values = out["exact"].to_numpy(dtype=np.float64, copy=True)
+    pid = out["prompt_id"].to_numpy()
+    values[idx] = [exact.get((pid[i], site[i], int(layer[i]), None if head_na[i] else int(head[i]), int(position[i])),
+                             float("nan")) for i in idx]
+    out["exact"] = values
     return out

@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+import torch
+
 from ..results.result import Result, make_meta
 from .metrics import MetricFn
 from .patching_core import (
@@ -23,12 +26,14 @@ from .patching_core import (
     PAPERS,
     RAW_UNIT,
     SCORE_UNIT,
+    PatchTable,
     TokenNames,
     batch_bar,
+    batch_cells,
     check_common,
     check_layers,
     example,
-    finish_table,
+    make_places,
     make_slots,
     metric_unit,
     pair_batches,
@@ -36,7 +41,6 @@ from .patching_core import (
     patching_schema,
     run_exact,
     score_of,
-    slot_rows,
 )
 from .registry import register_method
 
@@ -108,20 +112,25 @@ def activation_patching(
         model, clean, corrupt, sites=sites, positions=positions, metric=metric, target=target, wrong=wrong,
         direction=direction, align=align, batch_size=batch_size)
     layer_list = check_layers(m, layers)
-    names = TokenNames(m.tokenizer)
-    rows: list[dict[str, Any]] = []
+    places = make_places(m, site_list, layer_list)
+    rows = PatchTable(pairs, TokenNames(m.tokenizer), places, [*KEY_COLUMNS, *COLUMNS])
     for cb, kb in batch_bar(pair_batches(m, pairs, batch_size), "activation_patching", progress):
         src, dst = (cb, kb) if direction == "denoising" else (kb, cb)
         slots = make_slots(m, site_list, layer_list, pos, src, dst)
         clean_m, corr_m, patched = run_exact(m, pairs, (cb, kb), slots, metric_v, direction, max_rows, progress)
-        cm, km = clean_m.double().cpu(), corr_m.double().cpu()
+        cells = batch_cells(pos, src, dst)  # slot k: kept position k // len(places), place k % len(places)
+        if not len(cells):
+            continue
+        n = dst.size
+        host = torch.cat([torch.stack(patched).double().reshape(-1),
+                          torch.stack([clean_m, corr_m]).double().reshape(-1)]).cpu().numpy()  # one transfer
+        vals = host[:len(slots) * n].reshape(-1, len(places), n)[cells.slot, :, cells.row].T  # [places, cells]
+        cm, km = (v[cells.row] for v in host[len(slots) * n:].reshape(2, n))
         dm = km if direction == "denoising" else cm
-        for slot, vals in zip(slots, patched):
-            v = vals.double().cpu()
-            for r, key in slot_rows(slot, dst, pairs, names):
-                val, c, k = float(v[r]), float(cm[r]), float(km[r])
-                rows.append({**key, "effect": val - float(dm[r]), "score": float(score_of(metric_v, val, c, k)),
-                             "patched_metric": val, "clean_metric": c, "corrupt_metric": k})
-    table = finish_table(rows, pairs.clean.ids, [*KEY_COLUMNS, *COLUMNS])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            score = score_of(metric_v, vals, cm, km)
+        rows.add(dst, cells, {"effect": vals - dm, "score": score, "patched_metric": vals, "clean_metric": cm,
+                              "corrupt_metric": km})
+    table = rows.table()
     return Result(table, make_meta(model=m, prompts=pairs.clean, corrupt_fingerprint=pairs.corrupt.fingerprint(),
                                    metric_unit=metric_unit(metric_v)))

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -261,18 +262,24 @@ def position_slots(positions: str | list[int], src: Batch, dst: Batch) -> list[t
     return out
 
 
+Place = tuple[str, int, "int | None"]  # (site, layer, head): where a slot patches, without the columns
+
+
+def make_places(model: Model, sites: Sequence[str], layers: Sequence[int]) -> list[Place]:
+    """(site, layer, head) in the order :func:`make_slots` walks them at each position: sites as given, layers,
+    heads (every head of a head site, None for the others)."""
+    heads = range(model.info.n_heads)
+    return [(site, layer, h) for site in sites for layer in layers
+            for h in (heads if site in S.HEAD_SITES else [None])]
+
+
 def make_slots(model: Model, sites: list[str], layers: Sequence[int], positions: str | list[int], src: Batch,
                dst: Batch) -> list[Slot]:
-    heads = range(model.info.n_heads)
-    slots = []
-    for cols, valid in position_slots(positions, src, dst):
-        if not bool(valid.any()):
-            continue
-        for site in sites:
-            for layer in layers:
-                for h in heads if site in S.HEAD_SITES else [None]:
-                    slots.append(Slot(site, layer, h, cols, valid))
-    return slots
+    """One slot per kept position (real in some row) x place, position-major: slot k is kept position
+    k // len(places) at place k % len(places) (the layout :func:`batch_cells` indexes)."""
+    places = make_places(model, sites, layers)
+    return [Slot(site, layer, h, cols, valid) for cols, valid in position_slots(positions, src, dst)
+            if bool(valid.any()) for site, layer, h in places]
 
 
 def slot_intervention(slot: Slot, source: torch.Tensor) -> Intervention:
@@ -307,26 +314,120 @@ class TokenNames:
         return self.cache[tid]
 
 
-def slot_rows(slot: Slot, dst: Batch, pairs: Pairs, names: TokenNames) -> list[tuple[int, dict[str, Any]]]:
-    """Table keys of a slot: one entry per valid row (row index in the batch, columns)."""
-    out = []
-    width = dst.width
-    for r in torch.nonzero(slot.valid, as_tuple=False)[:, 0].tolist():
-        i = dst.indices[r]
-        c = int(slot.cols[r])
-        tid = int(pairs.target[i])
-        out.append((r, {
-            "prompt_id": pairs.clean.ids[i], "corrupt_id": pairs.corrupt.ids[i], "site": slot.site,
-            "layer": slot.layer, "head": slot.head, "position": c - int(dst.offsets[r]),
-            "pos_from_end": width - 1 - c, "token": names(int(dst.input_ids[r, c])), "target_token": names(tid),
-            "target_id": tid,
-        }))
-    return out
+@dataclass
+class Cells:
+    """The (kept position, batch row) pairs of one batch pair that get table rows, row-major over [kept position,
+    row] (the order a row-by-row build visits them): ``slot`` indexes the positions :func:`make_slots` keeps,
+    ``row`` is the batch row and ``col`` its column. Every place has one row at every cell."""
+
+    slot: np.ndarray  # [C] int64
+    row: np.ndarray  # [C] int64
+    col: np.ndarray  # [C] int64
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+
+def batch_cells(positions: str | list[int], src: Batch, dst: Batch) -> Cells:
+    """The cells of a batch pair: every (position kept by :func:`make_slots`, row where it is valid)."""
+    kept = [(c, v) for c, v in position_slots(positions, src, dst) if bool(v.any())]
+    if not kept:
+        empty = np.zeros(0, dtype=np.int64)
+        return Cells(empty, empty, empty)
+    cols = torch.stack([c for c, _ in kept]).numpy()
+    slot, row = np.nonzero(torch.stack([v for _, v in kept]).numpy())
+    return Cells(slot.astype(np.int64), row.astype(np.int64), cols[slot, row].astype(np.int64))
+
+
+def _strings(values: Sequence[Any], codes: np.ndarray) -> Any:
+    """``values[codes]`` as the array a DataFrame of row dicts would infer for them (pandas' string dtype for
+    str), built by one take instead of a Python object per row."""
+    return pd.Series(list(values)).array.take(codes)
+
+
+class PatchTable:
+    """A patching table built as columns: one row per place x cell of every batch pair, in :func:`finish_table`'s
+    order (site, layer, head, prompt as given, position; ties in the order a row-by-row build makes them) and
+    with the dtypes :func:`finish_table` gives a list of row dicts. Costs a few array operations per column,
+    not a dict per row."""
+
+    def __init__(self, pairs: Pairs, names: TokenNames, places: Sequence[Place], columns: Sequence[str]):
+        self.pairs, self.names, self.places, self.columns = pairs, names, list(places), list(columns)
+        self.keys: list[dict[str, np.ndarray]] = []
+        self.values: list[dict[str, Any]] = []
+
+    def add(self, dst: Batch, cells: Cells, values: dict[str, Any]) -> None:
+        """One batch pair's rows. ``values``: each value column as an array [places, cells], an array [cells]
+        (the same for every place) or a scalar; float64 where the column is a float."""
+        if not len(cells):
+            return
+        r, c = cells.row, cells.col
+        self.keys.append({"prompt": np.asarray(dst.indices, dtype=np.int64)[r],
+                          "position": c - dst.offsets.cpu().numpy().astype(np.int64)[r],
+                          "pos_from_end": dst.width - 1 - c,
+                          "token": dst.input_ids.cpu().numpy().astype(np.int64)[r, c]})
+        self.values.append(values)
+
+    def table(self) -> pd.DataFrame:
+        if not self.keys:
+            return finish_table([], self.pairs.clean.ids, self.columns)
+        n_places = len(self.places)
+        sizes = [len(k["prompt"]) for k in self.keys]
+        keys = {name: np.concatenate([k[name] for k in self.keys]) for name in self.keys[0]}
+        rank = {pid: k for k, pid in enumerate(self.pairs.clean.ids)}
+        prompt_rank = np.array([rank[pid] for pid in self.pairs.clean.ids], dtype=np.int64)
+        order = np.lexsort((keys["position"], prompt_rank[keys["prompt"]]))  # stable: ties keep the build order
+        keys = {name: v[order] for name, v in keys.items()}
+        site_rank = {s: k for k, s in enumerate(PATCH_SITES)}
+        porder = np.array(sorted(range(n_places), key=lambda k: (
+            site_rank[self.places[k][0]], self.places[k][1], -1 if self.places[k][2] is None else self.places[k][2])),
+            dtype=np.int64)
+        n_cells = len(order)
+        sites = [self.places[k][0] for k in porder]
+        site_names = list(dict.fromkeys(sites))
+        site_codes = np.array([site_names.index(x) for x in sites], dtype=np.int64)
+        heads = [self.places[k][2] for k in porder]
+        tile = lambda a: np.tile(a, n_places)  # noqa: E731
+        spread = lambda a: np.repeat(a, n_cells)  # noqa: E731
+        tok_ids, tok_codes = np.unique(keys["token"], return_inverse=True)
+        target = self.pairs.target.cpu().numpy().astype(np.int64)[keys["prompt"]]
+        tgt_ids, tgt_codes = np.unique(target, return_inverse=True)
+        cols: dict[str, Any] = {
+            "prompt_id": _strings(self.pairs.clean.ids, tile(keys["prompt"])),
+            "corrupt_id": _strings(self.pairs.corrupt.ids, tile(keys["prompt"])),
+            "site": _strings(site_names, spread(site_codes)),
+            "layer": spread(np.array([self.places[k][1] for k in porder], dtype=np.int64)),
+            "head": pd.arrays.IntegerArray(spread(np.array([0 if h is None else h for h in heads], dtype=np.int64)),
+                                           spread(np.array([h is None for h in heads], dtype=bool))),
+            "position": tile(keys["position"]),
+            "pos_from_end": tile(keys["pos_from_end"]),
+            "token": _strings([self.names(int(t)) for t in tok_ids], tile(tok_codes.reshape(-1))),
+            "target_token": _strings([self.names(int(t)) for t in tgt_ids], tile(tgt_codes.reshape(-1))),
+            "target_id": tile(target),
+        }
+        for name in self.columns:
+            if name in cols:
+                continue
+            parts = [np.asarray(v[name]) for v in self.values]
+            if all(p.ndim < 2 for p in parts):  # one value per cell: the same for every place
+                per_cell = np.concatenate([np.broadcast_to(p, (n,)) for p, n in zip(parts, sizes)])
+                cols[name] = tile(per_cell[order])
+            else:
+                grid = parts[0] if len(parts) == 1 else np.concatenate(
+                    [np.broadcast_to(p, (n_places, n)) for p, n in zip(parts, sizes)], axis=1)
+                cols[name] = grid[np.ix_(porder, order)].reshape(-1)
+        return pd.DataFrame(cols, columns=self.columns)
 
 
 def finish_table(rows: list[dict[str, Any]], order_ids: list[str], columns: Sequence[str]) -> pd.DataFrame:
     """The rows in the table's order: site, layer, head, prompt (as given), position; ``columns`` in order."""
-    table = pd.DataFrame(rows, columns=list(columns))
+    return sort_table(pd.DataFrame(rows, columns=list(columns)), order_ids)
+
+
+def sort_table(table: pd.DataFrame, order_ids: list[str]) -> pd.DataFrame:
+    """``table`` (head as Int64) sorted into the table's order: site, layer, head, prompt (as ``order_ids``),
+    position; stable, so rows with equal keys keep their order."""
+    table = table.copy()
     table["head"] = table["head"].astype("Int64")
     rank = {pid: k for k, pid in enumerate(order_ids)}
     site_rank = {s: k for k, s in enumerate(PATCH_SITES)}
@@ -450,7 +551,7 @@ def prepare_pairs(_m: Model, ps: PromptSet, params: dict) -> dict:
 def merge_pairs(parts: list[Result], meta: dict, params: dict) -> Result:
     """Shard tables merged into the whole run's row order (site, layer, head, prompt, position)."""
     t = concat_tables(parts)
-    table = finish_table(t.to_dict(orient="records"), list(dict.fromkeys(t["prompt_id"])), list(t.columns))
+    table = sort_table(t, list(dict.fromkeys(t["prompt_id"])))
     return Result(table, {**meta, "corrupt_fingerprint": params["corrupt"].fingerprint()})
 
 
