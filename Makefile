@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` and `make test`. Both build .venv on a fresh clone.
+# The commands of the README: `make demo`, `make test` and `make bench`. Each builds .venv on a fresh clone.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,7 +29,8 @@ findings: $(STAMP)
 	$(BIN)/python docs/findings.py --check
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_capture.py
+	# every benchmarks/bench_*.py's cases (--quick sizes) -> benchmarks/results.md, the table the README quotes
+	$(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -1,32 +1,39 @@
-"""Ships over every head for 64 prompts: the batched variants engine against the per-head reference loop.
+"""Ships (Zhou et al. 2024, arXiv 2410.13708) over every head: ``interp.ships`` (the variants engine) against the
+loops a researcher writes, on the harmful prompts of the dense organism (or, when it is absent, a random Llama of
+its shape, named in the case).
 
-The reference is the authors' procedure: one prompt at a time, one full forward per head (plus one clean). Both
-run here, in the same process, and the ratio is printed with the largest score difference between them.
+- interp: ``ships(model, prompts, batch_size=B)``;
+- naive: the authors' procedure: one prompt per forward, one clean forward and one forward per ablated head
+  (bridge hooks through ``interp.forward`` + ``interp.ablate_heads``), KL in float64;
+- equal_work: the same loop prompt-batched: per batch of B prompts, one clean forward and one forward per head
+  (the fair baseline: the speed-up over it is the engine's, not batching's);
+- floor: one plain Hugging Face forward of the same batches (no hooks); floor_forwards = 1 + H (a clean forward
+  and one per head: no method can score H ablations with fewer full forwards unless it skips the unchanged
+  layers, which the engine does, so interp/floor can be below 1).
 
-    python benchmarks/bench_ships.py [--prompts 64] [--naive-prompts N] [--threads 2]
-
-Uses the dense organism (data/organisms/dense) when it is there, else a random Llama of its shape (6 layers,
-6 heads, 2 kv heads, d_model 192) built in a temporary directory; it prints which. ``--naive-prompts`` times the
-reference loop on the first N prompts only and scales its time to all of them (printed as such).
+The check is the largest |score difference| between interp and the naive loop.
+Run: .venv/bin/python benchmarks/bench_ships.py [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
 import tempfile
-import time
-import warnings
 from pathlib import Path
 
 import torch
 
-import interp
-from interp.methods import safety_heads as sh
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import Case, main  # noqa: E402
 
 DENSE = Path(__file__).resolve().parents[1] / "data" / "organisms" / "dense"
+_TMP = tempfile.TemporaryDirectory()
 
 
-def load(tmp: str) -> tuple[interp.Model, list[dict], str]:
+def load():
+    import interp
+
     if (DENSE / "config.json").exists():
         from interp.organisms.corpus import build_corpus
 
@@ -42,60 +49,75 @@ def load(tmp: str) -> tuple[interp.Model, list[dict], str]:
                       tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    LlamaForCausalLM(cfg).save_pretrained(_TMP.name)
+    tok.save_pretrained(_TMP.name)
     words = ["bread", "a kite", "the garden", "a letter", "soup", "a poem", "the bike", "a fence"]
     verbs = ["make", "fix", "clean", "paint", "build", "plan", "write", "find"]
     prompts = [{"id": f"p{i}", "prompt": f"User: How do I {verbs[i % 8]} {words[(i // 8) % 8]} today?\nAssistant:"}
                for i in range(64)]
-    return interp.load_model(tmp), prompts, "random Llama of the dense organism's shape (organism not shipped)"
+    return interp.load_model(_TMP.name), prompts, "random Llama of the dense organism's shape (organism absent)"
 
 
-def naive(model: interp.Model, prompts: list[dict]) -> dict:
+def head_loop(model, prompts: list[dict], batch_size: int) -> dict:
+    """KL(clean || head ablated) per prompt x head, one forward per head per batch of ``batch_size`` prompts."""
+    import interp
+    from interp.methods import safety_heads as sh
+
     out = {}
     heads = sh.all_heads(model)
-    for rec in prompts:
-        enc = interp.encode(model, [rec])
-        batch = interp.make_batch(model, enc, [0])
-        clean, _ = interp.forward(model, batch)
-        p = clean.double().softmax(-1) + 1e-12
-        for h in heads:
-            abl, _ = interp.forward(model, batch, [interp.ablate_heads(model, [h])])
-            q = abl.double().softmax(-1) + 1e-12
-            out[(rec["id"], *h)] = float((p * (p / q).log()).sum())
+    enc = interp.encode(model, prompts)
+    with torch.no_grad():
+        for s in range(0, len(prompts), batch_size):
+            idx = list(range(s, min(s + batch_size, len(prompts))))
+            batch = interp.make_batch(model, enc, idx)
+            clean, _ = interp.forward(model, batch)
+            p = clean.double().softmax(-1) + 1e-12
+            for h in heads:
+                abl, _ = interp.forward(model, batch, [interp.ablate_heads(model, [h])])
+                q = abl.double().softmax(-1) + 1e-12
+                kl = (p * (p / q).log()).sum(-1).tolist()
+                for r, i in enumerate(idx):
+                    out[(prompts[i]["id"], *h)] = kl[r]
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--prompts", type=int, default=64)
-    ap.add_argument("--naive-prompts", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    with tempfile.TemporaryDirectory() as tmp:
-        model, prompts, which = load(tmp)
-        prompts = prompts[:args.prompts]
-        i = model.info
-        print(f"model: {which}: {i.n_layers} layers x {i.n_heads} heads ({i.n_kv_heads} kv), d_model {i.d_model}")
-        print(f"prompts: {len(prompts)}; heads: {i.n_layers * i.n_heads}")
-        sh.ships(model, prompts[:2])  # warm-up
-        t0 = time.perf_counter()
-        res = sh.ships(model, prompts, batch_size=args.batch_size)
-        t_batched = time.perf_counter() - t0
-        n_naive = args.naive_prompts or len(prompts)
-        t0 = time.perf_counter()
-        ref = naive(model, prompts[:n_naive])
-        t_naive = (time.perf_counter() - t0) * len(prompts) / n_naive
-        got = {(r.prompt_id, r.layer, r.head): r.score for r in res.table.itertuples()}
-        diff = max(abs(got[k] - v) for k, v in ref.items())
-        scaled = f" (measured on {n_naive} prompts, scaled)" if n_naive < len(prompts) else ""
-        print(f"batched ships: {t_batched:.2f} s")
-        print(f"per-head reference loop: {t_naive:.2f} s{scaled}")
-        print(f"speed-up: {t_naive / t_batched:.1f}x   max |score difference|: {diff:.2e}")
+def plain_forwards(model, prompts: list[dict], batch_size: int) -> None:
+    import interp
+
+    enc = interp.encode(model, prompts)
+    hf = model.hf_model
+    with torch.no_grad():
+        for s in range(0, len(prompts), batch_size):
+            b = interp.make_batch(model, enc, list(range(s, min(s + batch_size, len(prompts)))))
+            hf(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids)
+
+
+def check(result, ref: dict) -> float:
+    got = {(r.prompt_id, r.layer, r.head): r.score for r in result.table.itertuples()}
+    if set(got) != set(ref):
+        raise AssertionError("interp and the loop scored different (prompt, head) pairs")
+    return max(abs(got[k] - v) for k, v in ref.items())
+
+
+def cases(quick: bool = False) -> list[Case]:
+    from interp.methods import safety_heads as sh
+
+    model, prompts, which = load()
+    n, bsz = (16, 16) if quick else (64, 32)
+    prompts = prompts[:n]
+    i = model.info
+    n_heads = i.n_layers * i.n_heads
+    return [Case(
+        name=f"ships, all {n_heads} heads, {n} prompts",
+        interp=lambda: sh.ships(model, prompts, batch_size=bsz),
+        naive=lambda: head_loop(model, prompts, 1),
+        equal_work=lambda: head_loop(model, prompts, bsz),
+        floor=lambda: plain_forwards(model, prompts, bsz),
+        floor_forwards=1 + n_heads,
+        check=check,
+        note=f"ships: {which}; naive = one prompt per forward, equal work = batches of {bsz} prompts, one forward "
+             "per head; floor = 1 clean + 1 per head plain forwards")]
 
 
 if __name__ == "__main__":
-    main()
+    main(cases)
