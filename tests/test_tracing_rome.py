@@ -1,13 +1,14 @@
 """Causal tracing's ROME options against ROME's recipe written out on the plain Hugging Face model.
 
 ROME (Meng et al. 2022; github.com/kmeng01/rome, ``experiments/causal_trace.py``) feeds GPT-2 ``tokenizer.encode``
-ids (GPT-2's tokenizer adds no BOS; the fixture's would, so the reference asks for no special tokens), takes nu as the std of the token-embedding elements of every record's subject
-(``collect_embedding_std``), and in every traced run draws the noise of the corrupted rows from a fresh
-``numpy.random.RandomState(1)``, ``randn(samples, subject tokens, d_model)`` in float64, times 3 nu, added in place to
-the token embeddings of rows 1.. of a batch whose row 0 is the clean run; a restoration copies row 0's hidden
-state (block output, or MLP output over the layer window) at token t into rows 1..; the score is the softmax at
-the last position averaged over rows 1... The reference below does exactly that with forward hooks on the HF
-modules (one forward per restoration), independently of interp's hooks.
+ids (GPT-2's tokenizer adds no BOS; the fixture's would, so the reference asks for no special tokens), takes nu as
+the std of the token-embedding elements of every record's subject (``collect_embedding_std``), and in every traced
+run draws the noise of the corrupted rows from a fresh ``numpy.random.RandomState(1)``, ``randn(samples, subject
+tokens, d_model)`` in float64, times 3 nu, added in place to the token embeddings of rows 1.. of a batch whose row 0
+is the clean run; a restoration copies row 0's hidden state (block output, or MLP output over the layer window) at
+token t into rows 1..; the score is the softmax at the last position averaged over rows 1... The reference below
+does exactly that with forward hooks on the HF modules (one forward per restoration), independently of interp's
+hooks.
 """
 
 from __future__ import annotations
