@@ -51,6 +51,8 @@ PARAMETERS: dict[str, str] = {
     "batch_size": "Prompts per forward batch (a method that batches rows of several variants per prompt counts "
                   "prompts, and caps rows with max_rows).",
     "max_rows": "At most this many rows (prompt x variant) in one forward; None: chosen from a memory budget.",
+    "memory_budget": "MiB that a method's largest intermediate tensors may take (it chunks its work to fit; the "
+                     "results do not depend on it beyond float32 reordering); None: the method's default.",
     "progress": "Show a progress bar (tqdm; renders in Jupyter and in a terminal).",
     "seed": "The seed of every random draw the method makes (noise, sampling, random controls).",
     "top_k": "How many of the highest-ranked items are kept (tokens of a distribution, pairs of a correlation).",
@@ -247,7 +249,8 @@ COLUMNS: dict[str, str] = {
                       "expert's: its sigmoid gate).",
     "router_prob": "The router's softmax probability of an expert (before top-k).",
     "selected": "The expert is in the token's top-k (the shared expert: always).",
-    "neuron_sum": "Expert attribution: the sum of an expert's neurons' log-probability gains, in nats.",
+    "neuron_sum": "Expert attribution: the sum of an expert's neurons' log-probability gains, in nats (NaN when "
+                  "the neuron level was not computed).",
     "expert_rank": "Expert importance: the expert's rank by mean log-probability gain (1 = largest).",
     "score_std": "The standard deviation of score over the prompts a row summarises.",
     "load": "The share of tokens (expert importance: of prompts, at the last token) routed to the expert.",

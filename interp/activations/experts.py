@@ -79,16 +79,28 @@ class Routing:
 
 @dataclass
 class ExpertOutputs:
-    """Per-expert contributions to the block output for N tokens."""
+    """Per-expert contributions to the block output for tokens x [..., d] (N of them, flattened in ``routing``)."""
 
-    routed: torch.Tensor  # [N, E, d]: g_j E_j(x) (zero for experts not in the top-k)
-    shared: torch.Tensor | None  # [N, d]: sigmoid(gate) * S(x), or None
-    shared_weight: torch.Tensor | None  # [N]: sigmoid(gate)
+    slots: torch.Tensor  # [..., k, d]: g_j E_j(x) of the token's j-th routed expert, j = routing.indices[:, j]
+    shared: torch.Tensor | None  # [..., d]: sigmoid(gate) * S(x), or None
+    shared_weight: torch.Tensor | None  # [...]: sigmoid(gate)
     routing: Routing
+    n_experts: int
+
+    @property
+    def routed(self) -> torch.Tensor:
+        """[..., E, d]: g_j E_j(x) for every expert, exactly 0 for the experts not in the token's top-k (built
+        from :attr:`slots` on each access)."""
+        lead, k, d = self.slots.shape[:-2], self.slots.shape[-2], self.slots.shape[-1]
+        flat = self.slots.reshape(-1, k, d)
+        out = flat.new_zeros(flat.shape[0], self.n_experts, d)
+        rows = torch.arange(flat.shape[0], device=flat.device)[:, None].expand(-1, k)
+        out[rows, self.routing.indices] = flat
+        return out.reshape(*lead, self.n_experts, d)
 
     def total(self) -> torch.Tensor:
-        """The block output: sum of every contribution [N, d]."""
-        out = self.routed.sum(dim=-2)
+        """The block output: sum of every contribution [..., d]."""
+        out = self.slots.sum(dim=-2)
         return out + self.shared if self.shared is not None else out
 
 
@@ -232,18 +244,21 @@ def shared_weight(lw: MoELayer, x: torch.Tensor) -> torch.Tensor:
 def expert_outputs(model: Any, layer: int, x: torch.Tensor, *, routing: Routing | None = None) -> ExpertOutputs:
     """Each expert's weighted contribution to block ``layer``'s output for block inputs x [..., d].
 
-    ``routing`` defaults to the model's own (:func:`route`). Every expert is computed for every token
-    (contributions of unselected experts are exactly zero). Cost: no forward pass; E + 1 expert MLPs on N tokens.
+    ``routing`` defaults to the model's own (:func:`route`). Each expert is computed only for the tokens routed
+    to it (as the block itself does); the contributions of the other experts are exactly zero and are not
+    stored (:attr:`ExpertOutputs.routed` scatters them on demand). Cost: no forward pass; k expert MLPs per
+    token (+ the shared expert's).
     """
     lw = moe_layer(model, layer)
     lead = x.shape[:-1]
     flat = x.reshape(-1, x.shape[-1])
     r = routing if routing is not None else route(lw, flat)
-    outs = []
-    for e in range(lw.n_experts):
-        y = torch.nn.functional.linear(expert_hidden(lw, flat, e), lw.down[e])
-        outs.append(y * r.dense[:, e, None])
-    routed = torch.stack(outs, dim=1)
+    weights = r.dense.gather(-1, r.indices)  # [N, k]: the routing weight of each slot (0 where an edit dropped it)
+    slots = flat.new_zeros(flat.shape[0], r.indices.shape[-1], flat.shape[-1])
+    for e in torch.unique(r.indices).tolist():
+        tok, slot = (r.indices == e).nonzero(as_tuple=True)
+        y = torch.nn.functional.linear(expert_hidden(lw, flat[tok], e), lw.down[e])
+        slots[tok, slot] = y * weights[tok, slot, None]
     shared = sw = None
     if lw.has_shared:
         sw = shared_weight(lw, flat)
@@ -251,10 +266,11 @@ def expert_outputs(model: Any, layer: int, x: torch.Tensor, *, routing: Routing 
         shared = shared.reshape(*lead, -1)
         sw = sw.reshape(lead)
     return ExpertOutputs(
-        routed=routed.reshape(*lead, lw.n_experts, -1),
+        slots=slots.reshape(*lead, *slots.shape[1:]),
         shared=shared,
         shared_weight=sw,
         routing=r,
+        n_experts=lw.n_experts,
     )
 
 

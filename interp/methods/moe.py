@@ -33,8 +33,8 @@ from ..activations import experts
 from ..activations.capture import head_outputs
 from ..activations.sites import hook_name
 from ..activations.variants import forward
-from ..errors import ArchitectureError, ParameterError, check_positive_int
-from ..model.decode import apply_final_norm, decode, norm_scale, unembed
+from ..errors import ArchitectureError, ParameterError, check_positive_float, check_positive_int
+from ..model.decode import _norm_parts, apply_final_norm, decode, norm_scale, unembed
 from ..model.loading import as_model
 from ..prompts import as_prompt_set, batches, encode
 from ..results.result import Result, concat_tables, make_meta
@@ -95,29 +95,145 @@ def check_levels(model: Any, levels: Sequence[str] | None) -> tuple[str, ...]:
     return tuple(lv for lv in LEVELS if lv in levels)
 
 
-def _lpi(model: Any, base: torch.Tensor, comps: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor
-         ) -> torch.Tensor:
-    """LPI logP(w | base + c) - logP(w | base) for base [B, d] and components comps [B, n, d] -> [B, n] (CPU).
+DEFAULT_BUDGET_MIB = 256  # CPU default of ``memory_budget``; on a GPU a quarter of its free memory
+_LOG1P_FLOOR = -0.5  # below it (a gain above log 2) 1 + x loses digits: such entries take the logsumexp form
 
-    With the final norm's scale frozen the logits are linear in the vector: logits(base + c) = L + D_c with
-    D_c = W_U (gamma * c / sigma) (bias terms once, in L). The difference is then taken in float64 as
-    D_c[w] - log(sum_v softmax(L)_v exp(D_c[v])), which keeps small gains (single neurons) exact to float32
-    rounding of D_c instead of the rounding of two log-probs near -10. Models with a final logit soft-cap are
-    not linear there and are decoded directly.
+
+def budget_bytes(model: Any, memory_budget: float | None) -> int:
+    """``memory_budget`` (MiB, None: the default) in bytes."""
+    if memory_budget is not None:
+        return int(check_positive_float("memory_budget", memory_budget) * 2**20)
+    device = as_model(model).device
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free // 4)
+    return DEFAULT_BUDGET_MIB * 2**20
+
+
+class _Decoder:
+    """LPI of vectors added to one batch's base vectors at the last position (interp.methods.moe's kernel).
+
+    The final norm's scale is frozen (``sigma`` [B, 1], of the real final residual), so the logits are linear in
+    the vector: logits(base + c) = L + D_c with D_c = W_U (gamma * c / sigma) (the bias terms once, in L; for a
+    LayerNorm model c is centred first). The
+    gain of c for target w is then, with p = softmax(L),
+
+        logP(w | base + c) - logP(w | base) = -log1p(sum_v p_v expm1(D_c[v] - D_c[w])),
+
+    float32 throughout: the v = w term is exactly 0, a component that barely moves the logits gives a sum of
+    small terms each computed to relative float32 precision (so a 1e-7-nat neuron gain keeps its digits), and a
+    zero component gives exactly 0. Entries whose sum is not finite (a shift above ~88 nats) or below -0.5 (a
+    gain above log 2, where 1 + x cancels) take the logsumexp form D_c[w] - logsumexp(L + D_c) + logsumexp(L),
+    whose float32 error (~1e-7 of the logits' size) is small against such gains. Every [rows, n, vocab] tensor is
+    cut into chunks of at most ``budget`` bytes. A model with a final logit soft-cap is not linear there: it is
+    decoded directly (log-prob of base + c minus that of base), in the same chunks.
     """
-    m = as_model(model)
-    idx = target[:, None, None].expand(comps.shape[0], comps.shape[1], 1)
-    if getattr(m.hf_model.config, "final_logit_softcapping", None):
-        lp_c = decode(m, base[:, None] + comps, norm="frozen", scale=sigma[:, None, :], output="logprobs")
-        lp_b = decode(m, base, norm="frozen", scale=sigma, output="logprobs")
-        return (lp_c.gather(-1, idx)[..., 0] - lp_b.gather(-1, target[:, None])).cpu()
-    zero = torch.zeros((1, base.shape[-1]), dtype=base.dtype, device=base.device)
-    const = unembed(m, apply_final_norm(m, zero, norm="frozen", scale=torch.ones((1, 1), device=base.device)))
-    logits = unembed(m, apply_final_norm(m, base, norm="frozen", scale=sigma)).double()  # [B, V]
-    d = (unembed(m, apply_final_norm(m, comps, norm="frozen", scale=sigma[:, None, :])) - const).double()
-    logp = logits.log_softmax(-1)[:, None, :]
-    shift = torch.logsumexp(logp + d, dim=-1) - torch.logsumexp(logp, dim=-1)  # [B, n]; exactly 0 where d = 0
-    return (d.gather(-1, idx)[..., 0] - shift).float().cpu()
+
+    def __init__(self, model: Any, sigma: torch.Tensor, target: torch.Tensor, budget: int) -> None:
+        self.m = as_model(model)
+        self.sigma = sigma.float()  # [B, 1]
+        self.target = target
+        self.budget = budget
+        self.softcap = bool(getattr(self.m.hf_model.config, "final_logit_softcapping", None))
+
+    def shift(self, vectors: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """D [..., V] (float32): the change of the logits when ``vectors`` [..., d] are added, norm scale ``scale``:
+        the linear part only (norm weight, unembedding matrix), so a zero vector gives exactly 0 (no bias is added
+        and taken off again)."""
+        kind, weight, _, _ = _norm_parts(self.m)
+        x = vectors.float()
+        if kind == "layernorm":
+            x = x - x.mean(dim=-1, keepdim=True)
+        w_u = self.m.hf_model.get_output_embeddings().weight
+        return torch.nn.functional.linear((x / scale.float() * weight.float()).to(w_u.dtype), w_u).float()
+
+    def base(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The base vectors x [B, d]: their logits L, p = softmax(L) and logsumexp(L) (float32)."""
+        logits = unembed(self.m, apply_final_norm(self.m, x, norm="frozen", scale=self.sigma)).float()
+        return {"x": x, "logits": logits, "p": logits.softmax(-1), "lse": logits.logsumexp(-1)}
+
+    def _plan(self, n_rows: int, n: int, vocab: int, width: int) -> tuple[int, int]:
+        """(rows, components) per chunk so that a chunk's tensors fit the budget: per (row, component) a float32
+        vocabulary row and the final norm's two [.., d] temporaries, and as much again per component (the
+        shared decoded directions of the neuron level)."""
+        each = 4 * vocab + 8 * width
+        if each * (n_rows + 1) <= self.budget:
+            return n_rows, max(1, min(n, self.budget // (each * (n_rows + 1))))
+        return max(1, self.budget // each - 1), 1
+
+    def _kernel(self, d: torch.Tensor, rows: torch.Tensor, base: dict[str, torch.Tensor],
+                redo: Any) -> torch.Tensor:
+        """Gains [r, c] from the logit shifts d [r, c, V] (overwritten) of prompts ``rows`` [r];
+        ``redo(i, j)`` gives the shifts [m, V] of entries (i, j) again, for the logsumexp form."""
+        t = self.target[rows]
+        dw = d.gather(-1, t[:, None, None].expand(-1, d.shape[1], 1))[..., 0]  # [r, c]
+        x = d.sub_(dw[..., None]).expm1_().mul_(base["p"][rows][:, None, :]).sum(-1)
+        gain = -torch.log1p(x)
+        bad = ~torch.isfinite(x) | (x < _LOG1P_FLOOR)
+        if bool(bad.any()):
+            i, j = bad.nonzero(as_tuple=True)
+            dd = redo(i, j)  # [m, V]
+            r = rows[i]
+            gain[i, j] = dw[i, j] - (base["logits"][r] + dd).logsumexp(-1) + base["lse"][r]
+        return gain
+
+    def gains(self, base: dict[str, torch.Tensor], comps: torch.Tensor, rows: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """LPI of components comps [R, n, d] added to the base of prompts ``rows`` [R] (default: all) -> [R, n]."""
+        n_rows, n = comps.shape[:2]
+        rows = torch.arange(n_rows, device=comps.device) if rows is None else rows
+        out = torch.empty((n_rows, n), dtype=torch.float32, device=comps.device)
+        vocab = base["logits"].shape[-1]
+        rg, cg = self._plan(n_rows, n, vocab, comps.shape[-1])
+        for r0 in range(0, n_rows, rg):
+            rr = slice(r0, r0 + rg)
+            sig = self.sigma[rows[rr]][:, None, :]  # [r, 1, 1]
+            for c0 in range(0, n, cg):
+                cc = slice(c0, c0 + cg)
+                part = comps[rr, cc]
+                if self.softcap:
+                    out[rr, cc] = self._direct(base, rows[rr], part)
+                    continue
+                out[rr, cc] = self._kernel(self.shift(part, sig), rows[rr], base,
+                                           lambda i, j, part=part, sig=sig: self.shift(part[i, j], sig[i, 0]))
+        return out
+
+    def unit_gains(self, base: dict[str, torch.Tensor], rows: torch.Tensor, coef: torch.Tensor, w_out: torch.Tensor
+                   ) -> torch.Tensor:
+        """LPI of each neuron k of one expert for the prompts ``rows`` [R] routed to it: the vector
+        coef[r, k] * w_out[:, k] (coef = gate x activation [R, F], w_out [d, F]) -> [R, F].
+
+        The decoded direction W_U (gamma * w_out[:, k]) is the same for every prompt, so it is computed once per
+        neuron chunk and scaled per prompt by coef / sigma (no [R, F, d] vectors, one [F, V] product per expert
+        instead of one per prompt)."""
+        n_rows, width = coef.shape
+        out = torch.empty((n_rows, width), dtype=torch.float32, device=coef.device)
+        if self.softcap:  # not linear: the vectors themselves, 64 neurons at a time
+            for f0 in range(0, width, 64):
+                ff = slice(f0, f0 + 64)
+                out[:, ff] = self.gains(base, coef[:, ff, None] * w_out[:, ff].T[None], rows)
+            return out
+        scaled = coef.float() / self.sigma[rows]  # [R, F]
+        one = torch.ones((1, 1), device=coef.device)
+        rg, cg = self._plan(n_rows, width, base["logits"].shape[-1], w_out.shape[0])
+        for f0 in range(0, width, cg):
+            ff = slice(f0, f0 + cg)
+            directions = self.shift(w_out[:, ff].T, one)  # [c, V]
+            for r0 in range(0, n_rows, rg):
+                rr = slice(r0, r0 + rg)
+                sc = scaled[rr, ff]
+                d = sc[:, :, None] * directions[None]
+                out[rr, ff] = self._kernel(d, rows[rr], base,
+                                           lambda i, j, sc=sc, dirs=directions: sc[i, j, None] * dirs[j])
+        return out
+
+    def _direct(self, base: dict[str, torch.Tensor], rows: torch.Tensor, comps: torch.Tensor) -> torch.Tensor:
+        sig = self.sigma[rows]
+        t = self.target[rows]
+        lp_c = decode(self.m, base["x"][rows][:, None] + comps, norm="frozen", scale=sig[:, None, :],
+                      output="logprobs")
+        lp_b = decode(self.m, base["x"][rows], norm="frozen", scale=sig, output="logprobs")
+        return lp_c.gather(-1, t[:, None, None].expand(-1, comps.shape[1], 1))[..., 0] - lp_b.gather(-1, t[:, None])
 
 
 def _ranks(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -201,6 +317,7 @@ def expert_attribution(
     levels: Sequence[str] | None = None,
     top_neurons: int = 10,
     batch_size: int = 16,
+    memory_budget: float | None = None,
     progress: bool = False,
 ) -> AttributionResult:
     """Log-probability increase (LPI) of the target's first token at the last position, per layer (attention
@@ -210,150 +327,213 @@ def expert_attribution(
     Args:
         levels: any of "layer" (rows of level attn and ffn), "head", "expert" (levels expert and shared_expert),
             "neuron"; None = all the model has (a dense model: layer and head; expert / neuron on a dense model
-            is an ArchitectureError).
+            is an ArchitectureError). Only the requested levels are computed.
         top_neurons: neuron rows kept per prompt and layer (the largest gains, over the active experts and the
             shared expert).
         batch_size: prompts per forward.
+        memory_budget: MiB that the decoding's largest intermediate tensors ([prompts, components, vocab]
+            logit shifts, chunked to fit) may take, whatever the expert count; None: 256 MiB on CPU, a quarter
+            of the free memory on a GPU. It changes the chunking only, not the results (beyond float32
+            reordering); however small, one component of one prompt is decoded at a time.
         progress: show a progress bar over batches.
 
     Returns:
         An :class:`AttributionResult`; one row per prompt x layer x component: prompt_id, (task), layer, level
         (attn, ffn, head, expert, shared_expert, neuron), component (its label: attn, ffn, L{l}H{h}, E{e},
-        shared, E{e}/N{k}, shared/N{k}), head, expert, neuron, score (the LPI, nats), routing_weight (routing
-        weight g, or the shared expert's sigmoid gate), router_prob (router softmax probability), selected (in
-        the token's top-k), neuron_sum (sum of the expert's neuron gains, nats), target_token, target_id,
-        target_rank (in the model's own output). ``meta["summary"]``: the paper's aggregates (FFN gain,
-        attention gain, per-layer efficiency, peak-gain position, layer shares, HIT@10, MRR) over all prompts
-        and per task.
+        shared, E{e}/N{k}, shared/N{k}), head, expert, neuron, score (the LPI, nats; exactly 0 for an expert
+        outside the token's top-k), routing_weight (routing weight g, or the shared expert's sigmoid gate),
+        router_prob (router softmax probability), selected (in the token's top-k), neuron_sum (sum of the
+        expert's neuron gains, nats: filled only when ``levels`` includes "neuron" as well as "expert", since
+        only the neuron pass computes it; NaN otherwise), target_token, target_id, target_rank (in the model's
+        own output). ``meta["summary"]``: the paper's aggregates (FFN gain, attention gain, per-layer
+        efficiency, peak-gain position, layer shares, HIT@10, MRR) over all prompts and per task.
 
-    Cost: one forward per prompt (batched), then unembeddings, no backward.
+    Cost: one forward per prompt (batched), then unembeddings, no backward: per layer one base decode per
+    prompt for each of resid_pre / resid_mid that a level needs, one per component (2 for the layer level,
+    n_heads for heads, top-k + shared for experts: unselected experts are not decoded); the neuron level decodes
+    each active expert's neuron directions once per batch ([F, vocab] per routed expert and per shared expert,
+    shared by the prompts routed to it) and scales them per prompt.
     """
     m = as_model(model)
     ps = as_prompt_set(prompts)
     levels = check_levels(m, levels)
     top_neurons = check_positive_int("top_neurons", top_neurons)
     batch_size = check_positive_int("batch_size", batch_size)
+    budget = budget_bytes(m, memory_budget)
     enc = encode(m, ps, targets=["target"])
     info = m.info
     n_layers = info.n_layers
     moe_layers = [layer for layer in range(n_layers) if experts.is_moe_layer(m, layer)]
+    want_layer, want_head = "layer" in levels, "head" in levels
     want_experts = "expert" in levels or "neuron" in levels
-    reads = []
+    sites: dict[int, list[str]] = {}
     for layer in range(n_layers):
-        reads += [hook_name(site, layer) for site in ("resid_pre", "attn_out", "resid_mid", "mlp_out")]
-        if "head" in levels:
-            reads.append(hook_name("z", layer))
+        need = set()
+        if want_layer:
+            need |= {"resid_pre", "attn_out", "resid_mid", "mlp_out"}
+        if want_head:
+            need |= {"resid_pre", "z"}
         if want_experts and layer in moe_layers:
-            reads.append(hook_name("mlp_in", layer))
+            need |= {"resid_mid", "mlp_in"}
+        sites[layer] = sorted(need)
     final = hook_name("resid_post", n_layers - 1)
-    reads.append(final)
+    reads = [hook_name(site, layer) for layer in range(n_layers) for site in sites[layer]] + [final]
     has_task = "task" in ps.fields
 
-    rows: list[dict[str, Any]] = []
+    blocks: list[pd.DataFrame] = []
     n_batches = -(-len(ps) // batch_size)
-    for batch in tqdm(batches(m, enc, batch_size), total=n_batches, desc="expert_attribution",
-                      disable=not progress):
-        logits, st = forward(m, batch, read=reads, read_fn=lambda _n, v: v[:, -1])
-        target = batch.targets["target"].to(m.device)
-        ranks = _ranks(logits, target).cpu()
-        sigma = norm_scale(m, st[final])
-        gain = lambda b_, c_, sigma=sigma, target=target: _lpi(m, b_, c_, sigma, target)  # noqa: E731
-        base = [{"prompt_id": ps[i]["id"], **({"task": ps[i].get("task")} if has_task else {}),
-                 "target_token": m.tokenizer.decode([int(target[r])]), "target_id": int(target[r]),
-                 "target_rank": int(ranks[r])} for r, i in enumerate(batch.indices)]
+    with torch.no_grad():  # inference only: nothing here needs a graph
+        for batch in tqdm(batches(m, enc, batch_size), total=n_batches, desc="expert_attribution",
+                          disable=not progress):
+            logits, st = forward(m, batch, read=reads, read_fn=lambda _n, v: v[:, -1])
+            target = batch.targets["target"].to(m.device)
+            dec = _Decoder(m, norm_scale(m, st[final]), target, budget)
+            bsz = batch.size
+            ranks = _ranks(logits, target).cpu().numpy()
+            prompt_cols: dict[str, np.ndarray] = {
+                "prompt_id": np.array([ps[i]["id"] for i in batch.indices], dtype=object),
+                "target_token": np.array([m.tokenizer.decode([int(t)]) for t in target], dtype=object),
+                "target_id": target.cpu().numpy(), "target_rank": ranks}
+            if has_task:
+                prompt_cols["task"] = np.array([ps[i].get("task") for i in batch.indices], dtype=object)
 
-        def add(r: int, layer: int, level: str, component: str, score: float, base=base, **extra: Any) -> None:
-            rows.append({**base[r], "layer": layer, "level": level, "component": component, "score": float(score),
-                         **extra})
+            def add(r: np.ndarray, layer: int, level: str, component: list[str], score: Any,
+                    prompt_cols=prompt_cols, **extra: Any) -> None:
+                cols = {k: v[r] for k, v in prompt_cols.items()}
+                cols.update(layer=np.full(len(r), layer), level=level, component=component,
+                            score=np.asarray(score, dtype=float), **extra)
+                blocks.append(_block(cols))
 
-        for layer in range(n_layers):
-            h = st[hook_name("resid_pre", layer)]
-            a = st[hook_name("attn_out", layer)]
-            u = st[hook_name("resid_mid", layer)]
-            mo = st[hook_name("mlp_out", layer)]
-            layer_gain = gain(h, a[:, None])[:, 0], gain(u, mo[:, None])[:, 0]
-            head_gain = None
-            if "head" in levels:
-                head_gain = gain(h, head_outputs(m, st[hook_name("z", layer)], layer))  # [B, H]
-            for r in range(batch.size):
-                if "layer" in levels:
-                    add(r, layer, "attn", "attn", layer_gain[0][r])
-                    add(r, layer, "ffn", "ffn", layer_gain[1][r])
-                if head_gain is not None:
-                    for hd in range(info.n_heads):
-                        add(r, layer, "head", f"L{layer}H{hd}", head_gain[r, hd], head=hd)
-            if want_experts and layer in moe_layers:
-                _expert_rows(m, layer, st[hook_name("mlp_in", layer)], u, gain, levels, top_neurons, add,
-                             batch.size)
-    table = _tidy(pd.DataFrame(rows), ps, has_task)
+            everyone = np.arange(bsz)
+            for layer in range(n_layers):
+                get = lambda site, layer=layer, st=st: st[hook_name(site, layer)]  # noqa: E731
+                h_comps, u_comps = [], []
+                if want_layer:
+                    h_comps.append(get("attn_out")[:, None])
+                    u_comps.append(get("mlp_out")[:, None])
+                if want_head:
+                    h_comps.append(head_outputs(m, get("z"), layer))  # [B, H, d]
+                moe = want_experts and layer in moe_layers
+                eo = None
+                if moe and "expert" in levels:
+                    eo = experts.expert_outputs(m, layer, get("mlp_in"))
+                    u_comps.append(eo.slots)  # [B, k, d]
+                    if eo.shared is not None:
+                        u_comps.append(eo.shared[:, None])
+                h_gain = dec.gains(dec.base(get("resid_pre")), torch.cat(h_comps, 1)).cpu() if h_comps else None
+                bu = dec.base(get("resid_mid")) if (u_comps or moe) else None
+                u_gain = dec.gains(bu, torch.cat(u_comps, 1)).cpu() if u_comps else None
+                if want_layer:
+                    add(everyone, layer, "attn", ["attn"] * bsz, h_gain[:, 0])
+                    add(everyone, layer, "ffn", ["ffn"] * bsz, u_gain[:, 0])
+                if want_head:
+                    n_h = info.n_heads
+                    hg = h_gain[:, int(want_layer):].numpy()
+                    add(np.repeat(everyone, n_h), layer, "head",
+                        [f"L{layer}H{hd}" for _ in range(bsz) for hd in range(n_h)], hg.reshape(-1),
+                        head=np.tile(np.arange(n_h), bsz))
+                if moe:
+                    _moe_rows(m, layer, get("mlp_in"), eo, u_gain[:, int(want_layer):] if eo is not None else None,
+                              bu, dec, levels, top_neurons, add, bsz)
+    table = _tidy(pd.concat(blocks, ignore_index=True), ps)
     summary = attribution_summary(table, n_layers)
     return AttributionResult(table, make_meta(model=m, prompts=ps, summary=summary, n_layers=n_layers,
                                               n_experts=info.n_experts, experts_per_token=info.top_k))
 
 
-def _expert_rows(m: Any, layer: int, x: torch.Tensor, u: torch.Tensor, gain: Any,
-                 levels: tuple[str, ...], top_neurons: int, add: Any, bsz: int) -> None:
-    """Expert, shared-expert and neuron rows of one MoE layer (x: block input, u: resid_mid, both [B, d])."""
+def _moe_rows(m: Any, layer: int, x: torch.Tensor, eo: Any, slot_gain: torch.Tensor | None,
+              bu: dict[str, torch.Tensor], dec: _Decoder, levels: tuple[str, ...], top_neurons: int, add: Any,
+              bsz: int) -> None:
+    """Expert, shared-expert and neuron rows of one MoE layer (x: block input [B, d]; eo: its expert outputs when
+    the expert level is asked, slot_gain [B, k (+1 shared)] their gains; bu: the resid_mid base)."""
     lw = experts.moe_layer(m, layer)
-    eo = experts.expert_outputs(m, layer, x)
-    r_ = eo.routing
-    n_exp = lw.n_experts
-    comps = [eo.routed[:, e] for e in range(n_exp)]
-    if eo.shared is not None:
-        comps.append(eo.shared)
-    gains = gain(u, torch.stack(comps, dim=1))  # [B, E(+1)]
-    selected = torch.zeros(r_.dense.shape, dtype=torch.bool).scatter(-1, r_.indices.cpu(), True)
-    # neuron gains of every active unit (each top-k slot's expert, and the shared expert), batched over prompts
-    slots: list[tuple[torch.Tensor | str, torch.Tensor]] = [
-        (r_.indices[:, j], r_.dense.gather(-1, r_.indices[:, j:j + 1])[:, 0]) for j in range(lw.top_k)]
-    if eo.shared_weight is not None:
-        slots.append(("shared", eo.shared_weight))
-    neuron: dict[tuple[int, int | str], torch.Tensor] = {}
-    for unit, w in slots:
-        v = experts.neuron_outputs(lw, x, unit, w)  # [B, F, d]
-        gains_n = gain(u, v)  # [B, F]
-        for r in range(bsz):
-            neuron[(r, unit if isinstance(unit, str) else int(unit[r]))] = gains_n[r]
-    for r in range(bsz):
-        if "expert" in levels:
-            for e in range(n_exp):
-                ns = neuron.get((r, e))
-                add(r, layer, "expert", f"E{e}", gains[r, e], expert=e, routing_weight=float(r_.dense[r, e]),
-                    router_prob=float(r_.probs[r, e]), selected=bool(selected[r, e]),
-                    neuron_sum=float(ns.sum()) if ns is not None else 0.0)
-            if lw.has_shared:
-                add(r, layer, "shared_expert", "shared", gains[r, n_exp], routing_weight=float(eo.shared_weight[r]),
-                    selected=True, neuron_sum=float(neuron[(r, "shared")].sum()))
-        if "neuron" in levels:
-            cand = [(float(g), unit, k) for (rr, unit), gs in neuron.items() if rr == r for k, g in enumerate(gs)]
-            cand.sort(key=lambda c: -c[0])
-            for g, unit, k in cand[:top_neurons]:
-                if unit == "shared":
-                    add(r, layer, "neuron", f"shared/N{k}", g, neuron=k, routing_weight=float(eo.shared_weight[r]))
-                else:
-                    add(r, layer, "neuron", f"E{unit}/N{k}", g, expert=int(unit), neuron=k,
-                        routing_weight=float(r_.dense[r, int(unit)]), router_prob=float(r_.probs[r, int(unit)]),
-                        selected=True)
+    r_ = eo.routing if eo is not None else experts.route(lw, x)
+    n_exp, k = lw.n_experts, r_.indices.shape[-1]
+    idx = r_.indices.cpu()
+    everyone = np.arange(bsz)
+    sw = experts.shared_weight(lw, x).float().cpu() if lw.has_shared else None
+    neuron_sum = None
+    if "neuron" in levels:  # every active unit's neuron gains: each routed expert once for the prompts it got
+        width = lw.expert_width
+        per_slot = torch.zeros((bsz, k, width))
+        for e in torch.unique(r_.indices).tolist():
+            tok, slot = (r_.indices == e).nonzero(as_tuple=True)
+            coef = r_.dense[tok, e][:, None] * experts.expert_hidden(lw, x[tok], e)
+            per_slot[tok.cpu(), slot.cpu()] = dec.unit_gains(bu, tok, coef, lw.down[e]).cpu()
+        cand = [per_slot.reshape(bsz, k * width)]
+        if lw.has_shared:
+            coef = experts.shared_weight(lw, x)[:, None] * experts.shared_hidden(lw, x)
+            shared_g = dec.unit_gains(bu, torch.arange(bsz, device=x.device), coef, lw.shared_down_proj).cpu()
+            cand.append(shared_g)
+        neuron_sum = torch.zeros((bsz, n_exp)).scatter(-1, idx, per_slot.sum(-1))
+    if "expert" in levels:
+        score = torch.zeros((bsz, n_exp)).scatter(-1, idx, slot_gain[:, :k])
+        selected = torch.zeros((bsz, n_exp), dtype=torch.bool).scatter(-1, idx, True)
+        add(np.repeat(everyone, n_exp), layer, "expert", [f"E{e}" for _ in range(bsz) for e in range(n_exp)],
+            score.reshape(-1).numpy(), expert=np.tile(np.arange(n_exp), bsz),
+            routing_weight=r_.dense.float().cpu().reshape(-1).numpy(),
+            router_prob=r_.probs.float().cpu().reshape(-1).numpy(), selected=selected.reshape(-1).numpy(),
+            neuron_sum=neuron_sum.reshape(-1).numpy() if neuron_sum is not None else np.full(bsz * n_exp, np.nan))
+        if lw.has_shared:
+            add(everyone, layer, "shared_expert", ["shared"] * bsz, slot_gain[:, k].numpy(),
+                routing_weight=sw.numpy(), selected=np.ones(bsz, dtype=bool),
+                neuron_sum=shared_g.sum(-1).numpy() if neuron_sum is not None else np.full(bsz, np.nan))
+    if "neuron" in levels:
+        gains = torch.cat(cand, dim=-1)  # [B, k F (+ Fs)]: slot order, then the shared expert
+        order = torch.sort(gains, dim=-1, descending=True, stable=True).indices[:, :top_neurons]
+        n_top = order.shape[1]
+        col = order.numpy()
+        g = gains.gather(-1, order).numpy()
+        routed = col < k * width
+        slot = np.where(routed, col // width, 0)
+        unit = np.where(routed, idx.numpy()[everyone[:, None], slot], -1)
+        neuron = np.where(routed, col % width, col - k * width)
+        dense_w = r_.dense.float().cpu().numpy()
+        probs = r_.probs.float().cpu().numpy()
+        rows = np.repeat(everyone, n_top)
+        u_, routed_ = unit.reshape(-1), routed.reshape(-1)
+        add(rows, layer, "neuron",
+            [f"E{e}/N{n}" if rr else f"shared/N{n}" for e, n, rr in zip(u_, neuron.reshape(-1), routed_)],
+            g.reshape(-1), expert=np.where(routed_, u_, -1), neuron=neuron.reshape(-1),
+            routing_weight=np.where(routed_, dense_w[rows, np.maximum(u_, 0)],
+                                    sw.numpy()[rows] if sw is not None else np.nan),
+            router_prob=np.where(routed_, probs[rows, np.maximum(u_, 0)], np.nan),
+            selected=np.where(routed_, 1, -1))
 
 
 _COLUMNS = ["prompt_id", "task", "layer", "level", "component", "head", "expert", "neuron", "score",
             "routing_weight", "router_prob", "selected", "neuron_sum", "target_token", "target_id", "target_rank"]
+_INTS = ("head", "expert", "neuron")  # nullable: -1 in a block means missing
+_FLOATS = ("routing_weight", "router_prob", "neuron_sum")
 
 
-def _tidy(table: pd.DataFrame, ps: Any, has_task: bool) -> pd.DataFrame:
-    for col in _COLUMNS:
-        if col not in table.columns and (col != "task" or has_task):
-            table[col] = None
-    cols = [c for c in _COLUMNS if c in table.columns]
-    table = table[cols].copy()
-    for col in ("head", "expert", "neuron"):
-        table[col] = pd.array(table[col].tolist(), dtype="Int64")
-    for col in ("routing_weight", "router_prob", "neuron_sum"):
-        table[col] = table[col].astype(float)
-    table["selected"] = pd.array([None if v is None or v != v else bool(v) for v in table["selected"]],
-                                 dtype="boolean")
+def _block(cols: dict[str, Any]) -> pd.DataFrame:
+    """One block of rows with every column in its final dtype (missing ints as -1 -> NA, selected: 1 / 0 / -1)."""
+    n = len(cols["score"])
+    out: dict[str, Any] = {}
+    for c in _COLUMNS:
+        if c == "task" and c not in cols:
+            continue
+        v = cols.get(c)
+        if c in _INTS:
+            a = np.full(n, -1) if v is None else np.asarray(v).astype(np.int64)
+            out[c] = pd.arrays.IntegerArray(np.where(a < 0, 0, a), a < 0)
+        elif c in _FLOATS:
+            out[c] = np.full(n, np.nan) if v is None else np.asarray(v, dtype=float)
+        elif c == "selected":
+            a = np.full(n, -1) if v is None else np.asarray(v).astype(np.int64)
+            out[c] = pd.arrays.BooleanArray(a > 0, a < 0)
+        elif c == "level":
+            out[c] = np.full(n, v, dtype=object)
+        else:
+            out[c] = v
+    return pd.DataFrame(out)
+
+
+def _tidy(table: pd.DataFrame, ps: Any) -> pd.DataFrame:
     for col in ("layer", "target_id", "target_rank"):
         table[col] = table[col].astype(int)
+    table["score"] = table["score"].astype(float)
     order = {pid: i for i, pid in enumerate(ps.ids)}
     table["_o"] = table["prompt_id"].map(order)
     table = table.sort_values(["_o", "layer"], kind="stable").drop(columns="_o")

@@ -33,6 +33,8 @@ CASES = [
     ("empty levels", lambda m, t, d: expert_attribution(m, GOOD, levels=()), ParameterError, "levels is empty"),
     ("top_neurons zero", lambda m, t, d: expert_attribution(mixtral(d), GOOD, top_neurons=0), ParameterError,
      "top_neurons must be an integer >= 1"),
+    ("memory_budget zero", lambda m, t, d: expert_attribution(mixtral(d), GOOD, memory_budget=0), ParameterError,
+     "memory_budget must be a positive finite number"),
     ("blocking on a dense model", lambda m, t, d: block_experts(m, GOOD, [(0, 0)]), ArchitectureError,
      "block_experts needs a mixture-of-experts model"),
     ("routing stats on a dense model", lambda m, t, d: routing_stats(m, GOOD), ArchitectureError,
