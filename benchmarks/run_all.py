@@ -54,6 +54,8 @@ def render(rows: list, command: str, failed: list[str], skipped: list[str]) -> s
         f"CUDA device: {env.get('cuda') or 'none'}.",
         "",
         BEGIN,
+        f"Written by `{command}` ({len(rows)} cases):",
+        "",
         table(rows).rstrip("\n"),
         END,
         "",
