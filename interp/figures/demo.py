@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .demo_sections import FAMILY_SECTIONS
-from .report import DemoContext, DemoSection
+from .report import DemoContext, DemoFigure, DemoSection
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,11 +24,19 @@ def _predictions_section(ctx: DemoContext) -> DemoSection:
 
     prompts = ctx.prompts("factual", n=4)
     result = predictions(ctx.dense, prompts, top_k=5)
+    t = result.table
+    first = t[t["prediction_rank"] == t["prediction_rank"].min()]
+    if "target_id" in t.columns:
+        hits = int((first["predicted_id"] == first["target_id"]).sum())
+        caption = f"{hits} of {len(first)} facts have their object as the top token"
+    else:
+        caption = f"The top token of the {len(first)} facts"
     return DemoSection(
         "Next-token predictions",
         "The dense organism's top next tokens at the last prompt position for held-out facts, with probabilities. "
         "The simplest check that the model loads and recalls what it was trained on.",
-        [result.figure()],
+        [DemoFigure(result.figure(), caption + f"; the first, {first['predicted_token'].iloc[0]!r}, at "
+                                               f"{first['prob'].iloc[0]:.2f}.")],
         {"predictions": result},
     )
 
@@ -74,6 +82,24 @@ def run_demo(out: Path, *, data_dir: Path | None = None, quick: bool = False, ov
     return out / "index.html"
 
 
+def _slug(title: str) -> str:
+    """A section's id (and its screenshot's name): the title's first words, lower case, joined by hyphens."""
+    import re
+
+    words = re.findall(r"[a-z0-9]+", title.lower())
+    return "-".join(words[:4]) or "section"
+
+
+def _figure_html(item: DemoFigure) -> str:
+    """One figure, then its caption (numbers from the results) and the paper figure it mirrors, in words."""
+    parts = [f"<div class='figure'>{item.figure.to_html(include_plotlyjs=False, full_html=False)}</div>"]
+    if item.caption:
+        parts.append(f"<p class='caption'>{html.escape(item.caption)}</p>")
+    if item.paper:
+        parts.append(f"<p class='paper'>In the paper: {html.escape(item.paper)}</p>")
+    return "".join(parts)
+
+
 def _write_report(out: Path, ctx: DemoContext, sections: tuple, organisms: bool, quick: bool) -> None:
     import plotly.offline
 
@@ -86,15 +112,17 @@ def _write_report(out: Path, ctx: DemoContext, sections: tuple, organisms: bool,
             paths = result.save(out / "tables", name)
             links.append(f"{html.escape(name)}: " + " ".join(
                 f'<a href="tables/{p.name}">{p.suffix[1:]}</a>' for k, p in paths.items() if k != "json"))
-        figs = "".join(f"<div class='figure'>{fig.to_html(include_plotlyjs=False, full_html=False)}</div>"
-                       for fig in section.figures)
+        figs = "".join(_figure_html(item) for item in section.items)
+        methods = " ".join(section.methods)
         parts.append(
-            f"<section><h2>{html.escape(section.title)}</h2><p>{html.escape(section.explanation)}</p>{figs}"
+            f"<section id='{_slug(section.title)}' data-methods='{html.escape(methods)}'>"
+            f"<h2>{html.escape(section.title)}</h2><p>{html.escape(section.explanation)}</p>{figs}"
             f"<p class='tables'>Tables: {' | '.join(links)}</p></section>"
         )
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>interp demo</title>"
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}section{margin-bottom:2em}</style>"
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}section{margin-bottom:2em}"
+        ".caption{margin:.2em 0 0 0}.paper{margin:.2em 0 1.5em 0;color:#555;font-style:italic}</style>"
         f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script></head><body>"
         "<h1>interp demo report</h1><p>Every method of the toolkit on the shipped model organisms "
         "(small trained models with known behaviours: findings on them check the tools, not claims about large "
