@@ -13,10 +13,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..organisms import REPO_ROOT
 from .demo_sections import FAMILY_SECTIONS
 from .report import DemoContext, DemoFigure, DemoSection
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _predictions_section(ctx: DemoContext) -> DemoSection:
@@ -74,7 +73,7 @@ def run_demo(out: Path, *, data_dir: Path | None = None, quick: bool = False, ov
 
     out = Path(out)
     check_report_dir(out, "demo", overwrite=overwrite)
-    data_dir = Path(data_dir) if data_dir is not None else ROOT / "data"
+    data_dir = Path(data_dir) if data_dir is not None else REPO_ROOT / "data"
     organisms = (data_dir / "organisms" / "dense" / "config.json").exists()
     sections = SECTIONS if organisms else (_fixture_predictions_section,)
     ctx = DemoContext(data_dir=data_dir, quick=quick)
