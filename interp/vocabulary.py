@@ -206,7 +206,10 @@ COLUMNS: dict[str, str] = {
                 "attribution, normalised as the metric says).",
     "exact": "Attribution patching: the exact score after patching, at the verify_top places (NaN elsewhere).",
     "patched_metric": "Activation patching: the raw metric of the destination run with the row's place patched.",
-    "clean_metric": "Patching: the raw metric of the clean run (the target scored after the clean prompt).",
+    "clean_metric": "The raw metric of the clean run: in patching, the target scored after the clean prompt; in "
+                    "methods that take a user metric (metric=...), the run without the method's intervention.",
+    "metric_value": "The user metric (parameter metric) of the row's run, in meta['metric_unit'].",
+    "corrupted_metric": "Causal tracing with a user metric: the metric of the corrupted run (noise, no restoration).",
     "corrupt_metric": "Patching: the raw metric of the corrupt run (the same target and wrong tokens).",
     "from_layer": "Context masking: the first masked layer l (the span is masked in every layer >= l; "
                   "n_layers = no masking).",

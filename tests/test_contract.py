@@ -98,6 +98,11 @@ def test_declares_its_contract(entry):
     assert not unknown, f"{entry.name}: parameters outside the vocabulary: {unknown}"
     columns = [*entry.schema.columns, *entry.schema.optional]
     assert not [c for c in columns if c not in vocabulary.COLUMNS], f"{entry.name}: columns outside the vocabulary"
+    doc = inspect.getdoc(entry.function) or ""
+    for section in ("Args:", "Returns:", "Example"):
+        assert section in doc, f"{entry.name}: the docstring has no {section!r} section"
+    if "Example (the check run" in doc:  # generated from the entry: the call the contract tests make
+        assert f"interp.{entry.name}(model, " in doc
     sig = inspect.signature(entry.raw)
     for plumbing in ("subject_std", "allow_none_kept", "checkpoint_dir"):
         assert plumbing not in sig.parameters, f"{entry.name}: run plumbing {plumbing!r} in the user signature"
@@ -130,6 +135,35 @@ def test_runs_on_a_tiny_fixture(entry, models):
     model = fixture_model(entry, models)
     inputs, params, result = run_entry(entry, model, "fixture")
     check_result(entry, model, result, inputs, params)
+
+
+METRIC_ENTRIES = [e for e in ENTRIES if "metric" in e.parameters]
+
+
+def _user_logprob(logits, target, wrong):
+    return logits.float().log_softmax(-1).gather(-1, target[:, None])[:, 0]
+
+
+def test_methods_that_score_a_target_take_a_user_metric():
+    """Every method that scores a target at the output takes ``metric=`` (the methods without one score no
+    target, or their score is their paper's definition: see the glossary's ``metric``)."""
+    scoring = {"activation_patching", "attribution_patching", "causal_trace", "relation_evidence",
+               "context_masking", "block_experts", "shared_routed_contrast"}
+    assert scoring <= {e.name for e in METRIC_ENTRIES}
+
+
+@pytest.mark.parametrize("entry", METRIC_ENTRIES, ids=[e.name for e in METRIC_ENTRIES])
+def test_a_user_metric_is_accepted(entry, models):
+    """A callable metric runs wherever a method takes one, the table keeps its schema, and the metric's values
+    are in the table and its unit in meta."""
+    model = fixture_model(entry, models)
+    inputs, params = checks.check_call(entry, model)
+    result = entry.function(model, *inputs, **{**params, "metric": _user_logprob})
+    entry.schema.check(result.table, where=entry.name)
+    assert result.meta["metric_unit"] == "the metric function's"
+    if "metric_value" in entry.schema.optional:
+        values = result.table["metric_value"]
+        assert values.notna().all() and (values <= 1e-6).all(), f"{entry.name}: a log-probability above 0"
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])

@@ -90,6 +90,23 @@ def test_context_masking_equals_one_forward_per_layer(models, arch):
     assert moved > 1e-3  # masking does change the prediction
 
 
+def test_context_masking_takes_a_user_metric(models):
+    """metric=: each target field is also scored by the user's metric on the same (masked) runs: log p(target)
+    as a callable is the log of target_prob; the rank is 1 exactly where the top-1 prediction is the target."""
+    from interp.methods import metrics
+
+    m = models("llama")
+    plain = context_masking(m, COMPOSITE, from_layers=[0, 2, 3], progress=False).table
+    res = context_masking(m, COMPOSITE, from_layers=[0, 2, 3], progress=False,
+                          metric=lambda lg, tg, wr: metrics.logprob(lg, tg))
+    t = res.table
+    assert t[list(plain.columns)].equals(plain)
+    assert (t["metric_value"] - t["target_prob"].map(math.log)).abs().max() < 1e-4
+    ranked = context_masking(m, COMPOSITE, from_layers=[0, 2, 3], progress=False, metric="rank").table
+    assert ((ranked["metric_value"] == 1.0) == ranked["correct"]).all()
+    assert res.meta["metric_unit"] == "the metric function's" and ranked.shape[0] == plain.shape[0]
+
+
 def test_context_masking_figure_and_no_leak(models):
     m = models["llama"]
     before = hook_snapshot(m)
@@ -187,7 +204,7 @@ def test_an_error_mid_run_leaves_no_hook(models, monkeypatch):
     m = models["llama"]
     before = hook_snapshot(m)
 
-    def failing(_targets):
+    def failing(*_args):
         def reduce(logits, _store):
             raise RuntimeError("boom")
 

@@ -447,6 +447,28 @@ def test_block_experts_accepts_the_top_of_an_attribution(models, attributions):
     assert a.meta["blocked_experts"] == b.meta["blocked_experts"] == [list(p) for p in sorted(top)]
 
 
+def test_blocking_takes_a_user_metric(models):
+    """metric=: every condition is also scored by the user's metric on the same runs; the rank as a metric is
+    the table's target_rank; the log-probability equals a direct forward under the blocking."""
+    from interp.methods import metrics
+
+    m = models("qwen2_moe")
+    pairs = [(0, 1), (2, 0)]
+    plain = block_experts(m, TASKED, pairs, controls=2, seed=1, batch_size=4).table
+    ranked = block_experts(m, TASKED, pairs, controls=2, seed=1, batch_size=4, metric="rank").table
+    pd.testing.assert_frame_equal(ranked[list(plain.columns)], plain)
+    assert (ranked["metric_value"] == ranked["target_rank"]).all()
+    res = block_experts(m, TASKED, pairs, controls=0, batch_size=3, metric=lambda lg, tg, wr: metrics.logprob(lg, tg))
+    iv = experts.block_experts_intervention(m, pairs)
+    b = batch_of(m, TASKED)
+    lp = forward(m, b, [iv])[0].log_softmax(-1)
+    blocked = res.table[res.table["condition"] == "blocked"].set_index("prompt_id")["metric_value"]
+    for r, p in enumerate(TASKED):
+        assert blocked[p["id"]] == pytest.approx(float(lp[r, int(b.targets["target"][r])]), abs=1e-5)
+    contrast = shared_routed_contrast(m, TASKED, keep=[0], metric="rank").table
+    assert (contrast["metric_value"] == contrast["target_rank"]).all()
+
+
 def test_shared_routed_contrast(models):
     m = models("qwen2_moe")
     res = shared_routed_contrast(m, TASKED, keep=[0, 1, 2])

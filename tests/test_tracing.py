@@ -183,6 +183,26 @@ def test_invariants_of_restoration(models):
         assert (plain["window_start"] == plain["layer"]).all()
 
 
+def test_a_user_metric_scores_the_same_runs(models):
+    """metric=: every run is also scored by the user's metric. A callable equal to p(target) reproduces the
+    probability columns exactly; with one corrupted copy, "logprob" is the log of the restored probability."""
+    from interp.methods import metrics
+
+    m = models("llama")
+    plain = causal_trace(m, FACTS, samples=2, target=None, window=2, sites=("resid_post", "mlp_out"))
+    same = causal_trace(m, FACTS, samples=2, target=None, window=2, sites=("resid_post", "mlp_out"),
+                        metric=lambda logits, target, wrong: metrics.prob(logits, target))
+    t = same.table
+    pd.testing.assert_frame_equal(t[list(plain.table.columns)], plain.table)
+    assert (t["metric_value"] - t["target_prob"]).abs().max() < 1e-6
+    assert (t["clean_metric"] - t["clean_target_prob"]).abs().max() < 1e-6
+    assert (t["corrupted_metric"] - t["corrupted_target_prob"]).abs().max() < 1e-6
+    assert same.meta["metric_unit"] == "the metric function's"
+    one = causal_trace(m, FACTS, samples=1, target=None, window=2, sites=("resid_post",), metric="logprob").table
+    assert (one["metric_value"] - one["target_prob"].map(math.log)).abs().max() < 1e-4
+    assert "metric_value" not in plain.table
+
+
 def test_relation_corruption_marks_every_non_subject_token_but_bos(models):
     m = models("llama")
     res = causal_trace(m, [FACTS[0]], corruption="relation", samples=1, target=None, sites="resid_post")
@@ -410,3 +430,20 @@ def test_dense_organism_trace_is_exact_and_recorded():
     summary = trace_summary(res)
     print("\n" + summary.to_string())
     assert math.isfinite(summary["indirect_effect"].sum())
+
+
+def test_relation_evidence_takes_a_user_metric(models):
+    """metric= on relation evidence: a callable equal to p(target) reproduces target_prob on every row (lens rows
+    from the decoded residual, knockout rows from the knocked-out output) and clean_target_prob."""
+    from interp.methods import metrics
+
+    m = models("llama")
+    plain = relation_evidence(m, FACTS, top_k=5, window=2)
+    res = relation_evidence(m, FACTS, top_k=5, window=2, metric=lambda lg, t, w: metrics.prob(lg, t))
+    t = res.table
+    pd.testing.assert_frame_equal(t[list(plain.table.columns)], plain.table)
+    assert set(t["analysis"]) == {"lens", "knockout"}
+    assert (t["metric_value"] - t["target_prob"]).abs().max() < 1e-6
+    assert (t["clean_metric"] - t["clean_target_prob"]).abs().max() < 1e-6
+    ranked = relation_evidence(m, FACTS, top_k=5, window=2, metric="rank").table
+    assert (ranked["metric_value"] == ranked["target_rank"]).all()

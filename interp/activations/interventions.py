@@ -1,4 +1,5 @@
-"""Intervention factories: head ablation, activation patching, embedding noise, attention masking.
+"""Intervention factories: setting a hook at positions (the building block of every patch, restoration and
+knock-out), head ablation, activation patching, embedding noise, attention masking.
 
 Each returns an :class:`~interp.activations.hooks.Intervention`; they compose with ``+`` and run through
 :func:`interp.activations.hooks.hooked` or the variants engine (:func:`interp.activations.variants.run_variants`).
@@ -7,6 +8,7 @@ Each returns an :class:`~interp.activations.hooks.Intervention`; they compose wi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -96,6 +98,7 @@ def ablate_heads(
                 raise ParameterError(f"means has no entry for head ({layer}, {head}).")
             edits.append(Edit(z, _mean_head(head, value)))
     label = f"{ablation}-ablate " + ", ".join(f"({layer}, {h})" for layer, h in heads)
+    edits = [replace(e, first_column=0) for e in edits]  # every position, each on its own (position-wise)
     return Intervention(tuple(edits), label, {"heads": heads, "ablation": ablation, "eps": eps})
 
 
@@ -126,28 +129,62 @@ def _mean_head(head: int, value: torch.Tensor | None):
     return apply
 
 
+Columns = "torch.Tensor | int | tuple[torch.Tensor, torch.Tensor] | None"
+
+
+def set_edit(name: str, value: torch.Tensor | float, columns: Any = None, *, head: int | None = None) -> Edit:
+    """The one "set hook ``name`` to ``value`` at these positions" edit that every method's patches, restorations
+    and knock-outs are built from.
+
+    ``columns``: None sets every position; an int sets that column of every row (negative counts from the end);
+    a LongTensor [B, P] sets those columns of each row; a pair ``(row_index, column_index)`` of 1-D LongTensors
+    sets exactly those (row, column) entries. ``head``: set only that head of a per-head hook ([B, T, H, d_head]).
+    ``value`` is a number or a tensor broadcast onto the entries set, as indexing assignment broadcasts: e.g.
+    [d_model] for the same vector in every row, [B, d_model] row by row at an int column, [B, P, d_model] for
+    per-row columns, [n, d] for n (row, column) pairs. It is cast to the hook's dtype and device when applied.
+    """
+    def apply(t: torch.Tensor, rows: slice) -> None:
+        target = t[rows]
+        if columns is None:
+            index: tuple = (slice(None), slice(None))
+        elif isinstance(columns, int):
+            index = (slice(None), columns)
+        elif isinstance(columns, tuple):
+            index = (columns[0].to(t.device), columns[1].to(t.device))
+        else:
+            cols = columns.to(t.device)
+            index = (torch.arange(target.shape[0], device=t.device)[:, None].expand_as(cols), cols)
+        if head is not None:
+            index = (*index, head)
+        target[index] = value.to(device=t.device, dtype=t.dtype) if isinstance(value, torch.Tensor) else value
+
+    return Edit(name, apply, first_column=_first_set_column(columns))
+
+
+def _first_set_column(columns: Any) -> int | None:
+    """The first column a set edit changes (it is position-wise: the variants engine may run it on a cached
+    prefix); None where tensor columns count from the end (unknown without the width)."""
+    if columns is None:
+        return 0
+    if isinstance(columns, int):
+        return columns
+    cols = columns[1] if isinstance(columns, tuple) else columns
+    if cols.numel() == 0:
+        return -1  # sets nothing
+    low = int(cols.min())
+    return low if low >= 0 else None
+
+
 def patch(
     name: str, value: torch.Tensor, columns: torch.Tensor | int | None = None, *, label: str = ""
 ) -> Intervention:
-    """Replace hook ``name``'s value by ``value`` at the given columns.
+    """Replace hook ``name``'s value by ``value`` at the given columns (:func:`set_edit` as one intervention).
 
     ``columns``: None patches every position (``value`` [B, T, ...]); an int patches that column in every row
     (``value`` [B, ...]); a LongTensor [B, P] patches those columns of each row (``value`` [B, P, ...]).
     Row b of the intervened rows receives ``value[b]``.
     """
-    def apply(t: torch.Tensor, rows: slice) -> None:
-        target = t[rows]
-        v = value.to(device=t.device, dtype=t.dtype)
-        if columns is None:
-            target[...] = v
-        elif isinstance(columns, int):
-            target[:, columns] = v
-        else:
-            idx = columns.to(t.device)
-            r = torch.arange(target.shape[0], device=t.device)[:, None].expand_as(idx)
-            target[r, idx] = v
-
-    return Intervention((Edit(name, apply),), label or f"patch {name}", {"hook": name})
+    return Intervention((set_edit(name, value, columns),), label or f"patch {name}", {"hook": name})
 
 
 def add_embedding_noise(
@@ -171,7 +208,8 @@ def add_embedding_noise(
         for b, (s, e) in enumerate(spans):
             target[b, s:e] += nz[b] if nz.dim() == 3 else nz
 
-    return Intervention((Edit(hook, apply),), "embedding noise", {"spans": list(spans)})
+    first = min((s for s, _ in spans), default=-1)  # position-wise from the first noised column
+    return Intervention((Edit(hook, apply, first_column=first),), "embedding noise", {"spans": list(spans)})
 
 
 def gaussian_noise(rows: int, n_tokens: int, d_model: int, *, scale: float, seed: int = 0) -> torch.Tensor:

@@ -19,14 +19,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ..activations import sites as S
-from ..activations.hooks import Edit, Intervention
-from ..activations.interventions import mask_attention
+from ..activations.hooks import Intervention
+from ..activations.interventions import mask_attention, set_edit
 from ..activations.variants import forward, run_variants
 from ..errors import ParameterError, PromptError, check_layer_list, check_positive_int
 from ..model.loading import Model, as_model
 from ..prompts import PromptSet, as_prompt_set, batches, encode
 from ..results.result import Result, make_meta
 from ..runs.checkpoints import StageCheckpoints
+from . import metrics
 from .patching_core import TokenNames, check_layers
 from .registry import Schema, ShardPlan, register_method, shard_input
 
@@ -38,7 +39,8 @@ MASKING_SCHEMA = Schema(
     "the target token)", sign="higher",
     columns={"prompt_id": "str", "from_layer": "int", "target_field": "str", "target_token": "str",
              "target_id": "int", "correct": "bool", "target_prob": "float", "score": "float"},
-    optional={"task": "str"}, units={"target_prob": "probability"}, grid=("from_layer", "target_field"))
+    optional={"task": "str", "metric_value": "float"}, units={"target_prob": "probability"},
+    grid=("from_layer", "target_field"))
 # the value is acc_patch, not the paper's strength: strength is undefined (NaN) wherever acc_ICL = acc_0, e.g. on
 # every random model, while acc_patch ranks a subtask's layers the same way wherever strength is defined and
 # acc_ICL > acc_0
@@ -70,15 +72,21 @@ def _check_targets(ps: PromptSet, target: Sequence[str] | str) -> list[str]:
     return fields
 
 
-def _accuracy_reduce(targets: torch.Tensor):
-    """reduce(logits, store) -> [rows, 1 + n_targets]: argmax, then each target's log-probability."""
+def _accuracy_reduce(targets: torch.Tensor, metric: Any = None, prompt_ids: Sequence[str] | None = None):
+    """reduce(logits, store) -> [rows, 1 + n_targets (+ n_targets)]: argmax, then each target's log-probability,
+    then (with a user ``metric``) each target's metric."""
     bsz = targets.shape[0]
 
     def reduce(logits: torch.Tensor, _store: dict[str, Any]) -> torch.Tensor:
         k = logits.shape[0] // bsz
         lp = logits.float().log_softmax(-1)
         tg = targets.to(lp.device).repeat(k, 1)
-        return torch.cat([lp.argmax(-1, keepdim=True).float(), lp.gather(-1, tg)], dim=1)
+        parts = [lp.argmax(-1, keepdim=True).float(), lp.gather(-1, tg)]
+        if metric is not None:
+            ids = list(prompt_ids or []) * k
+            parts.append(torch.stack([metrics.score(metric, logits, tg[:, j], None, prompt_ids=ids).float()
+                                      for j in range(tg.shape[1])], dim=1))
+        return torch.cat(parts, dim=1)
 
     return reduce
 
@@ -130,6 +138,7 @@ def context_masking(
     span: str = "demonstrations",
     from_layers: Sequence[int] | None = None,
     target: Sequence[str] | str = ICOT_TARGETS,
+    metric: str | metrics.MetricFn | None = None,
     batch_size: int = 8,
     max_rows: int | None = None,
     progress: bool = True,
@@ -146,6 +155,10 @@ def context_masking(
         from_layers: the first masked layers l, in [0, n_layers] (n_layers: no masking); None: all of them.
         target: the prompt field, or list of fields, whose first token's top-1 accuracy and probability are
             read (default: the composite answer y_t, the intermediate answer y_s1, the distractor y_s2).
+        metric: also score each target field's first token with this metric of the last position's logits (a
+            name from :data:`interp.methods.metrics.METRICS` without a contrast token, or a callable
+            ``f(logits [B, vocab], target [B], None) -> [B]``); adds ``metric_value``, in ``meta["metric_unit"]``.
+            None: the paper's top-1 accuracy and the probability only.
         batch_size: prompts per batch; max_rows: at most this many masked rows per forward.
         progress: a progress bar over the batches.
 
@@ -167,6 +180,8 @@ def context_masking(
     layers = _check_from_layers(m, from_layers)
     tnames = _check_targets(ps, target)
     check_positive_int("batch_size", batch_size)
+    if metric is not None:
+        metrics.check_metric(metric, vocab_size=m.info.vocab_size, device=m.device, dtype=m.dtype)
     enc = encode(m, ps, targets=tnames, spans=[span])
     n = m.info.n_layers
     names = TokenNames(m.tokenizer)
@@ -179,7 +194,8 @@ def context_masking(
         masked = [layer for layer in layers if layer < n]
         variants = [mask_attention(m, key_mask, from_layer=layer) for layer in masked]
         tg = torch.stack([batch.targets[t] for t in tnames], dim=1)
-        clean, outs = run_variants(m, batch, variants, _accuracy_reduce(tg), max_rows=max_rows)
+        ids = [ps[i]["id"] for i in batch.indices]
+        clean, outs = run_variants(m, batch, variants, _accuracy_reduce(tg, metric, ids), max_rows=max_rows)
         results = dict(zip(masked, outs))
         if n in layers:
             results[n] = clean
@@ -193,14 +209,20 @@ def context_masking(
                     rows.append({"prompt_id": rec["id"], **({"task": rec.get("task")} if "task" in ps.fields else {}),
                                  "from_layer": layer, "target_field": t, "target_token": names(tid),
                                  "target_id": tid, "correct": ok, "target_prob": float(out[r, 1 + j].exp()),
-                                 "score": float(ok)})
-    columns = [c for c in MASKING_SCHEMA.columns if c != "prompt_id"]
+                                 "score": float(ok),
+                                 **({"metric_value": float(out[r, 1 + len(tnames) + j])} if metric is not None
+                                    else {})})
+    columns = [c for c in MASKING_SCHEMA.columns if c != "prompt_id"] + (["metric_value"] if metric is not None
+                                                                          else [])
     table = pd.DataFrame(rows, columns=["prompt_id", *(["task"] if "task" in ps.fields else []), *columns])
     order = {pid: k for k, pid in enumerate(ps.ids)}
     # prompt by prompt (as given), so that the shards of a sharded run concatenate to this table
     table = table.sort_values(["prompt_id", "from_layer"], key=lambda s: s.map(order) if s.name == "prompt_id" else s,
                               kind="stable").reset_index(drop=True)
-    return Result(table, make_meta(model=m, prompts=ps, n_layers=n))
+    meta = make_meta(model=m, prompts=ps, n_layers=n)
+    if metric is not None:
+        meta.update(metric=metrics.metric_label(metric), metric_unit=metrics.unit_of(metric))
+    return Result(table, meta)
 
 
 # --- cross-task patching --------------------------------------------------------------------------------
@@ -265,10 +287,7 @@ def _mean_last_resid(m: Model, ps: PromptSet, layers: list[int], batch_size: int
 
 
 def _replace_last(name: str, value: torch.Tensor) -> Intervention:
-    def apply(t: torch.Tensor, rows: slice) -> None:
-        t[rows, -1] = value.to(device=t.device, dtype=t.dtype)
-
-    return Intervention((Edit(name, apply),), f"task vector at {name}", {"hook": name})
+    return Intervention((set_edit(name, value, -1),), f"task vector at {name}", {"hook": name})
 
 
 def _target_stats(m: Model, ps: PromptSet, target: str, batch_size: int, variants_for=None, max_rows=None

@@ -85,6 +85,18 @@ def resolve(metric: str | MetricFn, *, allowed: Sequence[str] = METRICS) -> Metr
     return _BY_NAME[metric]
 
 
+def unit_of(metric: str | MetricFn) -> str:
+    """The unit a metric's values are in (recorded in a Result's meta as ``metric_unit``)."""
+    return "the metric function's" if callable(metric) else UNITS[metric]
+
+
+def metric_label(metric: str | MetricFn) -> str:
+    """How a metric is recorded in meta (``metric``): its name, or the callable's qualified name."""
+    if isinstance(metric, str):
+        return metric
+    return f"{getattr(metric, '__module__', '?')}.{getattr(metric, '__qualname__', type(metric).__name__)}"
+
+
 def check_metric(metric: Any, *, vocab_size: int, n: int = 2, device: Any = "cpu", dtype: Any = torch.float32,
                  needs_grad: bool = False, has_wrong: bool = False, allowed: Sequence[str] = METRICS
                  ) -> str | MetricFn:

@@ -30,6 +30,7 @@ from ..activations.variants import run_variants
 from ..errors import ParameterError, check_choice, check_positive_int
 from ..prompts import as_prompt_set, batches, encode
 from ..results.result import Result, concat_tables, make_meta
+from . import metrics
 from .moe import HIT_AT, PAPER
 from .registry import Schema, ShardPlan, register_method
 
@@ -37,21 +38,40 @@ BLOCKING_SCHEMA = Schema(
     keys=("prompt_id", "condition", "control"), value="target_rr", unit="1/rank", sign="higher",
     columns={"prompt_id": "str", "condition": "str", "control": "int", "target_token": "str", "target_id": "int",
              "target_rank": "int", "target_rr": "float", "target_in_top10": "bool"},
-    optional={"task": "str"}, units={"target_rank": "rank"}, grid=("condition", None),
+    optional={"task": "str", "metric_value": "float"}, units={"target_rank": "rank"}, grid=("condition", None),
 )
 
 
-def _rank_reduce(targets: torch.Tensor):
+def _rank_reduce(targets: torch.Tensor, metric: Any = None, prompt_ids: Sequence[str] = ()):
+    """reduce(logits, store) -> the target's rank [rows] (float), and with a user ``metric`` [rows, 2]: (rank,
+    metric)."""
     def reduce(logits: torch.Tensor, _store: Any) -> torch.Tensor:
-        t = targets.to(logits.device).repeat(logits.shape[0] // targets.shape[0])
+        k = logits.shape[0] // targets.shape[0]
+        t = targets.to(logits.device).repeat(k)
         lp = logits.float().log_softmax(-1)
-        return ((lp > lp.gather(-1, t[:, None])).sum(-1) + 1).cpu()
+        rank = ((lp > lp.gather(-1, t[:, None])).sum(-1) + 1).double()
+        if metric is None:
+            return rank.cpu()
+        value = metrics.score(metric, logits, t, None, prompt_ids=list(prompt_ids) * k).double()
+        return torch.stack([rank, value], -1).cpu()
 
     return reduce
 
 
+def _check_user_metric(m: Any, metric: Any) -> None:
+    if metric is not None:
+        metrics.check_metric(metric, vocab_size=m.info.vocab_size, device=m.device, dtype=m.dtype)
+
+
+def _with_metric_meta(meta: dict[str, Any], metric: Any) -> dict[str, Any]:
+    if metric is not None:
+        meta.update(metric=metrics.metric_label(metric), metric_unit=metrics.unit_of(metric))
+    return meta
+
+
 def _run_conditions(m: Any, ps: Any, conditions: Sequence[tuple[str, int | None, Intervention]],
-                    batch_size: int, max_rows: int | None, progress: bool, desc: str) -> pd.DataFrame:
+                    batch_size: int, max_rows: int | None, progress: bool, desc: str, metric: Any = None
+                    ) -> pd.DataFrame:
     """Target rank of every prompt under the clean run and each (condition, control index, intervention)."""
     enc = encode(m, ps, targets=["target"])
     has_task = "task" in ps.fields
@@ -59,15 +79,24 @@ def _run_conditions(m: Any, ps: Any, conditions: Sequence[tuple[str, int | None,
     n_batches = -(-len(ps) // batch_size)
     for batch in tqdm(batches(m, enc, batch_size), total=n_batches, desc=desc, disable=not progress):
         target = batch.targets["target"]
-        clean, results = run_variants(m, batch, [c[2] for c in conditions], _rank_reduce(target),
+        ids = [ps[i]["id"] for i in batch.indices]
+        clean, results = run_variants(m, batch, [c[2] for c in conditions], _rank_reduce(target, metric, ids),
                                       max_rows=max_rows)
+
+        def measured(out: torch.Tensor, r: int) -> dict[str, Any]:
+            if metric is None:
+                return {"target_rank": int(out[r])}
+            return {"target_rank": int(out[r, 0]), "metric_value": float(out[r, 1])}
+
         for r, i in enumerate(batch.indices):
             base = {"prompt_id": ps[i]["id"], **({"task": ps[i].get("task")} if has_task else {})}
             tgt = {"target_token": m.tokenizer.decode([int(target[r])]), "target_id": int(target[r])}
-            rows.append({**base, "condition": "clean", "control": None, **tgt, "target_rank": int(clean[r])})
+            rows.append({**base, "condition": "clean", "control": None, **tgt, **measured(clean, r)})
             for (name, ctrl, _), res in zip(conditions, results):
-                rows.append({**base, "condition": name, "control": ctrl, **tgt, "target_rank": int(res[r])})
+                rows.append({**base, "condition": name, "control": ctrl, **tgt, **measured(res, r)})
     table = pd.DataFrame(rows)
+    if metric is not None:  # after the declared columns
+        table = table[[c for c in table.columns if c != "metric_value"] + ["metric_value"]]
     table["control"] = pd.array(table["control"].tolist(), dtype="Int64")
     table["target_rr"] = 1.0 / table["target_rank"]
     table["target_in_top10"] = table["target_rank"] <= HIT_AT
@@ -233,6 +262,7 @@ def block_experts(
     ablation: str = "zero",
     controls: int = 20,
     seed: int = 0,
+    metric: str | metrics.MetricFn | None = None,
     batch_size: int = 16,
     max_rows: int | None = None,
     progress: bool = False,
@@ -249,6 +279,10 @@ def block_experts(
             architecture does).
         controls: random expert sets blocked as controls (0: none).
         seed: the seed of the random control sets.
+        metric: also score every condition with this metric of the last position's logits and the target (a
+            name from :data:`interp.methods.metrics.METRICS` without a contrast token, or a callable
+            ``f(logits [B, vocab], target [B], None) -> [B]``); adds ``metric_value``, in ``meta["metric_unit"]``.
+            None: the paper's rank measures only.
         batch_size: prompts per forward batch.
         max_rows: at most this many rows (prompt x condition) in one forward (None: from a memory budget).
         progress: show a progress bar over batches.
@@ -272,20 +306,22 @@ def block_experts(
         max_rows = check_positive_int("max_rows", max_rows)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ParameterError(f"seed must be an integer; got {seed!r}.")
+    _check_user_metric(m, metric)
     encode(m, ps, targets=["target"])  # every prompt and target checked before any forward
     sets = _control_sets(m, pairs, controls, seed)
     conditions = [("blocked", None, block_experts_intervention(m, pairs, ablation=ablation))]
     conditions += [("control", k, block_experts_intervention(m, s, ablation=ablation)) for k, s in enumerate(sets)]
-    table = _run_conditions(m, ps, conditions, batch_size, max_rows, progress, "block_experts")
-    return Result(table, make_meta(model=m, prompts=ps, summary=blocking_summary(table), blocked_experts=pairs,
-                                   control_sets=sets))
+    table = _run_conditions(m, ps, conditions, batch_size, max_rows, progress, "block_experts", metric)
+    meta = make_meta(model=m, prompts=ps, summary=blocking_summary(table), blocked_experts=pairs, control_sets=sets)
+    return Result(table, _with_metric_meta(meta, metric))
 
 
 @register_method("shared_routed_contrast", paper=PAPER, family="moe", figure=blocking_figure,
                  schema=BLOCKING_SCHEMA, inputs="prompts", fields=("target", "task"), organism="moe",
                  corpus="factual", example={"keep": [0, 1], "batch_size": 4}, shards=ShardPlan(merge=_merge_blocking),
                  cost="(1 + len(keep)) forwards per prompt (batched)")
-def shared_routed_contrast(model: Any, prompts: Any, *, keep: Sequence[int] | None = None, batch_size: int = 16,
+def shared_routed_contrast(model: Any, prompts: Any, *, keep: Sequence[int] | None = None,
+                           metric: str | metrics.MetricFn | None = None, batch_size: int = 16,
                            max_rows: int | None = None, progress: bool = False) -> Result:
     """MRR and HIT@10 when every MoE block keeps only each token's top-n routed experts (n in ``keep``; 0 =
     the shared expert alone), as Li et al.'s Table 2 (ACL 2025, arXiv 2505.24593: shared only / shared + top-1
@@ -294,6 +330,7 @@ def shared_routed_contrast(model: Any, prompts: Any, *, keep: Sequence[int] | No
     Args:
         keep: numbers of routed experts each token keeps, each in 0 .. experts per token (default: 0 .. experts
             per token - 1; keeping all of them is the clean run).
+        metric: also score every condition with this metric (as :func:`block_experts`); adds ``metric_value``.
         batch_size: prompts per forward batch.
         max_rows: at most this many rows (prompt x condition) in one forward (None: from a memory budget).
         progress: show a progress bar over batches.
@@ -317,8 +354,10 @@ def shared_routed_contrast(model: Any, prompts: Any, *, keep: Sequence[int] | No
     batch_size = check_positive_int("batch_size", batch_size)
     if max_rows is not None:
         max_rows = check_positive_int("max_rows", max_rows)
+    _check_user_metric(m, metric)
     encode(m, ps, targets=["target"])
     conditions = [(f"keep{n}", None, keep_top_experts_intervention(m, n)) for n in keep]
-    table = _run_conditions(m, ps, conditions, batch_size, max_rows, progress, "shared_routed_contrast")
-    return Result(table, make_meta(model=m, prompts=ps, summary=blocking_summary(table),
-                                   shared_experts=m.info.n_shared_experts, experts_per_token=per_token))
+    table = _run_conditions(m, ps, conditions, batch_size, max_rows, progress, "shared_routed_contrast", metric)
+    meta = make_meta(model=m, prompts=ps, summary=blocking_summary(table), shared_experts=m.info.n_shared_experts,
+                     experts_per_token=per_token)
+    return Result(table, _with_metric_meta(meta, metric))

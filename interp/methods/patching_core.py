@@ -26,8 +26,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..activations import sites as S
-from ..activations.hooks import Edit, Intervention
-from ..activations.variants import forward, run_variants
+from ..activations.hooks import Intervention
+from ..activations.interventions import set_edit
+from ..activations.variants import forward, reference_run, run_variants
 from ..errors import ParameterError, PromptError, check_choice, check_layer_list, check_positive_int
 from ..model.loading import Model, as_model
 from ..prompts import Batch, EncodedSet, PromptSet, as_prompt_set, encode, make_batch, target_token
@@ -188,9 +189,7 @@ def score_of(metric: str | M.MetricFn, value: Any, clean: Any, corrupt: Any) -> 
 
 def metric_unit(metric: str | M.MetricFn) -> str:
     """The unit of the raw metric of a call (recorded in the Result's meta as ``metric_unit``)."""
-    if callable(metric):
-        return "the metric function's"
-    return "logits" if metric == NORM_LOGIT_DIFF else M.UNITS[metric]
+    return "logits" if metric == NORM_LOGIT_DIFF else M.unit_of(metric)
 
 
 # --- batches and slots ----------------------------------------------------------------------------------
@@ -287,18 +286,11 @@ def slot_intervention(slot: Slot, source: torch.Tensor) -> Intervention:
     rows_idx = torch.nonzero(slot.valid, as_tuple=False)[:, 0]
     cols = slot.cols[rows_idx]
     head = slot.head
-
-    def apply(t: torch.Tensor, rows: slice) -> None:
-        target = t[rows]
-        ri, ci = rows_idx.to(t.device), cols.to(t.device)
-        v = source.to(device=t.device, dtype=t.dtype)
-        if head is None:
-            target[ri, ci] = v[ri, ci]
-        else:
-            target[ri, ci, head] = v[ri, ci, head]
-
+    ri, ci = rows_idx.to(source.device), cols.to(source.device)
+    value = source[ri, ci] if head is None else source[ri, ci, head]
     label = f"patch {slot.site} L{slot.layer}" + (f"H{head}" if head is not None else "")
-    return Intervention((Edit(slot.hook, apply),), label, {"site": slot.site, "layer": slot.layer, "head": head})
+    return Intervention((set_edit(slot.hook, value, (rows_idx, cols), head=head),), label,
+                        {"site": slot.site, "layer": slot.layer, "head": head})
 
 
 class TokenNames:
@@ -447,7 +439,8 @@ def run_exact(m: Model, pairs: Pairs, batch: tuple[Batch, Batch], slots: list[Sl
     so its patched metric is the destination's own (exact; this skips, e.g., every position before the first
     token where the two prompts differ). Cost: one source and one destination forward (reading the patched
     hooks), and one destination row per remaining slot and pair, batched by the variants engine (each chunk
-    starts at its first patched block)."""
+    starts at its first patched block and runs only the columns from its first patched column on, on the
+    destination run's cached keys and values)."""
     cb, kb = batch
     src, dst = (cb, kb) if direction == "denoising" else (kb, cb)
     tgt = pairs.target[dst.indices].to(m.device)
@@ -456,7 +449,8 @@ def run_exact(m: Model, pairs: Pairs, batch: tuple[Batch, Batch], slots: list[Sl
     hooks = sorted({s.hook for s in slots})
     src_logits, src_store = forward(m, src, read=hooks)
     src_metric = raw_metric(metric, src_logits, tgt, wr, ids)
-    dst_logits, dst_store = forward(m, dst, read=hooks)
+    ref = reference_run(m, dst, read=hooks)  # the destination run, kept for the variants engine to restart from
+    dst_logits, dst_store = ref.logits, ref.store
     dst_metric = raw_metric(metric, dst_logits, tgt, wr, ids)
     active: list[Slot | None] = []
     for s in slots:
@@ -477,7 +471,7 @@ def run_exact(m: Model, pairs: Pairs, batch: tuple[Batch, Batch], slots: list[Sl
 
     patched = [dst_metric.clone() for _ in slots]
     if variants:
-        _, outs = run_variants(m, dst, variants, reduce, max_rows=max_rows, progress=progress)
+        _, outs = run_variants(m, dst, variants, reduce, max_rows=max_rows, progress=progress, reference=ref)
         for k, out in zip(run, outs):
             rows = active[k].valid.to(out.device)  # type: ignore[union-attr]
             patched[k] = torch.where(rows, out, dst_metric)

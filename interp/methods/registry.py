@@ -174,8 +174,8 @@ def register_method(
     method's rows must be per prompt and its ``meta`` must not summarise the dataset, so that concatenating shard
     tables is exact. ``fields`` (the prompt fields it reads), ``organism`` (``"dense"`` or ``"moe"``), ``corpus``
     (the kind of prompts it is meant for, :data:`interp.methods.checks.CORPORA`) and ``example`` (cheap keyword
-    parameters
-    for a check run, or a function ``(model, prompts) -> dict`` of them) tell the contract tests how to run it."""
+    parameters for a check run, or a function ``(model, prompts) -> dict`` of them) tell the contract tests how to
+    run it; a docstring without an Example gets that check run as its Example (:func:`example_text`)."""
     if inputs not in INPUT_KINDS:
         raise ParameterError(f"inputs={inputs!r} is not one of {', '.join(map(repr, INPUT_KINDS))}.")
     if not isinstance(schema, Schema):
@@ -211,9 +211,33 @@ def register_method(
                           example, raw)
         _REGISTRY[name] = own
         method.registry_entry = own  # type: ignore[attr-defined]
+        if "Example" not in doc:
+            method.__doc__ = (raw.__doc__ or "").rstrip() + "\n\n" + example_text(own) + "    "
         return method
 
     return decorate
+
+
+def example_text(entry: MethodEntry) -> str:
+    """An Example section for ``entry``'s docstring: the check run the contract tests make of it, on the shipped
+    organism it is meant for (so the example is run by every test session and cannot go stale)."""
+    first = "clean" if entry.inputs == "pair" else "prompts"
+    if callable(entry.example):
+        fn = entry.example
+        params = f"**{fn.__module__}.{fn.__qualname__}(model, {first})"
+    else:
+        params = ", ".join(f"{k}={v!r}" for k, v in (entry.example or {}).items())
+    organism = entry.organism or "dense"
+    if entry.inputs == "pair":
+        load = f'    >>> clean, corrupt = interp.methods.checks.pair_prompts(model, "{entry.corpus}")'
+        call = f"interp.{entry.name}(model, clean, corrupt" + (f", {params})" if params else ")")
+    else:
+        load = f'    >>> prompts = interp.methods.checks.corpus_prompts("{entry.corpus}")  # held-out prompts'
+        call = f"interp.{entry.name}(model, prompts" + (f", {params})" if params else ")")
+    lines = ["Example (the check run of tests/test_contract.py):",
+             f'    >>> model = interp.load_model(interp.data_path("organisms", "{organism}"))', load,
+             f"    >>> result = {call}", "    >>> result.table.head(), result.top(), result.figure()"]
+    return "\n".join("    " + line for line in lines) + "\n"
 
 
 def finish_result(entry: MethodEntry, result: Any, model: Any, bound: Mapping[str, Any]) -> Any:

@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..activations.hooks import Edit, Intervention
+from ..activations.hooks import Intervention
+from ..activations.interventions import set_edit
 from ..activations.sites import SUBLAYER_OUTPUTS, check_sites, hook_name
 from ..activations.variants import forward, run_variants
 from ..errors import ParameterError, check_positive_int
@@ -43,7 +44,7 @@ SCHEMA = Schema(
              "window_end": "int", "target_rank": "int", "target_prob": "float", "attribute_rate": "float",
              "clean_attribute_rate": "float", "clean_target_prob": "float", "attribute_rate_drop": "float",
              "target_prob_drop": "float", "correct": "bool", "target_token": "str", "target_id": "int"},
-    optional={"task": "str"},
+    optional={"task": "str", "metric_value": "float", "clean_metric": "float"},
     units={"target_rank": "rank", "target_prob": "probability", "clean_attribute_rate": "fraction",
            "clean_target_prob": "probability", "attribute_rate_drop": "fraction", "target_prob_drop": "probability"},
     grid=("layer", "site"),
@@ -60,10 +61,7 @@ def knockout(model: Any, site: str, layers: Iterable[int], *, column: int = -1) 
         if not 0 <= layer < n:
             raise ParameterError(f"Knockout layer {layer} is out of range (the model has {n} layers).")
 
-    def apply(t: torch.Tensor, rows: slice) -> None:
-        t[rows, column] = 0
-
-    edits = tuple(Edit(hook_name(site, layer), apply) for layer in layers)
+    edits = tuple(set_edit(hook_name(site, layer), 0.0, column) for layer in layers)
     return Intervention(edits, f"knock out {site} L{layers[0]}-{layers[-1]}" if layers else "nothing",
                         {"site": site, "layers": layers})
 
@@ -201,6 +199,7 @@ def relation_evidence(
     sites: Sequence[str] = KNOCKOUT_SITES,
     window: int = 2,
     target: str = "target",
+    metric: str | metrics.MetricFn | None = None,
     batch_size: int = 16,
     max_rows: int | None = None,
     progress: bool = False,
@@ -220,6 +219,11 @@ def relation_evidence(
         window: width of the half-open window of layers knocked out together, in layers; every window
             [a, a + window) inside the model is run.
         target: the prompt field whose first token is scored.
+        metric: also score every row with this metric of the row's logits (lens rows: the decoded residual;
+            knockout rows: the output with the window knocked out) and the target: a name from
+            :data:`interp.methods.metrics.METRICS` without a contrast token, or a callable
+            ``f(logits [B, vocab], target [B], None) -> [B]``; adds ``metric_value`` and ``clean_metric`` (the
+            output with nothing knocked out), in ``meta["metric_unit"]``. None: the paper's measures only.
         batch_size: prompts per forward batch.
         max_rows: at most this many rows (prompt x knockout) in one forward; None: from a memory budget.
         progress: a progress bar over the batches.
@@ -252,6 +256,8 @@ def relation_evidence(
     check_positive_int("batch_size", batch_size)
     if max_rows is not None:
         check_positive_int("max_rows", max_rows)
+    if metric is not None:
+        metrics.check_metric(metric, vocab_size=m.info.vocab_size, device=m.device, dtype=m.dtype)
     ps.require(target)
     enc = encode(m, ps, targets=[target])
     a_sets = attribute_sets(m, ps, attributes, target=target)
@@ -260,12 +266,17 @@ def relation_evidence(
     n_batches = -(-len(ps) // batch_size)
     for batch in tqdm(batches(m, enc, batch_size), total=n_batches, desc="relation_evidence",
                       disable=not progress):
-        rows.extend(_evidence_batch(m, enc, batch, a_sets, top_k, chosen, window, target, max_rows, has_task))
+        rows.extend(_evidence_batch(m, enc, batch, a_sets, top_k, chosen, window, target, max_rows, has_task,
+                                    metric))
     order = {pid: i for i, pid in enumerate(ps.ids)}
     columns = [c for c in SCHEMA.columns if c != "prompt_id"]
+    columns += ["metric_value", "clean_metric"] if metric is not None else []
     table = pd.DataFrame(rows, columns=["prompt_id", *(["task"] if has_task else []), *columns])
     table = table.sort_values("prompt_id", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
-    return Result(table, make_meta(model=m, prompts=ps))
+    meta = make_meta(model=m, prompts=ps)
+    if metric is not None:
+        meta.update(metric=metrics.metric_label(metric), metric_unit=metrics.unit_of(metric))
+    return Result(table, meta)
 
 
 def _measures(logits: torch.Tensor, targets: torch.Tensor, a_masks: torch.Tensor, top_k: int
@@ -279,8 +290,8 @@ def _measures(logits: torch.Tensor, targets: torch.Tensor, a_masks: torch.Tensor
 
 
 def _evidence_batch(m: Model, enc: EncodedSet, batch: Any, a_sets: list[set[int]], top_k: int,
-                    chosen: Sequence[str], window: int, target: str, max_rows: int | None, has_task: bool
-                    ) -> list[dict[str, Any]]:
+                    chosen: Sequence[str], window: int, target: str, max_rows: int | None, has_task: bool,
+                    metric: Any = None) -> list[dict[str, Any]]:
     from ..model.decode import decode
 
     n_layers = m.info.n_layers
@@ -292,16 +303,26 @@ def _evidence_batch(m: Model, enc: EncodedSet, batch: Any, a_sets: list[set[int]
         a_masks[r, list(a_sets[idx])] = True
     _, c_prob, c_rate = _measures(logits, targets, a_masks, top_k)
     correct = logits.argmax(-1) == targets
-    lens = []
+    ids = [enc.prompts.records[i]["id"] for i in batch.indices]
+
+    def user(lg: torch.Tensor) -> list[float]:
+        return [float("nan")] * len(ids) if metric is None else \
+            metrics.score(metric, lg, targets, None, prompt_ids=ids).float().tolist()
+
+    clean_user = user(logits)
+    lens, lens_user = [], []
     for name in names:
-        lens.append(_measures(decode(m, store[name], norm="recompute", output="logits"), targets, a_masks, top_k))
+        decoded = decode(m, store[name], norm="recompute", output="logits")
+        lens.append(_measures(decoded, targets, a_masks, top_k))
+        lens_user.append(user(decoded))
     starts = list(range(0, n_layers - window + 1))
     variants = [knockout(m, site, range(a, a + window)) for site in chosen for a in starts]
     keys = [(site, a) for site in chosen for a in starts]
-    ko = []
+    ko, ko_user = [], []
     if variants:
         _, outs = run_variants(m, batch, variants, lambda lg, _: lg.float(), max_rows=max_rows)
         ko = [_measures(o, targets, a_masks, top_k) for o in outs]
+        ko_user = [user(o) for o in outs]
     tok = m.tokenizer
     rows = []
     for r, idx in enumerate(batch.indices):
@@ -310,13 +331,17 @@ def _evidence_batch(m: Model, enc: EncodedSet, batch: Any, a_sets: list[set[int]
         common = {"prompt_id": rec["id"], **({"task": rec.get("task")} if has_task else {}),
                   "clean_attribute_rate": float(c_rate[r]), "clean_target_prob": float(c_prob[r]),
                   "correct": bool(correct[r]), "target_token": tok.decode([tid]), "target_id": tid}
+        if metric is not None:
+            common["clean_metric"] = clean_user[r]
         for layer, (rank, prob, rate) in enumerate(lens):
-            rows.append({**common, "analysis": "lens", "site": "resid_post", "layer": layer, "window_start": layer,
-                         "window_end": layer + 1, "target_rank": int(rank[r]), "target_prob": float(prob[r]),
-                         "attribute_rate": float(rate[r]), "attribute_rate_drop": float("nan"),
-                         "target_prob_drop": float("nan")})
-        for (site, a), (rank, prob, rate) in zip(keys, ko):
-            rows.append({**common, "analysis": "knockout", "site": site, "layer": a, "window_start": a,
+            extra = {"metric_value": lens_user[layer][r]} if metric is not None else {}
+            rows.append({**common, **extra, "analysis": "lens", "site": "resid_post", "layer": layer,
+                         "window_start": layer, "window_end": layer + 1, "target_rank": int(rank[r]),
+                         "target_prob": float(prob[r]), "attribute_rate": float(rate[r]),
+                         "attribute_rate_drop": float("nan"), "target_prob_drop": float("nan")})
+        for (site, a), (rank, prob, rate), values in zip(keys, ko, ko_user):
+            extra = {"metric_value": values[r]} if metric is not None else {}
+            rows.append({**common, **extra, "analysis": "knockout", "site": site, "layer": a, "window_start": a,
                          "window_end": a + window, "target_rank": int(rank[r]), "target_prob": float(prob[r]),
                          "attribute_rate": float(rate[r]), "attribute_rate_drop": float(c_rate[r] - rate[r]),
                          "target_prob_drop": float(c_prob[r] - prob[r])})

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..activations.hooks import Edit, Intervention, StopForward, hooked
-from ..activations.interventions import NOISE_DRAWS, gaussian_noise, rome_noise
+from ..activations.interventions import NOISE_DRAWS, gaussian_noise, rome_noise, set_edit
 from ..activations.sites import EMBED, SUBLAYER_OUTPUTS, check_sites, depth, hook_name
 from ..activations.variants import forward, run_variants
 from ..errors import ParameterError, PromptError, check_choice, check_positive_float, check_positive_int
@@ -51,6 +51,8 @@ PAPER = ("Meng et al. 2022, Locating and Editing Factual Associations in GPT (RO
 COST = ("per fact: 1 clean forward + 1 corrupted forward of `samples` rows + (len(sites) + len(severed)) x T' x L "
         "restorations of `samples` rows each (T' = tokens from the first corrupted one on), batched in chunks "
         "of max_rows rows that start at the first restored block (+1 corrupted forward with severed)")
+# the columns a user metric adds (causal_trace(metric=...))
+METRIC_COLUMNS = {"metric_value": "float", "clean_metric": "float", "corrupted_metric": "float"}
 SCHEMA = Schema(
     keys=("prompt_id", "site", "severed", "layer", "position"), value="indirect_effect", unit="probability",
     sign="higher",
@@ -58,6 +60,7 @@ SCHEMA = Schema(
              "window_end": "int", "position": "int", "token": "str", "role": "str", "in_subject": "bool",
              "corrupted": "bool", "target_prob": "float", "indirect_effect": "float", "clean_target_prob": "float",
              "corrupted_target_prob": "float", "total_effect": "float", "target_token": "str", "target_id": "int"},
+    optional=METRIC_COLUMNS,
     units={"target_prob": "probability", "clean_target_prob": "probability", "corrupted_target_prob": "probability",
            "total_effect": "probability"},
     grid=("layer", "site"),
@@ -353,6 +356,7 @@ def causal_trace(
     severed: str | Sequence[str] | None = None,
     target: str | None = "target",
     only_correct: bool = True,
+    metric: str | metrics.MetricFn | None = None,
     max_rows: int | None = None,
     progress: bool = False,
 ) -> Result:
@@ -394,6 +398,11 @@ def causal_trace(
             token t frozen at its corrupted value (per sample) in every layer above l (rows with ``severed`` set).
         target: the prompt field whose first token is traced; None traces the model's own clean top-1 token.
         only_correct: keep only facts whose clean top-1 token is the target's first token.
+        metric: also score every run with this metric of the last position's logits and the target (a name from
+            :data:`interp.methods.metrics.METRICS` without a contrast token, e.g. ``"logprob"``, or a callable
+            ``f(logits [B, vocab], target [B], None) -> [B]``); the table then gains ``metric_value`` (mean over
+            the corrupted copies with the restoration), ``clean_metric`` and ``corrupted_metric``, in
+            ``meta["metric_unit"]``. None: ROME's probability only.
         max_rows: at most this many rows (corrupted copies x restorations) per forward; None: from a memory budget.
         progress: a progress bar over the facts.
 
@@ -405,7 +414,8 @@ def causal_trace(
         subsequent, further, last), in_subject, corrupted, target_prob (mean P(o) over the corrupted copies
         with the restoration), indirect_effect (target_prob - corrupted_target_prob), clean_target_prob (ROME's
         high), corrupted_target_prob (ROME's low), total_effect (clean - corrupted), target_token, target_id.
-        ``meta["noise_std"]`` is the noise std used, noise x nu (None with explicit tensors).
+        ``meta["noise_std"]`` is the noise std used, noise x nu (None with explicit tensors). With ``metric``: also
+        metric_value, clean_metric, corrupted_metric.
 
     Cost per fact: 1 clean forward, 1 corrupted forward of ``samples`` rows, and (len(sites) + len(severed)) x
     T' x L restorations of ``samples`` rows each (T' = tokens from the first corrupted one on: a state before
@@ -419,6 +429,8 @@ def causal_trace(
     ps = as_prompt_set(prompts)
     chosen, sev = _check_params(m, corruption, sites, window, samples, noise, seed, severed, target, max_rows,
                                 noise_scale, noise_draws)
+    if metric is not None:
+        metrics.check_metric(metric, vocab_size=m.info.vocab_size, device=m.device, dtype=m.dtype)
     subject_std = shard_input("subject_std")  # fixed over the whole set by a sharded run
     allow_none_kept = bool(shard_input("allow_none_kept", False))
     if subject_std is not None:
@@ -447,7 +459,7 @@ def causal_trace(
     for k, rec in enumerate(tqdm(ps.records, desc="causal_trace", disable=not progress)):
         cols = plans[k]
         nz = _noise_for(noise, k, len(cols), samples, d_model, scale, seed, rec["id"], noise_draws)
-        fact = _trace_fact(m, enc, k, cols, nz, chosen, sev, window, target, only_correct, max_rows)
+        fact = _trace_fact(m, enc, k, cols, nz, chosen, sev, window, target, only_correct, max_rows, metric)
         if fact is None:
             dropped.append(rec["id"])
             continue
@@ -459,12 +471,16 @@ def causal_trace(
         )
     meta = make_meta(model=m, prompts=ps, noise_std=scale, n_kept=len(ps) - len(dropped), n_dropped=len(dropped),
                      dropped_ids=dropped)
-    return Result(pd.DataFrame(rows, columns=list(SCHEMA.columns)), meta)
+    columns = list(SCHEMA.columns)
+    if metric is not None:
+        columns += list(METRIC_COLUMNS)
+        meta.update(metric=metrics.metric_label(metric), metric_unit=metrics.unit_of(metric))
+    return Result(pd.DataFrame(rows, columns=columns), meta)
 
 
 def _trace_fact(m: Model, enc: EncodedSet, k: int, cols: list[int], nz: torch.Tensor, chosen: tuple[str, ...],
                 sev: tuple[str, ...], window: int, target: str | None, only_correct: bool,
-                max_rows: int | None) -> list[dict[str, Any]] | None:
+                max_rows: int | None, metric: Any = None) -> list[dict[str, Any]] | None:
     """Every restoration of one fact; None when the fact is dropped (clean argmax is not the target)."""
     n_layers = m.info.n_layers
     rec = enc.prompts.records[k]
@@ -481,6 +497,8 @@ def _trace_fact(m: Model, enc: EncodedSet, k: int, cols: list[int], nz: torch.Te
         return None
     tid = torch.tensor([target_id], device=logits.device)
     clean_prob = float(metrics.prob(logits, tid)[0])
+    pid = [rec["id"]]
+    clean_metric = None if metric is None else float(metrics.score(metric, logits, tid, None, prompt_ids=pid)[0])
     samples = nz.shape[0]
     rep = batch.repeat(samples)
     base = embedding_noise(cols, nz)
@@ -521,9 +539,17 @@ def _trace_fact(m: Model, enc: EncodedSet, k: int, cols: list[int], nz: torch.Te
                 keys.append(("resid_post", s, layer, layer, layer + 1, t, v))
 
     def reduce(lg: torch.Tensor | None, _store: dict) -> torch.Tensor:
-        return metrics.prob(lg, tid.expand(lg.shape[0]))
+        tids = tid.expand(lg.shape[0])
+        p = metrics.prob(lg, tids)
+        if metric is None:
+            return p
+        return torch.stack([p, metrics.score(metric, lg, tids, None, prompt_ids=pid).to(p.dtype)], -1)
 
     low_rows, restored = run_variants(m, rep, variants, reduce, base=base, max_rows=max_rows)
+    if metric is not None:  # (prob, metric) per row: split the two
+        low_metric = float(low_rows[:, 1].mean())
+        restored_metric = [r[:, 1] for r in restored]
+        low_rows, restored = low_rows[:, 0], [r[:, 0] for r in restored]
     low = float(low_rows.mean())
     tok = m.tokenizer
     target_token = tok.decode([target_id])
@@ -532,12 +558,15 @@ def _trace_fact(m: Model, enc: EncodedSet, k: int, cols: list[int], nz: torch.Te
     out = []
     for site, severed, layer, lo, hi, t, v in keys:
         pr = low if v < 0 else float(restored[v].mean())
+        extra = {} if metric is None else {
+            "metric_value": low_metric if v < 0 else float(restored_metric[v].mean()),
+            "clean_metric": clean_metric, "corrupted_metric": low_metric}
         out.append({
             "prompt_id": rec["id"], "site": site, "severed": severed, "layer": layer, "window_start": lo,
             "window_end": hi, "position": t, "token": token_text[t], "role": token_role(t, length, span, item.bos),
             "in_subject": span[0] <= t < span[1], "corrupted": t in corrupted_set, "target_prob": pr,
             "indirect_effect": pr - low, "clean_target_prob": clean_prob, "corrupted_target_prob": low,
-            "total_effect": clean_prob - low, "target_token": target_token, "target_id": target_id,
+            "total_effect": clean_prob - low, "target_token": target_token, "target_id": target_id, **extra,
         })
     return out
 
@@ -559,11 +588,7 @@ def _severed(clean: dict, corrupted: dict, layer: int, t: int, sub: str, n_layer
 
 def _restore(name: str, value: torch.Tensor, column: int) -> Edit:
     """Set hook ``name`` at ``column`` to ``value`` ([d] for every row, or [rows, d] row by row)."""
-
-    def apply(t: torch.Tensor, rows: slice) -> None:
-        t[rows, column] = value.to(device=t.device, dtype=t.dtype)
-
-    return Edit(name, apply)
+    return set_edit(name, value, column)
 
 
 # --- aggregates -------------------------------------------------------------------------------------------

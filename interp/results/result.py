@@ -1,7 +1,7 @@
 """Result: every method's output, a tidy pandas table plus metadata, exportable and readable back exactly.
 
 ``.table`` is long format (one row per prompt x component x position ...; the columns each method declares in its
-registry :class:`~interp.methods.registry.Schema`); ``.meta`` records the method, every parameter of the call, the schema,
+registry :class:`~interp.Schema`); ``.meta`` records the method, every parameter of the call, the schema,
 the model (absolute path, weights fingerprint, dtype, device), the seed, the dataset fingerprint, the package
 versions and the time. CSV (with a ``.meta.json`` sidecar), Parquet (metadata in the schema) and JSON round-trip
 the values, dtypes, metadata and the Result's class (e.g. :class:`~interp.methods.lens.LensResult`) exactly
@@ -132,7 +132,7 @@ class Result:
 
     @property
     def schema(self) -> Any:
-        """The method's declared :class:`~interp.methods.registry.Schema` (from the registry, else from ``meta``), or None."""
+        """The method's declared :class:`~interp.Schema` (from the registry, else from ``meta``), or None."""
         from ..methods.registry import get_method
         from .schema import Schema
 

@@ -82,6 +82,9 @@ CASES = [
     ("unknown align", lambda m, t, d: activation_patching(m, CLEAN, LONGER, align="start"), ParameterError,
      "align='start' is not one of"),
     # --- context masking ---
+    ("masking metric returns a vector per prompt",
+     lambda m, t, d: context_masking(m, ICL, metric=_vector_metric), ParameterError,
+     r"metric must return one scalar per prompt"),
     ("masked span empty", lambda m, t, d: context_masking(m, NO_DEMOS), PromptError,
      "Prompt 'c0' has no 'demonstrations' field"),
     ("masked span absent from the prompt", lambda m, t, d: context_masking(m, [{**ICL[0], "demonstrations": "Q: dog"}]),

@@ -20,7 +20,21 @@ def _with_shard_inputs(fn, **values):
         return fn()
 
 
+def _vector_metric(logits, target, wrong):
+    return logits[:, :3]
+
+
 CASES = [
+    ("tracing metric returns a vector per prompt",
+     lambda m, t, d: causal_trace(m, GOOD, metric=_vector_metric), ParameterError,
+     r"metric must return one scalar per prompt"),
+    ("tracing metric needs a contrast token", lambda m, t, d: causal_trace(m, GOOD, metric="logit_diff"),
+     ParameterError, "needs a contrast answer"),
+    ("tracing metric unknown", lambda m, t, d: causal_trace(m, GOOD, metric="probability"), ParameterError,
+     "metric='probability' is not one of"),
+    ("relation evidence metric returns a vector per prompt",
+     lambda m, t, d: relation_evidence(m, GOOD, metric=_vector_metric), ParameterError,
+     r"metric must return one scalar per prompt"),
     ("subject absent from the prompt",
      lambda m, t, d: causal_trace(m, [{**GOOD[0], "subject": "Spain"}]), SpanError,
      "Prompt 'paris'.*'Spain' does not occur"),
