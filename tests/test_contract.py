@@ -148,7 +148,7 @@ def test_methods_that_score_a_target_take_a_user_metric():
     """Every method that scores a target at the output takes ``metric=`` (the methods without one score no
     target, or their score is their paper's definition: see the glossary's ``metric``)."""
     scoring = {"activation_patching", "attribution_patching", "causal_trace", "relation_evidence",
-               "context_masking", "block_experts", "shared_routed_contrast"}
+               "context_masking", "block_experts", "shared_routed_contrast", "logit_lens"}
     assert scoring <= {e.name for e in METRIC_ENTRIES}
 
 

@@ -201,6 +201,22 @@ def test_positions_last_equals_the_last_row_of_positions_all(models):
     assert last["is_last"].all() and not every["is_last"].all()
 
 
+def test_a_user_metric_scores_every_decoded_row(models):
+    """metric=: each row's decoded logits are also scored by the user's metric: log p(target) as a callable is the
+    log of target_prob, and the rank is target_rank, at every site, layer and position."""
+    from interp.methods import metrics
+
+    m = models("llama")
+    plain = logit_lens(m, PROMPTS, positions="all", sites="sublayers").table
+    res = logit_lens(m, PROMPTS, positions="all", sites="sublayers", metric=lambda lg, t, w: metrics.logprob(lg, t))
+    t = res.table
+    pd.testing.assert_frame_equal(t[list(plain.columns)], plain)
+    assert (t["metric_value"] - np.log(t["target_prob"])).abs().max() < 1e-4
+    ranked = logit_lens(m, PROMPTS, positions="all", metric="rank").table
+    assert (ranked["metric_value"] == ranked["target_rank"]).all()
+    assert res.meta["metric_unit"] == "the metric function's"
+
+
 def test_a_field_span_or_a_list_of_positions_are_those_rows_of_positions_all(models):
     m = models["llama"]
     every = logit_lens(m, PROMPTS, sites="sublayers", positions="all", top_k=3).table

@@ -8,6 +8,10 @@ NO_Y = [{"id": "paris", "prompt": "The capital of France is", "target": " Paris"
         {"id": "rome", "prompt": "The capital of Italy is", "target": " Rome"}]
 
 CASES = [
+    ("lens metric without a target field", lambda m, t, d: logit_lens(m, GOOD, target=[], metric="logprob"),
+     ParameterError, "metric scores a target field, and this call has none"),
+    ("lens metric returns a vector per prompt", lambda m, t, d: logit_lens(m, GOOD, metric=lambda lg, tg, w: lg),
+     ParameterError, r"metric must return one scalar per prompt"),
     ("unknown site", lambda m, t, d: logit_lens(m, GOOD, sites="resid_middle"), ParameterError,
      "Unknown site 'resid_middle'.*Did you mean resid_mid.*Sites here are resid_pre"),
     ("unknown site in a list", lambda m, t, d: logit_lens(m, GOOD, sites=["resid_post", "attn"]), ParameterError,

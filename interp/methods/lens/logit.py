@@ -34,6 +34,7 @@ from ...model.decode import NORM_MODES, decode, norm_scale, unembed
 from ...model.loading import as_model
 from ...prompts import PromptSet, as_prompt_set, batches, encode
 from ...results.result import make_meta
+from .. import metrics
 from ..registry import Schema, register_method
 from . import reading
 from .figures import lens_figure
@@ -55,7 +56,7 @@ SCHEMA = Schema(
              "position": "int", "is_last": "bool", "token": "str", "predicted_id": "int", "predicted_token": "str",
              "predicted_prob": "float", "top_ids": "str", "top_tokens": "str", "kl": "float",
              "entropy": "float", "cross_entropy": "float"},
-    optional=_TARGET_COLUMNS,
+    optional={**_TARGET_COLUMNS, "metric_value": "float"},
     units={"target_logit": "logits", "target_rank": "rank", "target_rr": "1 / rank", "predicted_prob": "probability",
            "kl": "nats", "entropy": "nats", "cross_entropy": "nats", "depth": "blocks"},
     grid=("layer", "target_field"),
@@ -176,6 +177,7 @@ def logit_lens(
     target: str | Sequence[str] | None = None,
     top_k: int = 10,
     lens: TunedLens | None = None,
+    metric: str | metrics.MetricFn | None = None,
     batch_size: int = 16,
     progress: bool = False,
 ) -> LensResult:
@@ -196,6 +198,10 @@ def logit_lens(
         top_k: decoded tokens kept per row (top_ids / top_tokens).
         lens: a :class:`TunedLens` from :func:`train_tuned_lens` (its site only); its translator is applied
             before decoding. None: the logit lens.
+        metric: also score each target field with this metric of the decoded logits at each row (a name from
+            :data:`interp.methods.metrics.METRICS` without a contrast token, or a callable
+            ``f(logits [N, vocab], target [N], None) -> [N]``); adds ``metric_value``, in ``meta["metric_unit"]``.
+            Needs a target field. None: the lens statistics only.
         batch_size: prompts per forward.
         progress: show a progress bar over the batches.
 
@@ -240,6 +246,10 @@ def logit_lens(
     span = [pos] if isinstance(pos, str) and pos not in reading.POSITION_MODES else []
     enc = encode(m, ps, targets=fields, spans=span)  # checks every record (and target) before any forward
     reading.check_positions_fit(enc, pos)
+    if metric is not None:
+        if not fields:
+            raise ParameterError("metric scores a target field, and this call has none: give target='<field>'.")
+        metrics.check_metric(metric, vocab_size=m.info.vocab_size, device=m.device, dtype=m.dtype)
 
     n_layers = m.info.n_layers
     final_resid = hook_name("resid_post", n_layers - 1)
@@ -287,8 +297,13 @@ def logit_lens(
                             h = lens.translate(h, layer)
                         logits = decode(m, h, norm=norm, scale=None if scale is None else scale[sl],
                                         output="logits")
-                    parts[(kind, layer)].append(row_statistics(logits, final, next_ids[sl],
-                                                               None if tid is None else tid[sl], top_k))
+                    stats = row_statistics(logits, final, next_ids[sl], None if tid is None else tid[sl], top_k)
+                    if metric is not None:
+                        pids = [ps.ids[i] for i in base["_prompt"][sl]]
+                        stats["metric_value"] = torch.stack(
+                            [metrics.score(metric, logits, tid[sl][:, j], None, prompt_ids=pids).float()
+                             for j in range(n_fields)], dim=1)
+                    parts[(kind, layer)].append(stats)
                 del final, final_logits
             for (kind, layer), chunks in parts.items():
                 stats = _concat(chunks)
@@ -301,6 +316,8 @@ def logit_lens(
                     out = {k: np.repeat(v, n_fields, axis=0) if len(v) != n_rows else v for k, v in out.items()}
                     out.update(per_field)
                     out.update({k: v.reshape(-1) for k, v in _target_columns(stats, tid).items()})
+                    if metric is not None:
+                        out["metric_value"] = stats["metric_value"].cpu().numpy().reshape(-1)
                 frames.append(out)
     # one table, sorted (stable) by prompt, layer, site, position: numpy's lexsort on the integer keys, then
     # each column taken in that order, once
@@ -312,10 +329,13 @@ def logit_lens(
     table.insert(2, "norm", norm)
     lead = ["prompt_id", "lens", "norm", "site", "layer", "depth", "position", "is_last", "token"]
     order = lead + [c for c in SCHEMA.columns if c not in lead] + [c for c in _TARGET_COLUMNS if c in table.columns]
+    order += ["metric_value"] if metric is not None else []
     table = table[order]
     for c in ("layer", "position", "predicted_id", *(("target_id", "target_rank") if fields else ())):
         table[c] = table[c].astype("int64")
     extra: dict[str, Any] = {"n_layers": n_layers, "sites": list(kinds), "target_fields": list(fields)}
     if lens is not None:
         extra["tuned_lens"] = lens.describe()
+    if metric is not None:
+        extra.update(metric=metrics.metric_label(metric), metric_unit=metrics.unit_of(metric))
     return LensResult(table, make_meta(model=m, prompts=ps, **extra))
