@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .demo_benchmark import benchmark_section
 from .report import DemoContext, DemoFigure, DemoSection
 
 
@@ -382,4 +383,5 @@ def moe_section(ctx: DemoContext) -> DemoSection:
     )
 
 
-FAMILY_SECTIONS = [safety_heads_section, lens_section, patching_section, tracing_section, moe_section]
+FAMILY_SECTIONS = [safety_heads_section, lens_section, patching_section, tracing_section, moe_section,
+                   benchmark_section]
