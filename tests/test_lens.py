@@ -321,7 +321,11 @@ def test_heatmap_cells_are_the_top_tokens_and_their_probabilities(models, tmp_pa
         assert repr(json.loads(rec["top_tokens"])[2]) in heat.customdata[rec["layer"]][rec["position"]]
     by_target = lens_heatmap(res, PROMPTS[1]["id"], color="target")
     t1 = res.table[res.table["prompt_id"] == PROMPTS[1]["id"]]
-    assert by_target.data[0].z[0][0] == pytest.approx(t1[(t1.layer == 0) & (t1.position == 0)]["target_prob"].iloc[0])
+    from interp.methods.lens.figures import MAX_COLUMNS
+
+    first_shown = sorted(t1["position"].unique())[-MAX_COLUMNS:][0]  # the heatmap shows the last MAX_COLUMNS
+    expected = t1[(t1.layer == 0) & (t1.position == first_shown)]["target_prob"].iloc[0]
+    assert by_target.data[0].z[0][0] == pytest.approx(expected)
     assert interp.figures.viz.save_html(fig, tmp_path / "lens.html").stat().st_size > 1000
 
 
