@@ -188,13 +188,32 @@ def patch(
 
 
 def add_embedding_noise(
-    spans: Sequence[tuple[int, int]], noise: torch.Tensor, *, hook: str = "hook_embed"
+    spans: Sequence[tuple[int, int]] | None, noise: torch.Tensor, *, columns: Sequence[int] | None = None,
+    hook: str = "hook_embed",
 ) -> Intervention:
-    """Add ``noise`` to the token embeddings over each row's span (ROME's corruption).
+    """Add ``noise`` to the token embeddings (ROME's corruption; the one embedding-noise intervention, causal
+    tracing's included), added in the wider of the two dtypes and rounded once to the model's (float64 noise, as
+    ROME's in-place add).
 
     ``spans[b]`` = (start, end) columns of row b; ``noise`` is [B, n, d_model] with n = end - start for every
-    row (or [n, d_model], shared by all rows).
+    row (or [n, d_model], shared by all rows). Or ``spans=None`` and ``columns``: the same n columns of every
+    row, not necessarily contiguous (the relation-focused corruption noises every token but the subject's).
     """
+    if columns is not None:
+        if spans is not None:
+            raise ParameterError("Give the noised tokens as spans or as columns, not both.")
+        cols = list(columns)
+        if noise.shape[-2] != len(cols):
+            raise ParameterError(f"The noise covers {noise.shape[-2]} tokens but {len(cols)} columns are noised.")
+
+        def add_at_columns(t: torch.Tensor, rows: slice) -> None:
+            target = t[rows]
+            target[:, cols] += noise.to(device=t.device)
+
+        return Intervention((Edit(hook, add_at_columns, first_column=min(cols, default=-1)),), "embedding noise",
+                            {"positions": cols})
+    if spans is None:
+        raise ParameterError("Give the noised tokens as spans (one (start, end) per row) or as columns.")
     lengths = {e - s for s, e in spans}
     if len(lengths) != 1:
         raise ParameterError("Every row's noised span must have the same number of tokens.")

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..activations.hooks import Edit, Intervention, StopForward, hooked
-from ..activations.interventions import NOISE_DRAWS, gaussian_noise, rome_noise, set_edit
+from ..activations.interventions import NOISE_DRAWS, add_embedding_noise, gaussian_noise, rome_noise, set_edit
 from ..activations.sites import EMBED, SUBLAYER_OUTPUTS, check_sites, depth, hook_name
 from ..activations.variants import forward, run_variants
 from ..errors import ParameterError, PromptError, check_choice, check_positive_float, check_positive_int
@@ -102,19 +102,6 @@ def corrupted_positions(length: int, subject: tuple[int, int], bos: bool, corrup
     if corruption == "subject":
         return list(range(s, e))
     return [t for t in range(int(bos), length) if not s <= t < e]
-
-
-def embedding_noise(positions: Sequence[int], noise: torch.Tensor) -> Intervention:
-    """Add ``noise`` [rows, n, d_model] to the token embeddings (``hook_embed``) at ``positions`` (n columns), in
-    the wider of the two dtypes and rounded once to the model's (float64 noise, ROME's, as ROME's in-place add)."""
-    cols = list(positions)
-
-    def apply(t: torch.Tensor, rows: slice) -> None:
-        target = t[rows]
-        target[:, cols] += noise.to(device=t.device)
-
-    return Intervention((Edit(EMBED, apply, first_column=min(cols, default=-1)),), "embedding noise",
-                        {"positions": cols})
 
 
 def subject_embedding_std(model: Any, subjects: Sequence[str], *, weighting: str = "subjects") -> float:
@@ -501,7 +488,7 @@ def _trace_fact(m: Model, enc: EncodedSet, k: int, cols: list[int], nz: torch.Te
     clean_metric = None if metric is None else float(metrics.score(metric, logits, tid, None, prompt_ids=pid)[0])
     samples = nz.shape[0]
     rep = batch.repeat(samples)
-    base = embedding_noise(cols, nz)
+    base = add_embedding_noise(None, nz, columns=cols)
 
     corrupted: dict[str, torch.Tensor] = {}
     if sev:  # first pass: the corrupted sublayer outputs that the severed restorations freeze
