@@ -134,35 +134,6 @@ def test_refusal_heads_are_causal(corpus):
     _check(clean, planted, randoms, binary=True)
 
 
-@pytest.mark.skipif("planted-icot" not in SHIPPED_PLANTED, reason="planted-icot not shipped")
-def test_icot_layer_is_causal(corpus):
-    model, tok = load_organism(organism_dir("planted-icot"))
-    spec = PLANTED["planted-icot"]
-    comp = [r for r in corpus["composite"] if r["split"] == "heldout" and r["kind"] == "composite" and r["n_shot"]]
-    recs = comp[::5]
-    s1_vocab = sorted({first_target_token(tok, r["prompt"], r["y_s1"]) for r in comp})
-    w_u = model.get_output_embeddings().weight.detach()
-    g = model.model.norm.weight.detach()
-
-    def project_out(ids):
-        q, _ = torch.linalg.qr((w_u[ids] * g).T)
-
-        def post(mod, args, out):
-            h = out[0] if isinstance(out, tuple) else out
-            h = h.clone()
-            h[:, -1] = h[:, -1] - (h[:, -1] @ q) @ q.T
-            return (h, *out[1:]) if isinstance(out, tuple) else h
-
-        return [(model.model.layers[spec.layer], post, False)]
-
-    clean = _top1(model, tok, recs)
-    planted = _top1(model, tok, recs, project_out(s1_vocab))
-    pool = [t for t in range(len(tok)) if t not in set(s1_vocab)]
-    rng = random.Random(0)
-    randoms = [_top1(model, tok, recs, project_out(rng.sample(pool, len(s1_vocab)))) for _ in range(10)]
-    _check(clean, planted, randoms)
-
-
 @pytest.mark.skipif("planted-moe" not in SHIPPED_PLANTED, reason="planted-moe not shipped")
 def test_routed_experts_are_causal(corpus):
     model, tok = load_organism(organism_dir("planted-moe"))

@@ -258,7 +258,6 @@ def logit_lens(
         names.append(final_resid)
     tokens = _Tokens(m.tokenizer)
     n_fields = len(fields)
-    own_logits = norm == "recompute" and lens is None
     frames = []
     n_batches = -(-len(ps) // batch_size)
     with torch.no_grad():
@@ -289,14 +288,12 @@ def logit_lens(
                 final_logits = unembed(m, store[FINAL_NORMED][sl])
                 final = FinalDistribution(final_logits)
                 for kind, layer in parts:
-                    if own_logits and (kind, layer) == ("resid_post", n_layers - 1):
-                        logits = final_logits  # recomputed, the last residual decodes to the model's own logits
-                    else:
-                        h = store[hook_name(kind, layer)][sl]
-                        if lens is not None:
-                            h = lens.translate(h, layer)
-                        logits = decode(m, h, norm=norm, scale=None if scale is None else scale[sl],
-                                        output="logits")
+                    # every layer is decoded the same way (the last one too, not the model's own logits reused),
+                    # so an identity tuned lens gives exactly the logit lens's table
+                    h = store[hook_name(kind, layer)][sl]
+                    if lens is not None:
+                        h = lens.translate(h, layer)
+                    logits = decode(m, h, norm=norm, scale=None if scale is None else scale[sl], output="logits")
                     stats = row_statistics(logits, final, next_ids[sl], None if tid is None else tid[sl], top_k)
                     if metric is not None:
                         pids = [ps.ids[i] for i in base["_prompt"][sl]]
