@@ -21,7 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check interp tests benchmarks docs
-	$(BIN)/python -m pytest -q -x --durations=15 tests
+	$(BIN)/python -m pytest -q -x -n 2 --dist loadfile --durations=15 tests
 
 # the README's organism findings with their bootstrap intervals; --check fails unless README.md quotes them as computed
 findings: $(STAMP)

@@ -96,3 +96,14 @@ def models(tiny_model_dirs):
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return train_tiny_tokenizer()
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs two workers), each worker computes on one thread: two workers of two
+    threads each on a 2-core machine would oversubscribe it."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
