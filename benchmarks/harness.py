@@ -55,6 +55,7 @@ class Case:
     floor_forwards: float
     check: Callable[[Any, Any], float] | None = None
     note: str = ""
+    extra: dict[str, float] = dataclasses.field(default_factory=dict)  # other measured numbers (goals read them)
 
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
@@ -80,6 +81,7 @@ class Row:
     repeats: int
     max_abs_diff: float | None
     note: str = ""
+    extra: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def vs_naive(self) -> float | None:
@@ -147,7 +149,8 @@ def measure(case: Case, bench: str = "", repeats: int = 5, warmup: int = 1) -> R
     med = {s: statistics.median(v) for s, v in times.items()}
     return Row(bench=bench, case=case.name, interp_s=med["interp"], naive_s=med.get("naive"),
                equal_work_s=med.get("equal_work"), floor_s=med["floor"], floor_forwards=float(case.floor_forwards),
-               repeats=max(1, repeats), max_abs_diff=diff, note=case.note)
+               repeats=max(1, repeats), max_abs_diff=diff, note=case.note,
+               extra=dict(case.extra))
 
 
 def _num(x: float | None, fmt: str) -> str:

@@ -60,6 +60,9 @@ def render(rows: list, command: str, failed: list[str], skipped: list[str]) -> s
         END,
         "",
     ]
+    from goals import lines as goal_lines
+
+    lines += ["Goals of issue #19 (benchmarks/goals.py; computed from the ratios above):", "", *goal_lines(rows), ""]
     notes = [f.strip() for f in {r.note for r in rows} if f and f.strip()]
     if notes:
         lines += ["Notes of the cases:", ""] + [f"- {n}" for n in sorted(notes)] + [""]
