@@ -67,6 +67,7 @@ class Model:
     def __init__(self, bridge: Any, *, name: str | None = None, path: str | None = None,
                  prepend_bos: bool | None = None):
         check_prepend_bos(prepend_bos)
+        _wire_capture_hooks(bridge)
         self.bridge = bridge
         self.name = name or str(getattr(bridge.cfg, "model_name", "model"))
         self.path = path  # the absolute directory it was loaded from (None: a hub name or a bridge passed in)
@@ -156,6 +157,16 @@ class Model:
             f"Model({self.name!r}: {i.architecture}, {i.n_layers} layers, {i.n_heads} heads "
             f"({i.n_kv_heads} kv), d_model={i.d_model}{moe})"
         )
+
+
+def _wire_capture_hooks(bridge: Any) -> None:
+    """Run one forward of one token, so that the hooks a TransformerBridge (4.3) installs in its blocks and
+    attention on their first forward, and keeps (split-qkv fork, ``hook_mlp_in`` and attention-pattern capture:
+    the bridge's own), are there from the start. Otherwise a fresh model's first call leaves hooks it did not have
+    before, which the leak checks (``hook_snapshot``) cannot tell from a leak. Cost: one forward of one token."""
+    device = next(bridge.parameters()).device
+    with torch.no_grad():
+        bridge(torch.zeros(1, 1, dtype=torch.long, device=device))
 
 
 def as_model(model: Any) -> Model:
