@@ -41,15 +41,32 @@ def measure(model: Any = None) -> dict[str, Any]:
     tuned = train_tuned_lens(m, texts, steps=250, progress=False)
     t_train = time.time() - t1
     held = comp[:60]
-    kl_logit = lens_summary(logit_lens(m, held, target=FIELDS, positions="all"), positions="all").table
-    kl_tuned = lens_summary(logit_lens(m, held, target=FIELDS, positions="all", lens=tuned), positions="all").table
+    all_logit = logit_lens(m, held, target=FIELDS, positions="all")
+    all_tuned = logit_lens(m, held, target=FIELDS, positions="all", lens=tuned)
+    kl_logit = lens_summary(all_logit, positions="all").table
+    kl_tuned = lens_summary(all_tuned, positions="all").table
     tuned_last = lens_summary(logit_lens(m, comp, target=FIELDS, lens=tuned)).table
+    kl_ci, kl_diff = kl_statistics(all_logit, all_tuned)
     return {
         "model": m, "prompts": comp, "recompute": recompute, "frozen": frozen, "summary": summary, "tuned": tuned,
         "kl_logit": kl_logit[kl_logit["target_field"] == "y_t"]["kl"].to_numpy(),
         "kl_tuned": kl_tuned[kl_tuned["target_field"] == "y_t"]["kl"].to_numpy(),
         "tuned_summary": tuned_last, "seconds_lens": t_lens, "seconds_train": t_train,
+        "kl_ci": kl_ci, "kl_diff": kl_diff,
     }
+
+
+def kl_statistics(logit: Any, tuned: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The held-out KL per lens and layer with its 95 % BCa interval over prompts (a prompt's positions resampled
+    together), and tuned minus logit lens per layer, paired by prompt (each prompt's mean KL over its positions),
+    with its interval and the sign-flip p-value (interp.Result.compare)."""
+    rows = []
+    for name, r in (("logit", logit), ("tuned", tuned)):
+        agg = r.aggregate(positions="all", ci=0.95, seed=0).table
+        rows.append(agg[agg["target_field"] == "y_t"][["layer", "kl", "kl_ci_low", "kl_ci_high"]].assign(lens=name))
+    both = pd.concat([r.table[r.table["target_field"] == "y_t"] for r in (logit, tuned)], ignore_index=True)
+    diff = interp.Result(both, {}).compare("lens", "logit", treatment="tuned", value="kl", by="layer", seed=0).table
+    return pd.concat(rows, ignore_index=True), diff
 
 
 def main() -> None:
@@ -76,6 +93,14 @@ def main() -> None:
     print(f"held-out KL to the final distribution, nats, blocks 0..{n - 1} (all positions of 60 prompts):")
     print("  tuned lens " + " / ".join(f"{v:.2f}" for v in out["kl_tuned"]))
     print("  logit lens " + " / ".join(f"{v:.2f}" for v in out["kl_logit"]))
+    print("  mean [95 % BCa interval over the 60 prompts]:")
+    for name, g in out["kl_ci"].groupby("lens", sort=False):
+        print(f"  {name} lens " + " / ".join(f"{k:.2f} [{lo:.2f}, {hi:.2f}]" for k, lo, hi in
+                                             zip(g["kl"], g["kl_ci_low"], g["kl_ci_high"])))
+    d = out["kl_diff"]
+    print("  tuned - logit, paired by prompt: " + " / ".join(
+        f"{v:.2f} [{lo:.2f}, {hi:.2f}] p={p:.2g}" for v, lo, hi, p in
+        zip(d["difference"], d["difference_ci_low"], d["difference_ci_high"], d["p_value"])))
     print(f"timings: logit lens x2 {out['seconds_lens']:.1f} s, tuned lens training {out['seconds_train']:.1f} s on "
           f"{out['tuned'].info['train']['n_tokens']} tokens")
 

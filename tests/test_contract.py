@@ -189,6 +189,30 @@ def check_views(entry, result):
         assert (diffs <= 1e-12).all() if entry.schema.sign != "lower" else (diffs >= -1e-12).all()
     grid = result.pivot()
     assert isinstance(grid, pd.DataFrame) and grid.size > 0
+    check_interval_figure(entry, result)
+
+
+# figures of methods with one row per prompt that draw each prompt, not a mean over prompts (no interval to show)
+PER_PROMPT_FIGURES = {"predictions": "each prompt's top predictions"}
+
+
+def check_interval_figure(entry, result):
+    """A method with one row per prompt (prompt_id among its keys) draws means over prompts: its figure takes
+    ``ci=`` and shows each mean's bootstrap interval (error bars, or the hover of a heatmap), reproducibly."""
+    from interp.figures.viz import bar_top, check_convention
+
+    # the default figure (bar_top) draws the top rows themselves, each one prompt's, not means
+    if "prompt_id" not in entry.schema.keys or entry.name in PER_PROMPT_FIGURES or entry.figure is bar_top:
+        return
+    assert "ci" in inspect.signature(entry.figure).parameters, f"{entry.name}: its figure takes no ci="
+    fig = result.figure(ci=0.9, n_boot=50, seed=1)
+    assert not check_convention(fig), entry.name
+    bars = [t for t in fig.data if getattr(t, "error_y", None) is not None and t.error_y.array is not None]
+    hovers = [t for t in fig.data if "interval" in (getattr(t, "hovertemplate", None) or "")]
+    assert bars or hovers, f"{entry.name}: figure(ci=0.9) shows no interval"
+    for t in bars:
+        assert all(x >= -1e-9 for x in [*t.error_y.array, *(t.error_y.arrayminus or [])]), entry.name
+    assert fig.to_json() == result.figure(ci=0.9, n_boot=50, seed=1).to_json(), entry.name
 
 
 def check_round_trip(result, tmp_path):

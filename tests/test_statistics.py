@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from interp.errors import ParameterError
 from interp.results.result import Result
 from interp.results.statistics import bootstrap_ci, sign_flip_test
 
@@ -236,3 +237,60 @@ def test_the_blocking_figure_can_show_the_interval():
     assert not check_convention(fig)
     plain = blocking_figure(r)
     assert plain.data[-1].name == "random controls (mean ± std)"
+
+
+def test_the_remaining_prompt_averaging_figures_show_the_interval_they_compute():
+    """The error bars and hover intervals of the causal-trace roles, Ships, patching and MoE-attribution figures
+    are those of Result.aggregate over the rows they average (the trace: per fact, its mean over the role's
+    tokens); the contract test checks every such figure takes ci= at all."""
+    from interp.figures.viz import check_convention
+    from interp.methods.moe import attribution_figure
+    from interp.methods.patching_core import patching_figure
+    from interp.methods.safety_heads import ships_figure
+    from interp.methods.tracing import causal_trace_figure
+
+    rng = np.random.default_rng(3)
+    trace = pd.DataFrame([{"prompt_id": f"f{f}", "site": "resid_post", "severed": "", "layer": layer,
+                           "position": pos, "role": "last subject token" if pos == 1 else "last token",
+                           "indirect_effect": rng.normal(0.1 * layer, 0.2)}
+                          for f in range(12) for layer in range(3) for pos in range(3)])
+    fig = causal_trace_figure(Result(trace, {"method": "causal_trace"}), ci=0.9, n_boot=200, seed=4)
+    per_fact = trace.groupby(["role", "layer", "prompt_id"])["indirect_effect"].mean().reset_index()
+    agg = Result(per_fact, {}).aggregate(["role", "layer"], value="indirect_effect", ci=0.9, n_boot=200,
+                                         seed=4).table.set_index("role")
+    for t in fig.data:
+        g = agg.loc[t.name]
+        np.testing.assert_allclose(t.y, g["indirect_effect"])
+        np.testing.assert_allclose(t.error_y.array, g["indirect_effect_ci_high"] - g["indirect_effect"])
+        np.testing.assert_allclose(t.error_y.arrayminus, g["indirect_effect"] - g["indirect_effect_ci_low"])
+    assert not check_convention(fig)
+    with pytest.raises(ParameterError, match="one fact"):
+        causal_trace_figure(Result(trace, {"method": "causal_trace"}), view="heatmap", ci=0.9)
+
+    heads = pd.DataFrame([{"prompt_id": f"p{p}", "layer": layer, "head": h, "score": rng.exponential(1 + h)}
+                          for p in range(10) for layer in range(2) for h in range(3)])
+    fig = ships_figure(Result(heads, {"method": "ships", "parameters": {"ablation": "query"}}), ci=0.95,
+                       n_boot=200, seed=0)
+    agg = Result(heads, {}).aggregate(["layer", "head"], value="score", ci=0.95, n_boot=200,
+                                      seed=0).table.set_index(["layer", "head"])
+    shown = np.asarray(fig.data[0].customdata)[:, :, 1]
+    for i, layer in enumerate(fig.data[0].y):
+        for j, h in enumerate(fig.data[0].x):
+            low, high = agg.loc[(int(layer), int(h)), ["score_ci_low", "score_ci_high"]]
+            assert shown[i, j] == f"[{low:.4g}, {high:.4g}]"
+    assert not check_convention(fig)
+
+    pairs = heads.rename(columns={"score": "effect"}).assign(site="z", position=4, pos_from_end=0, token="x")
+    fig = patching_figure(Result(pairs, {"method": "activation_patching", "parameters": {}}), value="effect",
+                          ci=0.95, n_boot=200, seed=0)
+    assert (np.asarray(fig.data[0].customdata) == shown).all() and "interval" in fig.data[0].hovertemplate
+
+    lpi = pd.DataFrame([{"prompt_id": f"p{p}", "layer": layer, "level": lv, "score": rng.normal(layer, 1.0)}
+                        for p in range(10) for layer in range(3) for lv in ("attn", "ffn")])
+    fig = attribution_figure(Result(lpi, {"method": "expert_attribution"}), ci=0.9, n_boot=200, seed=1)
+    agg = Result(lpi, {}).aggregate(["level", "layer"], value="score", ci=0.9, n_boot=200, seed=1).table
+    for t in fig.data:
+        g = agg[agg["level"] == t.name]
+        np.testing.assert_allclose(t.y, g["score"])
+        np.testing.assert_allclose(t.error_y.array, g["score_ci_high"] - g["score"])
+    assert not check_convention(fig)

@@ -244,3 +244,30 @@ def interval_error(table: Any, value: str) -> dict:
     down = mean - np.asarray(table[f"{value}_ci_low"], dtype=float)
     return {"type": "data", "symmetric": False, "array": np.nan_to_num(up).tolist(),
             "arrayminus": np.nan_to_num(down).tolist(), "visible": True, "thickness": 1.5}
+
+
+def interval_text(table: Any, index: str, columns: str, value: str, *, ci: float, n_boot: int, seed: int,
+                  like: Any) -> Any:
+    """The bootstrap interval over prompts of every cell of a heatmap of means, as hover text ``"[low, high]"``
+    (``"n/a"`` where a cell has fewer than two prompts), aligned with ``like`` (the grid of means: its index and
+    columns). ``table`` holds the rows averaged (one or more per prompt and cell; a prompt is one resampling unit,
+    :meth:`interp.Result.aggregate`). Returns a [rows, columns] numpy array of strings."""
+    import numpy as np
+
+    from ..results.result import Result
+
+    agg = Result(table, {}).aggregate([index, columns], value=value, ci=ci, n_boot=n_boot, seed=seed).table
+    low = agg.pivot(index=index, columns=columns, values=f"{value}_ci_low").reindex(index=like.index,
+                                                                                    columns=like.columns)
+    high = agg.pivot(index=index, columns=columns, values=f"{value}_ci_high").reindex(index=like.index,
+                                                                                      columns=like.columns)
+    text = np.full(low.shape, "n/a", dtype=object)
+    lo, hi = low.to_numpy(dtype=float), high.to_numpy(dtype=float)
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    text[ok] = [f"[{a:.4g}, {b:.4g}]" for a, b in zip(lo[ok], hi[ok])]
+    return text
+
+
+def interval_title(ci: float, n: int, what: str = "prompts") -> str:
+    """The title line saying what the figure's intervals are."""
+    return f"{ci:.0%} bootstrap interval over {n} {what}"

@@ -256,47 +256,73 @@ class AttributionResult(Result):
         return top_experts(self, k, task=task)
 
 
-def attribution_figure(result: Result, view: str = "layers", task: str | None = None) -> Any:
+def attribution_figure(result: Result, view: str = "layers", task: str | None = None, *, ci: float | None = None,
+                       n_boot: int = 1000, seed: int = 0) -> Any:
     """view: "layers" (attention vs FFN gain per layer), "experts" (layer x expert mean gain), "load" (layer x
     expert share of prompts routed at the last token), "heads" (layer x head mean gain); ``task``: that task's
-    prompts only. Means are over the prompts, whose count the title gives."""
+    prompts only. Means are over the prompts, whose count the title gives. With ``ci`` (e.g. 0.95), the seeded
+    bootstrap interval over prompts (:meth:`interp.Result.aggregate`): error bars on the layers view, in the
+    hover of the heatmaps."""
     import plotly.graph_objects as go
 
-    from ..figures.viz import axis_label, heatmap
+    from ..figures.viz import axis_label, heatmap, interval_error, interval_text, interval_title
 
     t = result.table if task is None else result.table[result.table["task"] == task]
-    over = f"mean over {t['prompt_id'].nunique()} prompts" + ("" if task is None else f" of {task}")
+    n = t["prompt_id"].nunique()
+    over = f"mean over {n} prompts" + ("" if task is None else f" of {task}")
+    if ci is not None:
+        over += ("; bars: " if view == "layers" else "; hover: ") + interval_title(ci, n)
+
+    def hover(cells: pd.DataFrame, g: pd.DataFrame, value: str, unit: str) -> dict[str, Any]:
+        if ci is None:
+            return {}
+        return {"customdata": interval_text(cells, "layer", "col", value, ci=ci, n_boot=n_boot, seed=seed, like=g),
+                "hover": f"layer=%{{y}}<br>%{{x}}<br>{value}=%{{z:.4g}} {unit}<br>{ci:.0%} interval "
+                         "%{customdata}<extra></extra>"}
+
     if view == "layers":
-        g = t[t["level"].isin(["attn", "ffn"])].groupby(["layer", "level"])["score"].mean().unstack()
+        rows = t[t["level"].isin(["attn", "ffn"])]
+        g = rows.groupby(["layer", "level"])["score"].mean().unstack()
+        bars = None
+        if ci is not None:
+            bars = Result(rows, {}).aggregate(["level", "layer"], value="score", ci=ci, n_boot=n_boot,
+                                              seed=seed).table.set_index(["level", "layer"])
         fig = go.Figure()
         for k, colour in (("attn", "#2166ac"), ("ffn", "#b2182b")):
             if k in g:
-                fig.add_trace(go.Bar(name=k, x=list(g.index), y=g[k].tolist(), marker_color=colour,
+                error = None if bars is None else interval_error(bars.loc[k].reindex(g.index).assign(
+                    score=g[k].to_numpy()), "score")
+                fig.add_trace(go.Bar(name=k, x=list(g.index), y=g[k].tolist(), marker_color=colour, error_y=error,
                                      hovertemplate="layer %{x}<br>" + k + " LPI=%{y:.4g} nats<extra></extra>"))
         fig.update_layout(title=f"Attention vs FFN log-probability gain of the target per layer<br>{over}",
                           xaxis_title="layer", yaxis_title=axis_label("LPI", "nats"), barmode="group",
                           autosize=True)
         return fig
     if view == "heads":
-        g = t[t["level"] == "head"].pivot_table(index="layer", columns="head", values="score", aggfunc="mean")
+        cells = t[t["level"] == "head"].assign(col=lambda d: d["head"])
+        g = cells.pivot_table(index="layer", columns="col", values="score", aggfunc="mean")
         return heatmap(g.values, [str(c) for c in g.columns], [str(i) for i in g.index], x_title="head",
                        y_title="layer", title=f"Head log-probability gain of the target, {over}",
-                       colorbar_title=axis_label("LPI", "nats"), unit="nats", diverging=True)
+                       colorbar_title=axis_label("LPI", "nats"), unit="nats", diverging=True,
+                       **hover(cells, g, "score", "nats"))
     if view in ("experts", "load"):
-        ex = t[t["level"].isin(["expert", "shared_expert"])].copy()
-        ex["col"] = [("S" if k == "shared_expert" else f"E{int(e)}") for k, e in zip(ex["level"], ex["expert"])]
+        cells = t[t["level"].isin(["expert", "shared_expert"])].copy()
+        cells["col"] = [("S" if k == "shared_expert" else f"E{int(e)}")
+                        for k, e in zip(cells["level"], cells["expert"])]
         value = "score" if view == "experts" else "selected"
-        ex[value] = ex[value].astype(float)
-        g = ex.pivot_table(index="layer", columns="col", values=value, aggfunc="mean")
+        cells[value] = cells[value].astype(float)
+        g = cells.pivot_table(index="layer", columns="col", values=value, aggfunc="mean")
         cols = sorted(g.columns, key=lambda c: (c == "S", int(c[1:]) if c != "S" else 0))
         g = g[cols]
         if view == "experts":
             return heatmap(g.values, cols, [str(i) for i in g.index], x_title="expert (S: shared)", y_title="layer",
                            title=f"Expert log-probability gain of the target, {over}",
-                           colorbar_title=axis_label("LPI", "nats"), unit="nats", diverging=True)
+                           colorbar_title=axis_label("LPI", "nats"), unit="nats", diverging=True,
+                           **hover(cells, g, "score", "nats"))
         return heatmap(g.values, cols, [str(i) for i in g.index], x_title="expert (S: shared)", y_title="layer",
                        title=f"Expert load at the last token, {over}",
-                       colorbar_title=axis_label("load", "share of prompts"), diverging=False)
+                       colorbar_title=axis_label("load", "share of prompts"), diverging=False,
+                       **hover(cells, g, "selected", "(share of prompts)"))
     raise ParameterError(f"view={view!r} is not one of 'layers', 'heads', 'experts', 'load'.")
 
 

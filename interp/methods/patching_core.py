@@ -481,13 +481,17 @@ def run_exact(m: Model, pairs: Pairs, batch: tuple[Batch, Batch], slots: list[Sl
 
 
 # --- figure and sharded runs ----------------------------------------------------------------------------
-def patching_figure(result: Result, site: str | None = None, position: int | None = None, value: str | None = None
-                    ) -> Any:
+def patching_figure(result: Result, site: str | None = None, position: int | None = None, value: str | None = None,
+                    *, ci: float | None = None, n_boot: int = 1000, seed: int = 0) -> Any:
     """Mean over prompt pairs of ``value`` (default: the schema's value, ``effect`` / ``attribution``; ``"score"``
     for the metric after patching): layer x position for a residual / output site (x = token position, from the end
     when the prompts' lengths differ), layer x head for z (at ``position``, default the last). The title says over
-    how many pairs; a column names its token only where every pair has that token there (the hover lists them)."""
-    from ..figures.viz import axis_label, heatmap
+    how many pairs; a column names its token only where every pair has that token there (the hover lists them).
+    With ``ci`` (e.g. 0.95), the hover also gives each cell's seeded bootstrap interval over the pairs
+    (:meth:`interp.Result.aggregate`)."""
+    import numpy as np
+
+    from ..figures.viz import axis_label, heatmap, interval_text, interval_title
 
     t = result.table
     if value is None:
@@ -511,9 +515,15 @@ def patching_figure(result: Result, site: str | None = None, position: int | Non
         pos = -1 if position is None else position
         t = t[t["pos_from_end"] == -pos - 1] if pos < 0 else t[t["position"] == pos]
         grid = t.pivot_table(index="layer", columns="head", values=value, aggfunc="mean")
+        hover = custom = None
+        if ci is not None:
+            custom = interval_text(t, "layer", "head", value, ci=ci, n_boot=n_boot, seed=seed, like=grid)
+            hover = (f"layer=%{{y}}<br>head=%{{x}}<br>{bar.split(' (')[0]}=%{{z:.4g}}<br>{ci:.0%} interval "
+                     "%{customdata}<extra></extra>")
+            mean += "; hover: " + interval_title(ci, n, "pairs")
         return heatmap(grid.values, [str(h) for h in grid.columns], [str(x) for x in grid.index],
                        title=f"{title}, position {pos}<br>{mean}", x_title="head", y_title="layer",
-                       zmid=0.0, colorbar_title=bar)
+                       zmid=0.0, colorbar_title=bar, customdata=custom, hover=hover)
     same_len = t.groupby("prompt_id")["position"].max().nunique() == 1
     col = "position" if same_len else "pos_from_end"
     grid = t.pivot_table(index="layer", columns=col, values=value, aggfunc="mean")
@@ -525,13 +535,18 @@ def patching_figure(result: Result, site: str | None = None, position: int | Non
               for name, p in zip(names, grid.columns)]
     shown = [", ".join(repr(x) for x in tokens.get(p, [])[:6]) + (" ..." if len(tokens.get(p, [])) > 6 else "")
              for p in grid.columns]
-    custom = [shown for _ in grid.index]
+    custom = np.empty((len(grid.index), len(grid.columns), 2 if ci is not None else 1), dtype=object)
+    custom[:, :, 0] = [shown for _ in grid.index]
     value_name = bar.split(" (")[0]
+    hover = f"layer=%{{y}}<br>position=%{{x}}<br>tokens: %{{customdata[0]}}<br>{value_name}=%{{z:.4g}}"
+    if ci is not None:
+        custom[:, :, 1] = interval_text(t, "layer", col, value, ci=ci, n_boot=n_boot, seed=seed, like=grid)
+        hover += f"<br>{ci:.0%} interval %{{customdata[1]}}"
+        mean += "; hover: " + interval_title(ci, n, "pairs")
     return heatmap(grid.values, labels, [str(x) for x in grid.index], title=f"{title}<br>{mean}",
                    x_title=("position" if same_len else "position from the end") + " (token: where all pairs share it)",
                    y_title="layer", zmid=0.0, colorbar_title=bar, customdata=custom,
-                   hover=f"layer=%{{y}}<br>position=%{{x}}<br>tokens: %{{customdata}}<br>{value_name}=%{{z:.4g}}"
-                         "<extra></extra>")
+                   hover=hover + "<extra></extra>")
 
 
 def prepare_pairs(_m: Model, ps: PromptSet, params: dict) -> dict:

@@ -135,30 +135,39 @@ def _prepare(m: Any, ps: Any, params: dict) -> dict:
     return {**params, "attributes": fixed}
 
 
-def relation_evidence_figure(result: Result) -> Any:
+def relation_evidence_figure(result: Result, *, ci: float | None = None, n_boot: int = 1000, seed: int = 0) -> Any:
     """Three panels: mean attribute rate per layer and mean log10 rank of the target per layer (logit lens at the
     last position), and below them the mean drop of the final attribute rate when each window of MLPs / attention
     is knocked out. Rates are drawn over their whole range [0, 1] and the drops up to the final attribute rate
-    (the most a knockout can remove), so a change of one top-k token is not drawn as a cliff."""
+    (the most a knockout can remove), so a change of one top-k token is not drawn as a cliff. With ``ci`` (e.g.
+    0.95), every mean gets error bars of its seeded bootstrap interval over prompts
+    (:meth:`interp.Result.aggregate`)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from ..figures.viz import FRACTION_RANGE
+    from ..figures.viz import FRACTION_RANGE, interval_error, interval_title
 
     t = result.table
     lens = t[t["analysis"] == "lens"].copy()
     lens["log10_rank"] = lens["target_rank"].astype(float).apply(math.log10)
     per_layer = lens.groupby("layer")[["attribute_rate", "log10_rank"]].mean().reset_index()
+    bars: dict[str, Any] = {"attribute_rate": None, "log10_rank": None}
+    if ci is not None:
+        agg = Result(lens, {}).aggregate("layer", value=["attribute_rate", "log10_rank"], ci=ci, n_boot=n_boot,
+                                         seed=seed).table.set_index("layer").reindex(per_layer["layer"])
+        for c in bars:
+            bars[c] = interval_error(agg.assign(**{c: per_layer[c].to_numpy()}), c)
     fig = make_subplots(rows=2, cols=2, specs=[[{}, {}], [{"colspan": 2}, None]], vertical_spacing=0.2,
                         horizontal_spacing=0.14,
                         subplot_titles=("attribute rate per layer", "rank of the target per layer",
                                         "knockout: drop of the final attribute rate"))
     fig.add_trace(go.Scatter(x=per_layer["layer"], y=per_layer["attribute_rate"], mode="lines+markers",
-                             name="attribute rate", line={"color": "#b2182b"},
+                             name="attribute rate", line={"color": "#b2182b"}, error_y=bars["attribute_rate"],
                              hovertemplate="layer %{x}<br>mean attribute rate %{y:.3f}<extra></extra>"),
                   row=1, col=1)
     fig.add_trace(go.Scatter(x=per_layer["layer"], y=per_layer["log10_rank"], mode="lines+markers",
                              name="log10 rank of the target", line={"color": "#2166ac"},
+                             error_y=bars["log10_rank"],
                              hovertemplate="layer %{x}<br>mean log10 rank %{y:.3f}<extra></extra>"),
                   row=1, col=2)
     ko = t[t["analysis"] == "knockout"]
@@ -166,8 +175,17 @@ def relation_evidence_figure(result: Result) -> Any:
     for site, part in ko.groupby("site", sort=False):
         g = part.groupby(["window_start", "window_end"])["attribute_rate_drop"].mean().reset_index()
         drops += [float(v) for v in g["attribute_rate_drop"]]
+        error = None
+        if ci is not None:
+            windows = ["window_start", "window_end"]
+            agg = Result(part, {}).aggregate(windows, value="attribute_rate_drop", ci=ci, n_boot=n_boot,
+                                             seed=seed).table
+            agg = g[windows].merge(agg, on=windows, how="left", validate="one_to_one")
+            error = interval_error(agg.assign(attribute_rate_drop=g["attribute_rate_drop"].to_numpy()),
+                                   "attribute_rate_drop")
+            drops += [float(v) for v in agg["attribute_rate_drop_ci_high"].dropna()]
         fig.add_trace(go.Bar(x=[f"[{a}, {b})" for a, b in zip(g["window_start"], g["window_end"])],
-                             y=g["attribute_rate_drop"], name=f"{site} knocked out",
+                             y=g["attribute_rate_drop"], name=f"{site} knocked out", error_y=error,
                              hovertemplate="layers %{x}<br>mean drop %{y:.3f}<extra>" + site + "</extra>"),
                       row=2, col=1)
     final_rate = float(per_layer["attribute_rate"].iloc[-1]) if len(per_layer) else 1.0
@@ -181,7 +199,10 @@ def relation_evidence_figure(result: Result) -> Any:
     fig.update_yaxes(title_text="log10 rank (0 = top-1)", range=[-0.05 * ranks_top, 1.05 * ranks_top], row=1, col=2)
     fig.update_yaxes(title_text="drop (fraction of top-k)", range=[low - 0.05 * top, 1.05 * top], row=2, col=1)
     n = t["prompt_id"].nunique()
-    fig.update_layout(title=f"Relation evidence at the last position<br>mean over {n} prompt{'s' if n != 1 else ''}",
+    over = f"mean over {n} prompt{'s' if n != 1 else ''}"
+    if ci is not None:
+        over += "; bars: " + interval_title(ci, n)
+    fig.update_layout(title=f"Relation evidence at the last position<br>{over}",
                       barmode="group", autosize=True, height=720, margin={"t": 110},
                       legend={"orientation": "h", "y": -0.12})
     return fig

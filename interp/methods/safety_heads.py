@@ -139,21 +139,30 @@ class _KLReduce:
         return (p * (p.log() - q.log())).sum(-1)
 
 
-def ships_figure(result: Result, **_: Any) -> Any:
+def ships_figure(result: Result, *, ci: float | None = None, n_boot: int = 1000, seed: int = 0, **_: Any) -> Any:
     """Layer x head grid of the mean Ships score over prompts (KL, nats; layer 0 at the bottom); hover: layer,
-    head, score, rank."""
-    from ..figures.viz import heatmap
+    head, score, rank, and with ``ci`` (e.g. 0.95) the cell's seeded bootstrap interval over prompts
+    (:meth:`interp.Result.aggregate`)."""
+    import numpy as np
+
+    from ..figures.viz import heatmap, interval_text, interval_title
 
     grid = result.pivot("layer", "head", "score", aggfunc="mean")
     flat = grid.stack().sort_values(ascending=False, kind="stable")
     rank = pd.Series(range(1, len(flat) + 1), index=flat.index).unstack().reindex_like(grid)
     n = result.table["prompt_id"].nunique()
     ablation = result.meta.get("parameters", {}).get("ablation", "")
-    return heatmap(grid.values, [int(c) for c in grid.columns], [int(i) for i in grid.index],
-                   title=f"Ships: KL(clean || head ablated), mean over {n} prompts ({ablation} ablation)",
+    title = f"Ships: KL(clean || head ablated), mean over {n} prompts ({ablation} ablation)"
+    hover = "layer=%{y}<br>head=%{x}<br>score=%{z:.4g} nats<br>rank=%{customdata[0]}"
+    custom = [rank.values.astype(int).astype(object)]
+    if ci is not None:
+        custom.append(interval_text(result.table, "layer", "head", "score", ci=ci, n_boot=n_boot, seed=seed,
+                                    like=grid))
+        hover += f"<br>{ci:.0%} interval %{{customdata[1]}} nats"
+        title += "<br>hover: " + interval_title(ci, n)
+    return heatmap(grid.values, [int(c) for c in grid.columns], [int(i) for i in grid.index], title=title,
                    x_title="head", y_title="layer", colorbar_title="Ships KL (nats)", diverging=False,
-                   customdata=rank.values.astype(int),
-                   hover="layer=%{y}<br>head=%{x}<br>score=%{z:.4g} nats<br>rank=%{customdata}<extra></extra>")
+                   customdata=np.stack(custom, axis=-1), hover=hover + "<extra></extra>")
 
 
 @register_method("ships", paper=PAPER, family="safety_heads", figure=ships_figure, schema=SHIPS_SCHEMA,

@@ -221,19 +221,26 @@ def _panel_title(site: str, severed: str) -> str:
     return f"{site}, {severed} severed" if severed else site
 
 
-def causal_trace_figure(result: Result, prompt_id: str | None = None, view: str = "heatmap",
-                        value: str = "indirect_effect") -> Any:
+def causal_trace_figure(result: Result, prompt_id: str | None = None, view: str | None = None,
+                        value: str = "indirect_effect", *, ci: float | None = None, n_boot: int = 1000,
+                        seed: int = 0) -> Any:
     """ROME-style figures (Meng et al. 2022, Figure 1). ``view="heatmap"``: one fact (the first by default),
     tokens along x, layers up y (layer 0 at the bottom), one panel per site (and severed site), subject tokens
     marked with ``*``; ``value`` is any numeric column (``target_prob`` for the restored probability).
     ``view="roles"``: the indirect effect per layer averaged over the facts, one curve per token role, one panel
-    per site."""
+    per site; with ``ci`` (e.g. 0.95), error bars of the seeded bootstrap interval over facts (each fact's mean
+    over its tokens of the role is one resampling unit, :meth:`interp.Result.aggregate`). ``view`` None: the
+    heatmap, or the roles when ``ci`` is given; ``ci`` with the heatmap (one fact, no average) is a ParameterError."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from ..figures.viz import DIVERGING, SEQUENTIAL, axis_label
+    from ..figures.viz import DIVERGING, SEQUENTIAL, axis_label, interval_error, interval_title
 
+    view = view if view is not None else ("heatmap" if ci is None else "roles")
     check_choice("view", view, ("heatmap", "roles"))
+    if ci is not None and view != "roles":
+        raise ParameterError("ci= draws intervals over facts, which only view='roles' averages over; the heatmap "
+                             "shows one fact.")
     table = result.table
     if table.empty:
         raise ParameterError("The trace has no rows (every fact was dropped): nothing to draw.")
@@ -247,6 +254,8 @@ def causal_trace_figure(result: Result, prompt_id: str | None = None, view: str 
     unit = "probability"
     if view == "roles":
         summary = trace_summary(result)
+        if ci is not None:
+            summary = _with_fact_intervals(result, summary, ci, n_boot, seed)
         colours = dict(zip(ROLES, ("#999999", "#bbbbbb", "#1f77b4", "#17becf", "#d62728", "#2ca02c", "#9467bd",
                                    "#ff7f0e")))
         for c, (site, sev) in enumerate(panels, 1):
@@ -256,12 +265,15 @@ def causal_trace_figure(result: Result, prompt_id: str | None = None, view: str 
                 fig.add_trace(go.Scatter(x=rows["layer"], y=rows["indirect_effect"], mode="lines+markers",
                                          name=role, legendgroup=role, showlegend=c == 1,
                                          line={"color": colours[role]},
+                                         error_y=None if ci is None else interval_error(rows, "indirect_effect"),
                                          hovertemplate=f"{role}<br>layer %{{x}}<br>mean indirect effect "
                                                        "%{y:.4f} (probability)<extra></extra>"), row=1, col=c)
             fig.update_xaxes(title_text="layer", row=1, col=c)
             fig.update_yaxes(title_text=axis_label("mean indirect effect", unit), row=1, col=c)
-        fig.update_layout(title=f"Indirect effect by token role ({corruption} corrupted)<br>mean over {n_facts} "
-                                f"fact{'s' if n_facts != 1 else ''}", autosize=True)
+        over = f"mean over {n_facts} fact{'s' if n_facts != 1 else ''}"
+        if ci is not None:
+            over += "; bars: " + interval_title(ci, n_facts, "facts")
+        fig.update_layout(title=f"Indirect effect by token role ({corruption} corrupted)<br>{over}", autosize=True)
         return fig
     pid = prompt_id if prompt_id is not None else table["prompt_id"].iloc[0]
     one = table[table["prompt_id"] == str(pid)]
@@ -599,6 +611,16 @@ def trace_summary(result: Result) -> pd.DataFrame:
     out["_role"] = out["role"].map(role_order)
     return (out.sort_values(["_panel", "_role", "layer"], kind="stable").drop(columns=["_panel", "_role"])
             .reset_index(drop=True))
+
+
+def _with_fact_intervals(result: Result, summary: pd.DataFrame, ci: float, n_boot: int, seed: int) -> pd.DataFrame:
+    """``summary`` (:func:`trace_summary`) with indirect_effect_ci_low / _ci_high: the bootstrap interval over facts
+    of each site x severed x role x layer mean (a fact's mean over its tokens of the role, as the summary takes)."""
+    by = ["site", "severed", "role", "layer"]
+    per_fact = result.table.groupby([*by, "prompt_id"], sort=False)["indirect_effect"].mean().reset_index()
+    agg = Result(per_fact, {}).aggregate(by, value="indirect_effect", ci=ci, n_boot=n_boot, seed=seed).table
+    cols = ["indirect_effect_ci_low", "indirect_effect_ci_high"]
+    return summary.merge(agg[[*by, *cols]], on=by, how="left", validate="one_to_one")
 
 
 def trace_totals(result: Result) -> pd.DataFrame:

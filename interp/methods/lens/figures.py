@@ -11,7 +11,7 @@ import pandas as pd
 
 from ...errors import ParameterError
 from ...results.result import Result
-from .statistics import DISTRIBUTION_METRICS, as_summary, is_lens_table
+from .statistics import DISTRIBUTION_METRICS, LensResult, as_summary, is_lens_table
 
 # target fields take these colours; per-distribution metrics (KL, entropy) one neutral colour of their own, so a
 # colour names one target field in every panel
@@ -118,20 +118,23 @@ def lens_heatmap(result: Result, prompt_id: str | None = None, *, site: str | No
 def lens_curves(*results: Any, metrics: tuple[str, ...] = ("mean_target_prob", "median_target_rank", "accuracy",
                                                            "kl"),
                 target: str | list[str] | None = None, site: str | None = "resid_post",
-                positions: str = "last") -> Any:
+                positions: str = "last", ci: float | None = None, n_boot: int = 1000, seed: int = 0) -> Any:
     """Per-layer curves over a dataset: one panel per metric (target probability, median target rank, top-1
     accuracy, MRR, KL in nats ...), one colour per target field (per-distribution metrics such as KL in a neutral
     colour of their own), one dash style per lens x norm (pass the logit-lens and the tuned-lens results together
     to compare them), one marker and one curve per site (``site=None`` draws every site: sublayers are never
     joined into one curve). Takes logit_lens results or
-    :func:`~interp.methods.lens.lens_summary` results. ``target``: the target field(s) drawn (default: all)."""
+    :func:`~interp.methods.lens.lens_summary` results. ``target``: the target field(s) drawn (default: all).
+    With ``ci`` (e.g. 0.95), every mean (not the median rank) gets error bars of its seeded bootstrap interval over
+    prompts (:meth:`LensResult.aggregate`); a summary made with ``aggregate(ci=...)`` draws its own intervals, and a
+    summary without them cannot have any (ParameterError: pass the logit_lens result)."""
     from plotly.subplots import make_subplots
 
-    from ...figures.viz import FRACTION_RANGE
+    from ...figures.viz import FRACTION_RANGE, interval_error
 
     if not results:
         raise ParameterError("lens_curves needs at least one result.")
-    summary = pd.concat([as_summary(r, positions) for r in results], ignore_index=True)
+    summary = pd.concat([_summary(r, positions, ci, n_boot, seed) for r in results], ignore_index=True)
     for mtr in metrics:
         if mtr not in METRIC_TITLES:
             raise ParameterError(f"metric {mtr!r} is not one of {', '.join(METRIC_TITLES)}.")
@@ -169,6 +172,8 @@ def lens_curves(*results: Any, metrics: tuple[str, ...] = ("mean_target_prob", "
                                     showlegend=name not in shown,
                                     line={"color": colour, "dash": _DASHES[vi % len(_DASHES)]},
                                     marker={"symbol": _SYMBOLS[si % len(_SYMBOLS)], "color": colour},
+                                    error_y=(interval_error(g, mtr) if f"{mtr}_ci_low" in g.columns
+                                             and g[f"{mtr}_ci_low"].notna().any() else None),
                                     hovertemplate=f"{name}<br>{x_col}=%{{x}}<br>{mtr}=%{{y:.4g}}<extra></extra>",
                                     row=r, col=c)
                     shown.add(name)
@@ -178,20 +183,40 @@ def lens_curves(*results: Any, metrics: tuple[str, ...] = ("mean_target_prob", "
             fig.update_yaxes(type="log", row=r, col=c)
         elif mtr in _FRACTIONS:
             fig.update_yaxes(range=FRACTION_RANGE, row=r, col=c)
-    fig.update_layout(title=f"Lens per layer over {int(summary['n'].max()) if len(summary) else 0} prompts "
-                            f"({positions} position)", height=max(330 * nrows + 80, 30 * len(shown) + 200))
+    title = f"Lens per layer over {int(summary['n'].max()) if len(summary) else 0} prompts ({positions} position)"
+    if ci is not None:
+        title += f"<br>bars: {ci:.0%} bootstrap interval over prompts"
+    fig.update_layout(title=title, height=max(330 * nrows + 80, 30 * len(shown) + 200))
     return fig
 
 
-def lens_figure(result: Result, kind: str = "auto", **kwargs: Any) -> Any:
+def _summary(item: Any, positions: str, ci: float | None, n_boot: int, seed: int) -> pd.DataFrame:
+    """The summary a curve reads: as :func:`as_summary`, with intervals when ``ci`` is given."""
+    if ci is None:
+        return as_summary(item, positions)
+    table = item.table if isinstance(item, Result) else item
+    if isinstance(table, pd.DataFrame) and is_lens_table(table):
+        meta = item.meta if isinstance(item, Result) else {}
+        return LensResult(table, meta).aggregate(positions=positions, ci=ci, n_boot=n_boot, seed=seed).table
+    summary = as_summary(item, positions)
+    if not any(c.endswith("_ci_low") for c in summary.columns):
+        raise ParameterError("ci= needs the logit_lens result itself (a summary has no per-prompt rows to "
+                             "resample), or a summary made with its aggregate(ci=...).")
+    return summary
+
+
+def lens_figure(result: Result, kind: str = "auto", *, ci: float | None = None, **kwargs: Any) -> Any:
     """The registered figure of logit_lens: the layer x position heatmap of one prompt for results decoded at
     more than the last position, the per-layer dataset curves otherwise (``kind="heatmap"`` / ``"curves"`` to
-    choose)."""
+    choose; ``ci`` given, the curves: the heatmap shows one prompt, with no interval to draw)."""
     if kind == "auto":
-        kind = "curves" if bool(result.table["is_last"].all()) else "heatmap"
+        kind = "curves" if bool(result.table["is_last"].all()) or ci is not None else "heatmap"
     if kind == "heatmap":
+        if ci is not None:
+            raise ParameterError("ci= draws intervals over prompts, which the curves average over; the heatmap "
+                                 "shows one prompt.")
         return lens_heatmap(result, **kwargs)
     if kind == "curves":
         positions = "last" if bool(result.table["is_last"].any()) else "all"
-        return lens_curves(result, positions=kwargs.pop("positions", positions), **kwargs)
+        return lens_curves(result, positions=kwargs.pop("positions", positions), ci=ci, **kwargs)
     raise ParameterError(f"kind={kind!r} is not one of 'auto', 'heatmap', 'curves'.")
