@@ -230,11 +230,15 @@ def cases(quick: bool = False) -> list[Case]:
     c_ids, k_ids, ans, wr = token_batch(model, clean, corrupt)
     assert c_ids.shape == k_ids.shape, "the pairs must share one token length"
     per_row, cpu_row, n_rows = table_build_per_row(model)
+    bridge_ratio = bridge_over_hf(model, hf, k_ids)
     info = model.info
     shape = (f"Llama {info.n_layers} layers, d_model {info.d_model}, {info.n_heads} heads / 2 kv (GQA); "
              f"{n} pairs x {c_ids.shape[1]} tokens")
     note = (f"{shape}; table build {per_row * 1e6:.3f} us/row wall, {cpu_row * 1e6:.3f} us/row CPU at {n_rows} rows "
-            "(7B-like, synthetic)")
+            f"(7B-like, synthetic); one plain bridge forward = {bridge_ratio:.2f}x one plain HF forward of the batch "
+            "(interp runs the bridge, the hand-written sides HF)")
+    print(f"[bench_attribution_patching] plain forward of the batch, bridge / HF: {bridge_ratio:.2f}x (median of 15, "
+          "interleaved)")
     print(f"[bench_attribution_patching] {shape}")
     print(f"[bench_attribution_patching] table build (PatchTable, synthetic values, best of 5): {per_row * 1e6:.3f} us "
           f"per row wall, {cpu_row * 1e6:.3f} us per row CPU, at {n_rows} rows (32 layers x 32 heads of z + 3 sites x "
@@ -251,7 +255,24 @@ def cases(quick: bool = False) -> list[Case]:
                  naive=lambda: naive_loop(hf, c_ids, k_ids, ans, wr),
                  equal_work=lambda: batched_loop(hf, c_ids, k_ids, ans, wr),
                  floor=floor, floor_forwards=3, check=max_diff, note=note,
-                 extra={"table_build_us_per_row": per_row * 1e6, "table_build_cpu_us_per_row": cpu_row * 1e6})]
+                 extra={"table_build_us_per_row": per_row * 1e6, "table_build_cpu_us_per_row": cpu_row * 1e6,
+                        "bridge_forward_over_hf": bridge_ratio})]
+
+
+def bridge_over_hf(model, hf, ids: torch.Tensor, repeats: int = 15) -> float:
+    """Median time of one plain no-grad forward of ``ids`` through the bridge over the same through the HF model,
+    the two interleaved: the share of interp's time its forward engine adds before any of interp's own work."""
+    times: dict[str, list[float]] = {"bridge": [], "hf": []}
+    runs = {"bridge": lambda: model.bridge(ids), "hf": lambda: hf(ids)}
+    with torch.no_grad():
+        for f in runs.values():
+            f()
+        for _ in range(repeats):
+            for name, f in runs.items():
+                t0 = time.perf_counter()
+                f()
+                times[name].append(time.perf_counter() - t0)
+    return float(np.median(times["bridge"]) / np.median(times["hf"]))
 
 
 if __name__ == "__main__":

@@ -164,9 +164,15 @@ def _wire_capture_hooks(bridge: Any) -> None:
     attention on their first forward, and keeps (split-qkv fork, ``hook_mlp_in`` and attention-pattern capture:
     the bridge's own), are there from the start. Otherwise a fresh model's first call leaves hooks it did not have
     before, which the leak checks (``hook_snapshot``) cannot tell from a leak. Cost: one forward of one token."""
+    if getattr(bridge, "_interp_hooks_settled", False):
+        return
     device = next(bridge.parameters()).device
     with torch.no_grad():
         bridge(torch.zeros(1, 1, dtype=torch.long, device=device))
+    try:
+        object.__setattr__(bridge, "_interp_hooks_settled", True)
+    except Exception:  # a frozen object: the forward runs again next time, which is harmless
+        pass
 
 
 def as_model(model: Any) -> Model:
