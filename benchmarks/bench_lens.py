@@ -10,7 +10,8 @@ plain Hugging Face model, at every position and at the last position.
   positions (the lens cannot do less: it must produce those logits), so floor_forwards = 1.
 
 The check is the largest difference of target_prob between interp and the naive loop.
-Model: the dense organism (data/organisms/dense), its held-out composite prompts.
+Models: the dense organism (data/organisms/dense), its held-out composite prompts; and (positions=all) a random
+Llama of GPT-2-small width with the organism's vocabulary on the same prompts (:func:`_wide_model`).
 Run: .venv/bin/python benchmarks/bench_lens.py [--quick]
 """
 
@@ -29,15 +30,44 @@ FIELDS = ("y_t", "y_s1", "y_s2")
 TOP_K = 10
 
 
-def _setup(n: int):
+def _setup(n: int, wide: bool = False):
     import interp
     from interp.organisms import CORPUS_DIR, organism_dir
     from interp.organisms.corpus import load_jsonl
 
-    m = interp.load_model(organism_dir("dense"), device="cpu")
+    m = interp.load_model(_wide_model() if wide else organism_dir("dense"), device="cpu")
     recs = load_jsonl(CORPUS_DIR / "composite.jsonl")
     comp = [r for r in recs if r["kind"] == "composite" and r["split"] == "heldout" and r["n_shot"] > 0][:n]
     return m, comp
+
+
+WIDE = {"hidden_size": 768, "num_hidden_layers": 4, "num_attention_heads": 12, "num_key_value_heads": 4,
+        "intermediate_size": 2048}
+
+
+def _wide_model() -> Path:
+    """A random-init Llama of GPT-2-small width (d_model 768, GQA 12 / 4 heads, 4 layers) with the dense organism's
+    tokenizer and vocabulary, in a temporary directory. The lens's statistics cost per decoded logit is the same at
+    any width, the unembedding's grows with d_model: at the organism's d_model 192 ten passes over [rows, vocab]
+    cost about as much as the unembedding itself, at real widths (768 to 8192) a fraction of it. This case measures
+    the lens at the narrowest real width; its prompts and targets are the organism's (its predictions are noise)."""
+    import tempfile
+
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from interp.organisms import organism_dir
+
+    dense = organism_dir("dense")
+    tok = AutoTokenizer.from_pretrained(dense)
+    base = LlamaConfig.from_pretrained(dense)
+    cfg = LlamaConfig(vocab_size=base.vocab_size, max_position_embeddings=base.max_position_embeddings,
+                      bos_token_id=base.bos_token_id, eos_token_id=base.eos_token_id, pad_token_id=base.pad_token_id,
+                      tie_word_embeddings=True, **WIDE)
+    out = Path(tempfile.mkdtemp()) / "llama_d768"
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
 
 def _batches(m, comp, batch_size: int, positions: str):
@@ -117,21 +147,24 @@ def cases(quick: bool = False) -> list[Case]:
     from interp.methods.lens import logit_lens
 
     n, bsz = (16, 16) if quick else (32, 32)
-    m, comp = _setup(n)
-    hf = m.hf_model
     out = []
-    for positions in ("all", "last"):
+    for wide, positions in ((False, "all"), (False, "last"), (True, "all")):
+        m, comp = _setup(n, wide)
+        hf = m.hf_model
         batched = _batches(m, comp, bsz, positions)
         single = _batches(m, comp, 1, positions)
+        shape = f", d_model {m.info.d_model} (random Llama, the organism's vocabulary)" if wide else ""
         out.append(Case(
-            name=f"logit_lens positions={positions}, {n} prompts, 3 targets",
-            interp=lambda p=positions: logit_lens(m, comp, target=FIELDS, positions=p, top_k=TOP_K, batch_size=bsz),
-            naive=lambda s=single: _loop(hf, s),
-            equal_work=lambda b=batched: _loop(hf, b),
-            floor=lambda b=batched: _floor(hf, b),
+            name=f"logit_lens positions={positions}, {n} prompts, 3 targets{shape}",
+            interp=lambda p=positions, m=m, comp=comp: logit_lens(m, comp, target=FIELDS, positions=p, top_k=TOP_K,
+                                                                  batch_size=bsz),
+            naive=lambda s=single, hf=hf: _loop(hf, s),
+            equal_work=lambda b=batched, hf=hf: _loop(hf, b),
+            floor=lambda b=batched, hf=hf: _floor(hf, b),
             floor_forwards=1,
             check=_check,
-            note="floor = the forward + every layer's unembedding at the decoded positions"))
+            note="floor = the forward + every layer's unembedding at the decoded positions; the dense organism "
+                 "(d_model 192) unless the case names a d_model"))
     return out
 
 
