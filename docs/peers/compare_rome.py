@@ -37,6 +37,9 @@ FACTS = [
 ]
 
 
+_RANDOM_STATE = np.random.RandomState  # kept: ROME's numpy is this numpy, so the patch below replaces this name
+
+
 class _RestartingRandomState:
     """A stand-in for numpy.random.RandomState whose every draw restarts from the seed (so both passes of
     trace_with_repatch see the noise that trace_with_patch's single pass sees)."""
@@ -45,10 +48,10 @@ class _RestartingRandomState:
         self.seed = seed
 
     def randn(self, *shape: int) -> np.ndarray:
-        return np.random.RandomState(self.seed).randn(*shape)
+        return _RANDOM_STATE(self.seed).randn(*shape)
 
     def uniform(self, low: float, high: float, shape: tuple) -> np.ndarray:
-        return np.random.RandomState(self.seed).uniform(low, high, shape)
+        return _RANDOM_STATE(self.seed).uniform(low, high, shape)
 
 
 def main() -> None:
