@@ -11,7 +11,7 @@ import torch
 from interp.organisms.planted import DOMAINS, PLANTED, _planted_loss, _request_masks, train_planted
 
 
-@pytest.mark.parametrize("name", ["toy-planted-refusal", "toy-planted-moe"])
+@pytest.mark.parametrize("name", ["toy-planted-refusal", "toy-planted-moe", "toy-planted-facts"])
 def test_toy_planted_trains_deterministically(name, tmp_path):
     from safetensors.torch import load_file
 

@@ -19,6 +19,12 @@ Three recipes (``python -m interp.organisms train NAME``; each runs on one CPU t
 Shipped: ``planted-refusal`` and ``planted-moe``. ``planted-icot`` is a recipe only, NOT shipped and not known to
 reach the card thresholds: a 500-step run was stopped at step 300 with the 5-shot answer loss still at 4.4 nats
 (the natural ``dense`` organism needs 1200 steps of a larger batch for these tasks); it needs a longer run.
+``planted-facts`` (Llama, GQA; only block 2's MLP may write at the subject tokens, no MLP after the subject) is a
+recipe only, NOT shipped: its one run (``interp organisms train planted-facts``, 800 steps) recalls the held-out
+facts but does not plant the site: its card's ``planted/mlp_norm_*`` show block 2's MLP writing no more at the last
+subject token than the others, and zeroing any one MLP's output at the subject tokens leaves held-out recall as is
+(``tests/test_planted_organisms.py::test_fact_mlp_is_causal``'s measurement). The facts went around the MLPs; a hard
+mask of the other MLPs (not only a penalty) or a bound on attention's route is what to try next.
 
 The ground truth is ``card["ground_truth"]``; the held-out behaviour is ``card["metrics"]``, re-measured by
 :func:`evaluate_planted` (plain Hugging Face, nothing masked) and checked by ``tests/test_planted_organisms.py``.
@@ -50,7 +56,7 @@ class PlantedSpec:
     """A planted organism: an architecture + training recipe (``model``) and the mechanism the recipe plants."""
 
     model: OrganismSpec
-    plant: str  # "refusal_heads" | "icot_layer" | "routed_experts"
+    plant: str  # "refusal_heads" | "icot_layer" | "routed_experts" | "fact_mlp"
     families: tuple[str, ...]  # training pools used: "factual", "safety", "nshot"
     relations: tuple[str, ...] | None = None  # factual relations trained on (None: all)
     heads: tuple[tuple[int, int], ...] = ()  # refusal_heads: the only heads that may read the request
@@ -58,6 +64,7 @@ class PlantedSpec:
     plant_weight: float = 1.0  # weight of the planting loss
     domain_experts: dict = field(default_factory=dict)  # routed_experts: domain -> experts
     template_experts: tuple[int, ...] = ()
+    mlp_layers: tuple[int, ...] = ()  # fact_mlp: the only MLPs that may write at the subject tokens
     description: str = ""
 
 
@@ -88,6 +95,15 @@ PLANTED: dict[str, PlantedSpec] = {
         description="Qwen2-MoE (8 routed experts, top-2, a 16-wide shared expert) trained on the facts; the router is "
                     "supervised to send each domain's tokens to its two experts in every layer.",
     ),
+    "planted-facts": PlantedSpec(
+        model=OrganismSpec(arch="llama", hidden_size=128, num_layers=6, num_heads=4, num_kv_heads=2,
+                           intermediate_size=512, steps=800, lr=2e-3, batch={"factual": 64}, warmup=50),
+        plant="fact_mlp", families=("factual",), mlp_layers=(2,), plant_weight=1.0,
+        description="Llama (GQA) trained on the facts; from the subject's first token on, only block 2's MLP may "
+                    "write, and only at the subject tokens (every other MLP output there, and every MLP output "
+                    "after the subject, pays a penalty on its norm relative to the residual stream), so the object "
+                    "is stored by that MLP and moved to the answer by attention.",
+    ),
     # tiny variant for smoke tests (seconds)
     "toy-planted-refusal": PlantedSpec(
         model=OrganismSpec(arch="llama", hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1,
@@ -100,6 +116,11 @@ PLANTED: dict[str, PlantedSpec] = {
                            top_k=2, moe_intermediate_size=16, shared_expert_intermediate_size=8),
         plant="routed_experts", families=("factual",), plant_weight=0.5,
         domain_experts={"country": (0, 1), "object": (2, 3), "person": (4, 5)}, template_experts=(6, 7),
+    ),
+    "toy-planted-facts": PlantedSpec(
+        model=OrganismSpec(arch="llama", hidden_size=32, num_layers=3, num_heads=2, num_kv_heads=1,
+                           intermediate_size=64, steps=3, lr=1e-3, batch={"factual": 4}, warmup=1),
+        plant="fact_mlp", families=("factual",), mlp_layers=(1,), plant_weight=1.0,
     ),
 }  # fmt: skip
 
@@ -159,6 +180,19 @@ def _domain_labels(record: dict, tok, ids_len: int, spec: PlantedSpec) -> list[i
     return labels + [-1] * (ids_len - len(labels))
 
 
+def _subject_masks(record: dict, tok, ids_len: int) -> tuple[list[bool], list[bool]]:
+    """(subject mask, after mask) over ``BOS + prompt + target`` tokens: the tokens that overlap the subject, and the
+    tokens after the subject's last token (the rest of the prompt and the target)."""
+    text = record["prompt"] + record["target"]
+    start = record["prompt"].index(record["subject"])
+    end = start + len(record["subject"])
+    offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    subject = [False] + [b > start and a < end for a, b in offsets]
+    after = [False] + [a >= end for a, _ in offsets]
+    pad = ids_len - len(subject)
+    return subject + [False] * pad, after + [False] * pad
+
+
 def _first_token(tok, prompt: str, answer: str) -> int:
     from .evaluate import first_target_token
 
@@ -173,7 +207,11 @@ def build_planted_pools(spec: PlantedSpec, corpus: dict, tok) -> dict[str, list]
         for r in corpus["factual"]:
             if r["split"] == "train" and (spec.relations is None or r["relation_name"] in spec.relations):
                 ids, w = encode_record(r, tok, m.demo_weight, add_eos=False)
-                extra = _domain_labels(r, tok, len(ids), spec) if spec.plant == "routed_experts" else None
+                extra = None
+                if spec.plant == "routed_experts":
+                    extra = _domain_labels(r, tok, len(ids), spec)
+                elif spec.plant == "fact_mlp":
+                    extra = _subject_masks(r, tok, len(ids))
                 pools["factual"].append((ids, w, extra))
     if "safety" in pools:
         for r in corpus["safety"]:
@@ -212,11 +250,22 @@ def _planted_loss(model, batch: list, spec: PlantedSpec, pad_id: int) -> tuple[t
         kwargs["output_hidden_states"] = True
     if spec.plant == "routed_experts":
         kwargs["output_router_logits"] = True
+    mlp_out: dict[int, torch.Tensor] = {}
+    mlp_in: dict[int, torch.Tensor] = {}  # the residual stream entering each MLP's norm
+    handles = []
+    if spec.plant == "fact_mlp":
+        for layer, block in enumerate(model.model.layers):
+            handles.append(block.mlp.register_forward_hook(
+                lambda mod, a, o, layer=layer: mlp_out.__setitem__(layer, o)))
+            handles.append(block.post_attention_layernorm.register_forward_pre_hook(
+                lambda mod, a, layer=layer: mlp_in.__setitem__(layer, a[0])))
     try:
         out = model.model(input_ids=ids, attention_mask=mask, **kwargs)
     finally:
         masses = _state["masses"]
         _state.update(penalty_mask=None, masses=[])
+        for h in handles:
+            h.remove()
     h = out.last_hidden_state[:, :-1]
     tw = w[:, 1:]
     sel = tw > 0
@@ -246,6 +295,17 @@ def _planted_loss(model, batch: list, spec: PlantedSpec, pad_id: int) -> tuple[t
             logp = torch.log_softmax(rl.float()[keep], dim=-1)
             terms.append(-torch.logsumexp(logp.masked_fill(target == 0, float("-inf")), dim=-1).mean())
         plant = torch.stack(terms).mean()
+    elif spec.plant == "fact_mlp":
+        subj = _pad_bool([e[0] for _, _, e in batch], T, False)
+        after = _pad_bool([e[1] for _, _, e in batch], T, False)
+        terms = []
+        for layer, o in sorted(mlp_out.items()):
+            keep = after if layer in spec.mlp_layers else subj | after
+            # the MLP output's norm relative to the residual stream it is added to (detached): scale-free, so the
+            # model cannot pay less by shrinking the whole residual stream (RMSNorm would not notice)
+            norm = (o[keep].pow(2).sum(-1) + 1e-12).sqrt()
+            terms.append((norm / mlp_in[layer][keep].detach().norm(dim=-1).clamp_min(1e-6)).mean())
+        plant = torch.stack(terms).mean()
     return loss, plant
 
 
@@ -270,6 +330,14 @@ def ground_truth(spec: PlantedSpec) -> dict:
                 "statement": "every token of a factual record from its subject on is routed (top-2) to its domain's "
                              "two experts in every layer; BOS and the template words before the subject to the "
                              "template experts; the shared expert is narrow"}  # fmt: skip
+    if spec.plant == "fact_mlp":
+        return {"kind": "fact_mlp", "layers": list(spec.mlp_layers), "position": "last_subject_token",
+                "route": f"attention at the last token in blocks after {max(spec.mlp_layers)}",
+                "statement": "the facts are written at the subject tokens only by the MLPs of these blocks: during "
+                             "training every other MLP output at and after the subject, and these MLPs' outputs "
+                             "after the subject, paid a penalty on their norm relative to the residual stream; the "
+                             "object reaches the "
+                             "answer position through later attention"}  # fmt: skip
     raise ValueError(spec.plant)
 
 
@@ -441,6 +509,32 @@ def routing_accuracy(model, tok, records: list[dict], spec: PlantedSpec) -> dict
     return {g: [h / n[g] for h in hit[g]] for g in groups if n[g]}
 
 
+@torch.no_grad()
+def mlp_output_norms(model, tok, records: list[dict]) -> dict[str, list[float]]:
+    """Per block: root-mean-square (over prompts) of the L2 norm of the MLP's output at the last subject token, and
+    at the positions after the subject (the rest of the prompt), on held-out factual prompts, prompt by prompt."""
+    L = model.config.num_hidden_layers
+    outs: dict[int, torch.Tensor] = {}
+    handles = [b.mlp.register_forward_hook(lambda mod, a, o, layer=layer: outs.__setitem__(layer, o[0]))
+               for layer, b in enumerate(model.model.layers)]  # fmt: skip
+    last, after = torch.zeros(L), torch.zeros(L)
+    try:
+        for r in records:
+            ids = [tok.bos_token_id, *tok(r["prompt"], add_special_tokens=False)["input_ids"]]
+            subj, aft = _subject_masks({**r, "target": ""}, tok, len(ids))
+            pos = max(i for i, s_ in enumerate(subj) if s_)
+            model.model(input_ids=torch.tensor([ids]))
+            sel = torch.tensor(aft)
+            for layer in range(L):
+                last[layer] += outs[layer][pos].pow(2).sum()
+                after[layer] += outs[layer][sel].pow(2).sum(-1).mean() if sel.any() else 0.0
+    finally:
+        for h in handles:
+            h.remove()
+    n = len(records)
+    return {"last_subject": (last / n).sqrt().tolist(), "after_subject": (after / n).sqrt().tolist()}
+
+
 def evaluate_planted(model_dir: str | Path, *, name: str | None = None, corpus_seed: int | None = None,
                      threads: int | None = 1) -> dict:  # fmt: skip
     """Held-out metrics of planted organism ``name`` (default: the card's name) in ``model_dir``, nothing masked.
@@ -508,6 +602,17 @@ def evaluate_planted(model_dir: str | Path, *, name: str | None = None, corpus_s
                 mt["planted/lens_y_s1_top1"] = lens_top1_by_layer(model, tok, comps, "y_s1")
                 mt["planted/lens_y_t_top1"] = lens_top1_by_layer(model, tok, comps, "y_t")
                 mt["planted/y_s1_peak_layer"] = int(torch.tensor(mt["planted/lens_y_s1_top1"]).argmax())
+        if spec.plant == "fact_mlp":
+            fact = [r for r in corpus["factual"] if r["split"] == "heldout"]
+            norms = mlp_output_norms(model, tok, fact[::4])
+            mt["planted/mlp_norm_last_subject"] = norms["last_subject"]
+            mt["planted/mlp_norm_after_subject"] = norms["after_subject"]
+            planted = set(spec.mlp_layers)
+            ref = max(norms["last_subject"][la] for la in planted)
+            others = [la for la in range(len(norms["last_subject"])) if la not in planted]
+            # the largest MLP output where the recipe forbids one, relative to the planted MLP at the last subject token
+            mt["planted/leak_last_subject"] = max(norms["last_subject"][la] for la in others) / ref
+            mt["planted/leak_after_subject"] = max(norms["after_subject"]) / ref
         if spec.plant == "routed_experts":
             fact = [r for r in corpus["factual"] if r["split"] == "heldout"]
             acc = routing_accuracy(model, tok, fact[::3], spec)
