@@ -20,6 +20,7 @@ In both modes the last layer's ``resid_post`` decodes to the model's own logits.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,9 +29,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ...activations.sites import FINAL_NORMED, STREAM, check_sites, depth, hook_name
+from ...activations.sites import STREAM, check_sites, depth, hook_name
 from ...errors import ParameterError, PromptError, check_choice, check_positive_int
-from ...model.decode import NORM_MODES, decode, norm_scale, unembed
+from ...model.decode import NORM_MODES, decode, norm_scale
 from ...model.loading import as_model
 from ...prompts import PromptSet, as_prompt_set, batches, encode
 from ...results.result import make_meta
@@ -38,7 +39,7 @@ from .. import metrics
 from ..registry import Schema, register_method
 from . import reading
 from .figures import lens_figure
-from .statistics import FinalDistribution, LensResult, chunk_rows, row_statistics
+from .statistics import FinalDistribution, LensResult, Workspace, chunk_rows, row_statistics
 from .tuned import TunedLens
 
 # presets of ``sites`` (besides any list of names from interp.activations.sites.STREAM)
@@ -92,28 +93,48 @@ def _check_target(ps: PromptSet, target: str | Sequence[str] | None) -> tuple[st
 
 
 class _Tokens:
-    """Token texts, decoded once per id; and JSON lists of them, each token's JSON text made once."""
+    """Token texts, decoded once per id, kept in arrays indexed by id (filled as ids are met): the text, its JSON
+    text and the id's, so a column of texts or of JSON lists is one fancy index plus one join per row."""
 
     def __init__(self, tokenizer: Any):
-        self.tokenizer, self.cache, self.json = tokenizer, {}, {}
+        self.tokenizer = tokenizer
+        self.known = np.zeros(0, dtype=bool)
+        self.text = self.json = self.id_json = np.empty(0, dtype=object)
+
+    def _fill(self, ids: np.ndarray) -> None:
+        seen = np.unique(ids)
+        if seen.size and seen[-1] >= len(self.known):
+            grow = int(seen[-1]) + 1 - len(self.known)
+            self.known = np.concatenate([self.known, np.zeros(grow, dtype=bool)])
+            self.text, self.json, self.id_json = (np.concatenate([a, np.empty(grow, dtype=object)])
+                                                  for a in (self.text, self.json, self.id_json))
+        for t in seen[~self.known[seen]].tolist():
+            text = self.tokenizer.decode([t])
+            self.text[t], self.json[t], self.id_json[t] = text, json.dumps(text, ensure_ascii=False), str(t)
+            self.known[t] = True
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
-        flat = ids.reshape(-1)
-        for t in np.unique(flat):
-            if int(t) not in self.cache:
-                self.cache[int(t)] = self.tokenizer.decode([int(t)])
-        return np.array([self.cache[int(t)] for t in flat], dtype=object).reshape(ids.shape)
+        self._fill(ids)
+        return self.text[ids]
 
     def json_lists(self, ids: np.ndarray) -> tuple[list[str], list[str]]:
         """(ids, token texts) of each row of ``ids`` [N, k] as JSON lists: the text ``json.dumps`` writes for
         the list (``ensure_ascii=False``), joined from each item's JSON text."""
-        for t in np.unique(ids):
-            if int(t) not in self.json:
-                self.json[int(t)] = json.dumps(self(np.array([t]))[0], ensure_ascii=False)
-        tok = self.json
-        rows = ids.tolist()
-        return (["[" + ", ".join(map(str, r)) + "]" for r in rows],
-                ["[" + ", ".join(tok[t] for t in r) + "]" for r in rows])
+        self._fill(ids)
+        return ([f"[{', '.join(r)}]" for r in self.id_json[ids].tolist()],
+                [f"[{', '.join(r)}]" for r in self.json[ids].tolist()])
+
+
+_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _tokens_of(tokenizer: Any) -> _Tokens:
+    """The tokenizer's :class:`_Tokens`, kept while the tokenizer lives (a token's text does not change, so each
+    id is decoded once per tokenizer, not once per call)."""
+    try:
+        return _TOKENS.setdefault(tokenizer, _Tokens(tokenizer))
+    except TypeError:  # not weakly referable
+        return _Tokens(tokenizer)
 
 
 def _next_ids(batch: Any, rows: torch.Tensor, cols: torch.Tensor, last_target: torch.Tensor | None) -> torch.Tensor:
@@ -253,13 +274,12 @@ def logit_lens(
 
     n_layers = m.info.n_layers
     final_resid = hook_name("resid_post", n_layers - 1)
-    names = [hook_name(k, layer) for k in kinds for layer in range(n_layers)]
-    if norm == "frozen":
-        names.append(final_resid)
-    tokens = _Tokens(m.tokenizer)
+    names = list(dict.fromkeys([*(hook_name(k, layer) for k in kinds for layer in range(n_layers)), final_resid]))
+    tokens = _tokens_of(m.tokenizer)
     n_fields = len(fields)
     frames = []
     n_batches = -(-len(ps) // batch_size)
+    workspace = Workspace()  # the [rows, vocab] buffers of the statistics, reused by every chunk of every batch
     with torch.no_grad():
         for batch in tqdm(batches(m, enc, batch_size), total=n_batches, desc="logit lens", disable=not progress):
             rows, cols = reading.select(batch, pos)
@@ -282,26 +302,35 @@ def logit_lens(
             # and no [rows, vocab] array larger than a chunk exists
             parts: dict[tuple[str, int], list[dict[str, torch.Tensor]]] = {
                 (kind, layer): [] for kind in kinds for layer in range(n_layers)}
+            # the final distribution is the last residual decoded with the final norm recomputed, as the logit
+            # lens decodes it (so a tuned lens's table has the same one, bit for bit); where the call decodes
+            # exactly that, it is decoded first and its own distribution serves as the final one
+            last = ("resid_post", n_layers - 1)
+            own_final = lens is None and norm == "recompute" and last in parts
+            order = [last, *(key for key in parts if key != last)] if own_final else list(parts)
             step = chunk_rows(len(rows), m.info.vocab_size, m.device)
             for s0 in range(0, len(rows), step):
                 sl = slice(s0, s0 + step)
-                final_logits = unembed(m, store[FINAL_NORMED][sl])
-                final = FinalDistribution(final_logits)
-                for kind, layer in parts:
+                final = None if own_final else FinalDistribution.of(
+                    decode(m, store[final_resid][sl], norm="recompute", output="logits"), workspace)
+                for kind, layer in order:
                     # every layer is decoded the same way (the last one too, not the model's own logits reused),
                     # so an identity tuned lens gives exactly the logit lens's table
                     h = store[hook_name(kind, layer)][sl]
                     if lens is not None:
                         h = lens.translate(h, layer)
                     logits = decode(m, h, norm=norm, scale=None if scale is None else scale[sl], output="logits")
-                    stats = row_statistics(logits, final, next_ids[sl], None if tid is None else tid[sl], top_k)
+                    stats = row_statistics(logits, final, next_ids[sl], None if tid is None else tid[sl], top_k,
+                                           workspace)
+                    if final is None:
+                        final = stats.pop("final")
                     if metric is not None:
                         pids = [ps.ids[i] for i in base["_prompt"][sl]]
                         stats["metric_value"] = torch.stack(
                             [metrics.score(metric, logits, tid[sl][:, j], None, prompt_ids=pids).float()
                              for j in range(n_fields)], dim=1)
                     parts[(kind, layer)].append(stats)
-                del final, final_logits
+                del final
             for (kind, layer), chunks in parts.items():
                 stats = _concat(chunks)
                 out = {**base, **_decoded_columns(stats, tokens)}

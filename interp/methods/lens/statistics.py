@@ -6,6 +6,7 @@ from disk, merged from shards, or concatenated from several lenses."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -34,17 +35,78 @@ def chunk_rows(n_rows: int, vocab: int, device: torch.device | str) -> int:
     return max(1, min(n_rows, max(MIN_CHUNK_ROWS, budget // max(1, vocab))))
 
 
+class Workspace:
+    """[rows, vocab] buffers reused from chunk to chunk and layer to layer (a fresh array of a few MB each time
+    costs page faults, more than the arithmetic on it); each is cut to the rows of the chunk asked for."""
+
+    def __init__(self):
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """The buffer ``name`` with the shape, dtype and device of ``like`` (its contents are garbage)."""
+        buf = self.buffers.get(name)
+        if (buf is None or buf.shape[0] < like.shape[0] or buf.shape[1:] != like.shape[1:]
+                or buf.dtype != like.dtype or buf.device != like.device):
+            buf = self.buffers[name] = torch.empty_like(like)
+        return buf[:like.shape[0]]
+
+
 class FinalDistribution:
     """The model's own next-token distribution at a chunk of rows, computed once and shared by every site and
-    layer decoded there: log-probs ``logp`` and probs ``p`` [rows, vocab] (float32 or wider)."""
+    layer decoded there: log-probs ``logp`` and probs ``p`` [rows, vocab] (float32 or wider). ``of`` makes it
+    from logits; :func:`row_statistics` of the final logits themselves (``final=None``) returns it too."""
 
-    def __init__(self, final_logits: torch.Tensor):
-        self.logp = final_logits.float().log_softmax(-1)
-        self.p = self.logp.exp()
+    def __init__(self, logp: torch.Tensor, p: torch.Tensor):
+        self.logp, self.p = logp, p
+
+    @classmethod
+    def of(cls, logits: torch.Tensor, workspace: Workspace | None = None) -> FinalDistribution:
+        logp, p, _ = distribution(logits, workspace=workspace, names=("final_logp", "final_p"))
+        return cls(logp, p)
 
 
-def row_statistics(logits: torch.Tensor, final: FinalDistribution, next_ids: torch.Tensor,
-                   target_ids: torch.Tensor | None, top_k: int) -> dict[str, torch.Tensor]:
+def distribution(logits: torch.Tensor, k: int = 1, *, workspace: Workspace | None = None,
+                 names: tuple[str, str] = ("logp", "p")) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(log-probs, probs, (top-k log-probs, their ids)) of logits [rows, vocab] (float32 or wider), with one
+    fused pass over the array (softmax) and one subtraction: the top k are those of the logits (:func:`largest`;
+    the log-probs are the logits less a constant per row), and that constant, log-sum-exp, is read off the top
+    token, whose probability is 1 / sum exp(logits - max): lse = max - log p_max. The log-probs are
+    ``logits - lse``, as ``log_softmax`` computes them, up to float rounding of lse. With ``workspace``, the
+    two arrays are its buffers ``names`` (valid until their next use)."""
+    logits = logits.float() if logits.dtype not in (torch.float32, torch.float64) else logits
+    ws = workspace if workspace is not None else Workspace()
+    p = torch.softmax(logits, -1, out=ws(names[1], logits))
+    top, ids = largest(logits, k)
+    lse = top[:, :1] - p.gather(-1, ids[:, :1]).log()
+    return torch.sub(logits, lse, out=ws(names[0], logits)), p, (top - lse, ids)
+
+
+def largest(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``values.topk(k, dim=-1)`` ([rows, n]; values, then indices, best first) without a partial sort of whole
+    rows: the row is cut into blocks of b values (block j: the values j, j + m, ..., j + (b - 1) m, with m = n // b
+    blocks, so the block maxima are m-wide elementwise maxima that vectorise), and the k blocks with the largest
+    maxima hold k values equal to the k largest (every block whose maximum exceeds the k-th largest value is
+    among them, and each chosen block tied at it adds one value equal to it), so top-k runs on those k x b
+    candidates (and the < b values past the last whole block) only. The values are those of ``topk`` exactly;
+    only the order among equal values may differ."""
+    n = values.shape[-1]
+    b = max(1, math.isqrt(max(1, n // max(1, k))))
+    blocks = n // b
+    if blocks <= 2 * k:  # too few blocks for the cut to save work
+        return values.topk(k, dim=-1)
+    maxima = values[:, :blocks * b].unflatten(-1, (b, blocks)).amax(1)  # [rows, blocks]
+    best = maxima.topk(k, dim=-1, sorted=False).indices  # [rows, k]
+    cand = (best[:, :, None] + blocks * torch.arange(b, device=values.device)).flatten(1)
+    if blocks * b < n:
+        tail = torch.arange(blocks * b, n, device=values.device).expand(values.shape[0], -1)
+        cand = torch.cat([cand, tail], dim=1)
+    top, at = values.gather(-1, cand).topk(k, dim=-1)
+    return top, cand.gather(-1, at)
+
+
+def row_statistics(logits: torch.Tensor, final: FinalDistribution | None, next_ids: torch.Tensor,
+                   target_ids: torch.Tensor | None, top_k: int, workspace: Workspace | None = None
+                   ) -> dict[str, torch.Tensor]:
     """The per-row columns of a chunk of decoded logits [rows, vocab] (float32 or wider), in nats:
 
     - ``top_logp``, ``top_ids`` [rows, top_k]: the top_k decoded tokens, best first (ids and log-probs);
@@ -53,30 +115,36 @@ def row_statistics(logits: torch.Tensor, final: FinalDistribution, next_ids: tor
     - with ``target_ids`` [rows, F]: ``target_logit``, ``target_logp``, ``target_rank`` (1 + the number of tokens
       with a strictly larger logit) [rows, F].
 
+    ``final`` None: these logits are the final distribution's own (kl is 0); then ``out["final"]`` is their
+    :class:`FinalDistribution`, for the other layers of the chunk (in the workspace's final buffers).
+    ``workspace``: where the [rows, vocab] intermediates go (:class:`Workspace`; None: fresh arrays).
+
     Each quantity is computed by the same formula as :mod:`interp.methods.metrics` (so the numbers are those of
-    ``metrics.kl_divergence`` / ``entropy`` / ``rank`` up to float summation order), but the [rows, vocab] array
-    is passed over only by log_softmax, exp, the KL's difference (written into the exp's buffer), top-k and, per
-    target field, one subtraction whose sign is counted; the entropy and the KL are dot products. The chunk
+    ``metrics.kl_divergence`` / ``entropy`` / ``rank`` up to float rounding), but the [rows, vocab] array is
+    passed over only by softmax, the log-probs' subtraction (:func:`distribution`), the block maxima of
+    :func:`largest`, the entropy's product and sum, the KL's difference, product and sum, and, per target field,
+    one comparison whose true values are summed, each into a reused buffer (:class:`Workspace`). The chunk
     should be small enough to stay in cache (:func:`chunk_rows`)."""
     logits = logits.float() if logits.dtype not in (torch.float32, torch.float64) else logits
-    logp = logits.log_softmax(-1)
-    buf = torch.exp(logp)
-    out = {"entropy": -torch.linalg.vecdot(buf, logp)}
-    torch.sub(final.logp.to(logp.dtype), logp, out=buf)
-    out["kl"] = torch.linalg.vecdot(final.p.to(logp.dtype), buf)
-    out["top_logp"], out["top_ids"] = logp.topk(top_k, dim=-1)
+    ws = workspace if workspace is not None else Workspace()
+    names = ("final_logp", "final_p") if final is None else ("logp", "p")
+    logp, p, (top, ids) = distribution(logits, top_k, workspace=ws, names=names)
+    # the dot products as a product into a reused buffer, then its sum (what vecdot does, less the allocation)
+    buf = ws("product", logits)
+    out = {"entropy": -torch.mul(p, logp, out=buf).sum(-1), "top_logp": top, "top_ids": ids}
+    if final is None:  # KL(P || P) = 0
+        out["final"], out["kl"] = FinalDistribution(logp, p), torch.zeros_like(out["entropy"])
+    else:  # p is not read again: the KL's terms go into its memory
+        out["kl"] = torch.sub(final.logp.to(logp.dtype), logp, out=p).mul_(final.p.to(logp.dtype)).sum(-1)
     known = next_ids >= 0
     ce = -logp.gather(-1, next_ids.clamp(min=0)[:, None])[:, 0]
     out["cross_entropy"] = torch.where(known, ce, torch.full_like(ce, float("nan")))
     if target_ids is not None:
         t_logit = logits.gather(-1, target_ids)
         out["target_logit"], out["target_logp"] = t_logit, logp.gather(-1, target_ids)
-        ranks = []
-        for f in range(target_ids.shape[1]):
-            # L > t counted as sign(L - t) clamped at 0 (exact for floats: L - t > 0 iff L > t), in float passes
-            # that vectorise, into the reused buffer; sums of 0 / 1 are exact in float32 below 2**24 tokens
-            torch.sub(logits, t_logit[:, f:f + 1], out=buf).sign_().clamp_(min=0)
-            ranks.append(buf.sum(-1))
+        # L > t written as 1.0 / 0.0 into the reused buffer and summed: sums of 0 / 1 are exact in float32
+        # below 2**24 tokens
+        ranks = [torch.gt(logits, t_logit[:, f:f + 1], out=buf).sum(-1) for f in range(target_ids.shape[1])]
         out["target_rank"] = torch.stack(ranks, dim=1).long() + 1
     return out
 
