@@ -6,6 +6,9 @@ transformers 5 and TransformerLens 4.3, so the two run in their own environments
     # 1. in the authors' environment (their requirements.txt), from anywhere:
     python docs/peers/compare_ships.py authors --ships /path/to/SafetyHeadAttribution --model /path/to/llama \
         --out ships_authors.json
+    #    (if their transformers cannot read the model's tokenizer, e.g. one written by transformers 5, first run
+    #    `.venv/bin/python docs/peers/compare_ships.py ids --model /path/to/llama --out ids.json` in interp's
+    #    environment and add `--ids ids.json` to step 1: interp's token ids are then fed to their model)
     # 2. in interp's environment:
     .venv/bin/python docs/peers/compare_ships.py compare --model /path/to/llama --authors ships_authors.json
 
@@ -38,13 +41,14 @@ def authors(args: argparse.Namespace) -> None:
     from lib.SHIPS.pd_diff import kl_divergence
     from lib.utils.custommodel import CustomLlamaModelForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(args.model)
+    given = json.loads(Path(args.ids).read_text()) if args.ids else None
+    tok = None if given else AutoTokenizer.from_pretrained(args.model)
     theirs = CustomLlamaModelForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32).eval()
     plain = LlamaForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32, attn_implementation="eager").eval()
     cfg = theirs.config
     out = {"eps": args.eps, "prompts": []}
-    for text in PROMPTS:
-        ids = tok(text, return_tensors="pt")["input_ids"]
+    for k, text in enumerate(PROMPTS):
+        ids = torch.tensor([given[k]]) if given else tok(text, return_tensors="pt")["input_ids"]
         with torch.no_grad():
             base = theirs(ids).logits[:, -1]
             no_mask_gap = float((base - plain(ids).logits[:, -1]).abs().max())
@@ -63,6 +67,15 @@ def authors(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {len(PROMPTS)} prompts x {len(KINDS)} kinds x {cfg.num_hidden_layers} x "
           f"{cfg.num_attention_heads} heads; largest |their clean logits - plain HF| "
           f"{max(p['logit_gap_to_plain_hf'] for p in out['prompts']):.3g}")
+
+
+def ids(args: argparse.Namespace) -> None:
+    import interp
+    from interp.prompts import tokenize
+
+    m = interp.load_model(args.model)
+    Path(args.out).write_text(json.dumps([tokenize(m, p).ids for p in PROMPTS]))
+    print(f"wrote {args.out}: interp's token ids of the {len(PROMPTS)} prompts")
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -94,11 +107,15 @@ def main() -> None:
     a.add_argument("--model", required=True)
     a.add_argument("--out", default="ships_authors.json")
     a.add_argument("--eps", type=float, default=1e-5)
+    a.add_argument("--ids", help="token ids from the ids step (when their transformers cannot read the tokenizer)")
+    i = sub.add_parser("ids")
+    i.add_argument("--model", required=True)
+    i.add_argument("--out", default="ships_ids.json")
     c = sub.add_parser("compare")
     c.add_argument("--model", required=True)
     c.add_argument("--authors", required=True)
     args = ap.parse_args()
-    (authors if args.step == "authors" else compare)(args)
+    {"authors": authors, "ids": ids, "compare": compare}[args.step](args)
 
 
 if __name__ == "__main__":
