@@ -15,7 +15,7 @@ PACKAGES = {"interp": "interp", "torch": "torch", "transformers": "transformers"
             "transformer_lens": "transformer-lens"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def package_version(dist: str) -> str:
     """The installed version of a distribution (``"not installed"`` when it is absent). Read once per process:
     reading the installed metadata takes milliseconds (it parses the package's METADATA file), and every Result
