@@ -591,6 +591,15 @@ def _restore(name: str, value: torch.Tensor, column: int) -> Edit:
 
 
 # --- aggregates -------------------------------------------------------------------------------------------
+ROLE_KEYS = ["site", "severed", "role", "layer"]
+
+
+def _role_means_per_fact(result: Result) -> pd.DataFrame:
+    """Each fact's mean indirect effect over its tokens of each role, per site x severed x role x layer: the unit
+    that :func:`trace_summary` averages and the roles figure's intervals resample."""
+    return result.table.groupby([*ROLE_KEYS, "prompt_id"], sort=False)["indirect_effect"].mean().reset_index()
+
+
 def trace_summary(result: Result) -> pd.DataFrame:
     """ROME's summary: the indirect effect averaged over facts per site x severed x token role x layer.
 
@@ -600,8 +609,8 @@ def trace_summary(result: Result) -> pd.DataFrame:
     contribution.
     """
     _require_trace(result)
-    by = ["site", "severed", "role", "layer"]
-    per_fact = result.table.groupby([*by, "prompt_id"], sort=False)["indirect_effect"].mean().reset_index()
+    by = ROLE_KEYS
+    per_fact = _role_means_per_fact(result)
     out = (per_fact.groupby(by, sort=False)["indirect_effect"]
            .agg(["mean", "std", "count"]).reset_index()
            .rename(columns={"mean": "indirect_effect", "count": "n_facts"}))
@@ -616,9 +625,9 @@ def trace_summary(result: Result) -> pd.DataFrame:
 def _with_fact_intervals(result: Result, summary: pd.DataFrame, ci: float, n_boot: int, seed: int) -> pd.DataFrame:
     """``summary`` (:func:`trace_summary`) with indirect_effect_ci_low / _ci_high: the bootstrap interval over facts
     of each site x severed x role x layer mean (a fact's mean over its tokens of the role, as the summary takes)."""
-    by = ["site", "severed", "role", "layer"]
-    per_fact = result.table.groupby([*by, "prompt_id"], sort=False)["indirect_effect"].mean().reset_index()
-    agg = Result(per_fact, {}).aggregate(by, value="indirect_effect", ci=ci, n_boot=n_boot, seed=seed).table
+    by = ROLE_KEYS
+    agg = Result(_role_means_per_fact(result), {}).aggregate(by, value="indirect_effect", ci=ci, n_boot=n_boot,
+                                                             seed=seed).table
     cols = ["indirect_effect_ci_low", "indirect_effect_ci_high"]
     return summary.merge(agg[[*by, *cols]], on=by, how="left", validate="one_to_one")
 
