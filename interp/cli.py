@@ -279,6 +279,10 @@ def cmd_bench(args: argparse.Namespace, _g: dict[str, Any]) -> int:
     from .organisms.benchmark import run_benchmark, shipped_planted, to_markdown, write_benchmark
 
     organisms = tuple(args.organisms.split(",")) if args.organisms else shipped_planted()
+    if args.readme:  # a README without the table's block fails now, not after minutes of benchmark
+        from .organisms.benchmark import readme_block
+
+        readme_block(Path(args.readme).read_text())
     table = run_benchmark(organisms=organisms, natural=not args.no_natural, seed=args.seed, quick=args.quick,
                           n_random=args.n_random)  # fmt: skip
     meta = {"organisms": organisms, "natural": not args.no_natural, "seed": args.seed, "quick": args.quick,
@@ -286,6 +290,14 @@ def cmd_bench(args: argparse.Namespace, _g: dict[str, Any]) -> int:
     paths = write_benchmark(table, args.out, meta)
     print(to_markdown(table))
     print(f"Benchmark table: {paths['md']} (CSV: {paths['csv']})")
+    if args.readme:
+        from .organisms.benchmark import read_benchmark, readme_table, replace_readme_block
+        from .results.atomic import write_text
+
+        readme = Path(args.readme)
+        # from the CSV as written, so the README's copy is what tests/test_planted_benchmark.py re-derives
+        write_text(readme, replace_readme_block(readme.read_text(), readme_table(read_benchmark(paths["csv"]))))
+        print(f"README table: {readme}")
     return 0
 
 
@@ -322,6 +334,8 @@ def build_parser() -> _Parser:
     bench.add_argument("--n-random", type=int, default=20, help="random sets of the same size per found set")
     bench.add_argument("--quick", action="store_true", help="fewer prompts")
     bench.add_argument("--no-natural", action="store_true", help="skip the natural organisms (dense, moe)")
+    bench.add_argument("--readme", default=None,
+                       help="also write the table into this file's planted-benchmark block (e.g. README.md)")
     bench.set_defaults(func=cmd_bench)
     return parser
 

@@ -84,3 +84,40 @@ def test_markdown_and_cli_wiring(tmp_path):
     assert pd.read_csv(paths["csv"])["precision_at_k"].tolist() == [0.5]
     args = build_parser().parse_args(["bench", "--quick", "--seed", "3", "--organisms", "planted-icot"])
     assert args.func is cmd_bench and args.seed == 3 and args.quick and args.organisms == "planted-icot"
+
+
+def test_readme_table_is_the_committed_benchmark():
+    """The README's planted-site table is docs/benchmark/benchmark.csv as `interp bench --readme README.md` writes
+    it, and that CSV was written for every planted organism shipped now (a new organism, or a stale copy, fails)."""
+    import json
+
+    from interp.organisms import REPO_ROOT
+
+    csv = REPO_ROOT / "docs" / "benchmark" / "benchmark.csv"
+    meta = json.loads((csv.parent / "benchmark.meta.json").read_text())
+    assert tuple(meta["organisms"]) == B.shipped_planted()
+    table = B.read_benchmark(csv)
+    assert sorted(set(table.loc[table["planted"], "organism"])) == sorted(B.shipped_planted())
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert B.readme_block(readme) == B.readme_table(table)
+
+
+def test_cli_writes_the_readme_block(tmp_path, monkeypatch):
+    from interp import cli
+
+    row = B._row(organism="o", planted=True, method="m", metric="acc", k=2, found="[(1, 2)]", precision_at_k=0.5,
+                 clean=1.0, effect_found=0.5, effect_found_lo=0.4, effect_found_hi=0.6, effect_random=0.9,
+                 effect_random_lo=0.8, effect_random_hi=1.0, n_prompts=10)  # fmt: skip
+    table = pd.DataFrame([row], columns=list(B.COLUMNS))
+    monkeypatch.setattr(B, "run_benchmark", lambda **kw: table)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{B.README_BEGIN}\nold\n{B.README_END}\nrest\n")
+    args = cli.build_parser().parse_args(["bench", "--organisms", "o", "--out", str(tmp_path / "b"),
+                                          "--readme", str(readme)])  # fmt: skip
+    assert args.func(args, {}) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{B.README_END}\nrest\n") and "old" not in text
+    assert B.readme_block(text) == B.readme_table(B.read_benchmark(tmp_path / "b" / "benchmark.csv"))
+    assert "| o | m | 2 | [(1, 2)] | 0.50 |  |  |  | 1.00 | 0.50 [0.40, 0.60] |  | 0.90 [0.80, 1.00] |" in text
+    with pytest.raises(Exception, match="planted-benchmark"):
+        B.replace_readme_block("no markers", "x")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .report import DemoContext, DemoFigure, DemoSection
 
-# written by `interp bench --out docs/benchmark` (seed 0, the full configuration)
+# written by `interp bench --out docs/benchmark --readme README.md` (seed 0, the full configuration)
 COMMITTED_TABLE = Path("docs") / "benchmark" / "benchmark.csv"
 
 

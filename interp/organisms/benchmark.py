@@ -411,6 +411,75 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+README_BEGIN, README_END = "<!-- planted-benchmark:begin -->", "<!-- planted-benchmark:end -->"
+README_HEAD = ("| organism | method | k | found | precision@k | planted ranks | layer error | attribution vs exact "
+               "(Spearman) | clean | found set ablated [95 % CI] | planted set ablated | random sets (mean [5-95 %]) |")
+
+
+def _cell(x: Any, digits: int = 2) -> str:
+    """A cell of the README table from a value read back from benchmark.csv (empty cells are NaN there)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+        return str(int(x))
+    if isinstance(x, (float, np.floating)):
+        return str(int(x)) if digits == 0 else f"{float(x):.{digits}f}"
+    return str(x)
+
+
+def readme_table(table: pd.DataFrame) -> str:
+    """The benchmark as the README quotes it (its first twelve columns of :func:`to_markdown`, without the metric
+    and the note), from the table as :func:`read_benchmark` reads benchmark.csv back, so that the README's copy
+    can be checked against the committed CSV."""
+    lines = [README_HEAD, "|" + "---|" * 12]
+    for r in table.to_dict("records"):
+        def interval(mid: str, lo: str, hi: str, r=r) -> str:
+            if _cell(r[mid]) == "":
+                return ""
+            return f"{_cell(r[mid])} [{_cell(r[lo])}, {_cell(r[hi])}]"
+
+        found = str(r["found"]) if len(str(r["found"])) <= 40 else str(r["found"])[:37] + "..."
+        lines.append(f"| {r['organism']} | {r['method']} | {_cell(r['k'], 0)} | {found} | "
+                     f"{_cell(r['precision_at_k'])} | {_cell(r['planted_ranks'])} | {_cell(r['layer_error'], 0)} | "
+                     f"{_cell(r['spearman_vs_exact'], 3)} | {_cell(r['clean'])} | "
+                     f"{interval('effect_found', 'effect_found_lo', 'effect_found_hi')} | "
+                     f"{_cell(r['effect_planted'])} | "
+                     f"{interval('effect_random', 'effect_random_lo', 'effect_random_hi')} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def read_benchmark(path: str | Path) -> pd.DataFrame:
+    """benchmark.csv (written by :func:`write_benchmark`) read back, its columns checked."""
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    if list(table.columns) != list(COLUMNS):
+        from ..results.result import ResultFileError
+
+        raise ResultFileError(f"{path}: columns {list(table.columns)}, not the benchmark's {list(COLUMNS)}; rewrite it "
+                        f"with `interp bench --out DIR`")  # fmt: skip
+    return table
+
+
+def replace_readme_block(text: str, block: str) -> str:
+    """``text`` (the README) with the part between :data:`README_BEGIN` and :data:`README_END` replaced by
+    ``block``; a clear error when the markers are missing or out of order."""
+    from ..results.result import ResultFileError
+
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise ResultFileError(f"the README has no '{README_BEGIN}' ... '{README_END}' block for the benchmark table")
+    return text[:begin + len(README_BEGIN)] + "\n" + block + text[end:]
+
+
+def readme_block(text: str) -> str:
+    """The README's current benchmark block (between the markers)."""
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        from ..results.result import ResultFileError
+
+        raise ResultFileError(f"the README has no '{README_BEGIN}' ... '{README_END}' block for the benchmark table")
+    return text[begin + len(README_BEGIN) + 1:end]
+
+
 def write_benchmark(table: pd.DataFrame, out_dir: str | Path, meta: dict) -> dict[str, Path]:
     """Write ``benchmark.csv``, ``benchmark.md`` and ``benchmark.meta.json`` atomically into ``out_dir``."""
     from ..results.atomic import write_text
