@@ -121,3 +121,26 @@ def test_cli_writes_the_readme_block(tmp_path, monkeypatch):
     assert "| o | m | 2 | [(1, 2)] | 0.50 |  |  |  | 1.00 | 0.50 [0.40, 0.60] |  | 0.90 [0.80, 1.00] |" in text
     with pytest.raises(Exception, match="planted-benchmark"):
         B.replace_readme_block("no markers", "x")
+
+
+def test_icot_order_row_from_cross_task_curves(monkeypatch):
+    """score_icot_order reads the s1 / s2 peaks off cross_task_patching's acc_patch (mean over composites), calls
+    a subtask with no layer above its zero-shot accuracy 'none', and compares the s1 peak with the planted layer."""
+    from interp.methods import icot
+
+    curves = {"s1": [0.1, 0.6, 0.9, 0.4], "s2": [0.5, 0.5, 0.5, 0.5]}  # s2: never above acc_0 = 0.5
+
+    def fake(model, prompts, subs, **kw):
+        comp = prompts[0]["subtask_of"]
+        return pd.DataFrame([{"composite": comp, "subtask": s, "layer": la, "acc_patch": v, "acc_0": 0.1 if s == "s1"
+                              else 0.5, "acc_icl": 1.0, "n_zero": 3} for s, c in curves.items()
+                             for la, v in enumerate(c)])  # fmt: skip
+
+    monkeypatch.setattr(icot, "cross_task_patching", lambda *a, **k: type("R", (), {"table": fake(*a, **k)}))
+    (row,) = B.score_icot_order(None, "o", 2, seed=0, quick=True, n_random=1)
+    assert row["found"] == "s1 2, s2 none" and row["layer_error"] == 0 and row["precision_at_k"] == 1.0
+    assert "s1 before s2: False" in row["note"]
+    curves["s2"] = [0.5, 0.6, 0.7, 0.8]
+    (row,) = B.score_icot_order(None, "o", 1, seed=0, quick=True, n_random=1)
+    assert row["found"] == "s1 2, s2 3" and row["layer_error"] == 1 and row["precision_at_k"] == 0.0
+    assert "s1 before s2: True" in row["note"] and row["n_prompts"] == 3 * 6

@@ -5,7 +5,8 @@ method that should find the site runs on held-out prompts, and the table reports
 
 * ``precision_at_k`` (k = the size of the planted set) and ``planted_ranks`` (the 1-based rank of each planted
   component in the method's ordering);
-* ``layer_error`` for the lens (|found layer - planted layer|);
+* ``layer_error`` for the lens and cross-task patching (|found layer - planted layer|; for cross-task patching,
+  the layer whose composite task vector best restores the zero-shot s1 prompts, with s2's peak beside it);
 * the behaviour when the method's found set is ablated (``effect_found``, with a bootstrap interval over prompts)
   against random sets of the same size (``effect_random``: mean over ``n_random`` seeded draws, with the 5-95 %
   range of the draws), beside ``clean`` (nothing ablated) and ``effect_planted`` (the ground truth ablated);
@@ -255,6 +256,54 @@ def score_icot_layer(model: Any, name: str, truth: int | None, *, seed: int, qui
                  **_effects(clean, eff(found, s1_vocab), randoms, seed, planted))]  # fmt: skip
 
 
+def score_icot_order(model: Any, name: str, truth: int | None, *, seed: int, quick: bool,
+                     n_random: int) -> list[dict]:  # fmt: skip
+    """Cross-task patching (Yang et al.) on the held-out composites: per subtask, the layer whose composite task
+    vector (mean resid_post at the last position of the 5-shot composite prompts) best restores the zero-shot
+    subtask prompts' accuracy (``acc_patch``, averaged over the composites); a subtask has no peak ("none") where no
+    layer's patch beats its zero-shot accuracy. Ground truth: s1 by the planted layer, s2 after it, so the s1 peak
+    is compared with the planted layer (``layer_error``; ``precision_at_k`` 1 when equal) and the order is
+    reported.
+    No ablation: the effect columns stay empty (the row's accuracies are in its note)."""
+    from ..methods.icot import cross_task_patching
+    from ..prompts import PromptSet
+    from . import data_path
+
+    held = PromptSet(data_path("organisms", "corpus", "composite.jsonl")).filter(split="heldout").records
+    rng = random.Random(seed)
+    per = 12 if quick else 24
+    by: dict = {}
+    for r in held:
+        if r["kind"] in ("composite", "s1", "s2"):
+            by.setdefault((r["subtask_of"], r["kind"], r["n_shot"] > 0), []).append(r)
+    frames = []
+    for comp in sorted({k[0] for k in by}):
+        pick = {k: rng.sample(v, min(per, len(v))) for k, v in by.items() if k[0] == comp}
+        subs = [r for kind in ("s1", "s2") for shot in (True, False) for r in pick.get((comp, kind, shot), [])]
+        ct = cross_task_patching(model, pick[(comp, "composite", True)], subs, subtask="kind", n_vectors=per,
+                                 progress=False).table  # fmt: skip
+        frames.append(ct)
+    table = pd.concat(frames, ignore_index=True)
+    curve = table.groupby(["subtask", "layer"])["acc_patch"].mean()
+    base = table.groupby("subtask")[["acc_0", "acc_icl"]].mean()
+    # a subtask's peak exists only where some layer's patch beats its zero-shot accuracy (else no layer carries it)
+    peaks = {s: int(curve.loc[s].idxmax()) if curve.loc[s].max() > base.loc[s, "acc_0"] else None
+             for s in ("s1", "s2")}  # fmt: skip
+    order_ok = None not in peaks.values() and peaks["s1"] < peaks["s2"]
+    found = ", ".join(f"{s} {'none' if peaks[s] is None else peaks[s]}" for s in ("s1", "s2"))
+    fmt = {s: "[" + ", ".join(f"{v:.2f}" for v in curve.loc[s].tolist()) + "]" for s in ("s1", "s2")}
+    note = (f"acc_patch by layer (mean over {len(frames)} composites, {per} zero-shot prompts each): s1 {fmt['s1']}, "
+            f"s2 {fmt['s2']}; acc_0 s1 {base.loc['s1', 'acc_0']:.2f} s2 {base.loc['s2', 'acc_0']:.2f}, acc_ICL s1 "
+            f"{base.loc['s1', 'acc_icl']:.2f} s2 {base.loc['s2', 'acc_icl']:.2f}; "
+            f"s1 before s2: {order_ok}")  # fmt: skip
+    return [_row(organism=name, planted=truth is not None, method="cross_task_patching", k=1,
+                 metric="peak layer of the zero-shot subtasks' patched accuracy (s1, s2)",
+                 found=found, ground_truth=f"s1 by {truth}, s2 after" if truth is not None else None,
+                 layer_error=abs(peaks["s1"] - truth) if truth is not None and peaks["s1"] is not None else None,
+                 precision_at_k=float(peaks["s1"] == truth) if truth is not None else None,
+                 n_prompts=int(table.groupby("composite")["n_zero"].first().sum()), note=note)]  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------
 # routed experts per domain: expert attribution, routing statistics, blocking
 # --------------------------------------------------------------------------------------------
@@ -363,6 +412,7 @@ def run_benchmark(*, organisms: tuple[str, ...] | None = None, natural: bool = T
                 rows += score_refusal_heads(model, name, [tuple(h) for h in gt["heads"]], **kw)
             elif gt["kind"] == "icot_layer":
                 rows += score_icot_layer(model, name, gt["layer"], **kw)
+                rows += score_icot_order(model, name, gt["layer"], **kw)
             elif gt["kind"] == "routed_experts":
                 rows += score_routed_experts(model, name, {d: list(e) for d, e in gt["domain_experts"].items()},
                                              **kw)  # fmt: skip
@@ -376,6 +426,7 @@ def run_benchmark(*, organisms: tuple[str, ...] | None = None, natural: bool = T
                     rows += score_refusal_heads(dense, "dense", None, **kw)
                 if "icot_layer" in kinds:
                     rows += score_icot_layer(dense, "dense", None, **kw)
+                    rows += score_icot_order(dense, "dense", None, **kw)
             if "routed_experts" in kinds:
                 moe, _ = _load("moe", data)
                 rows += score_routed_experts(moe, "moe", None, **kw)
