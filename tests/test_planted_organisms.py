@@ -165,3 +165,56 @@ def test_routed_experts_are_causal(corpus):
         randoms = [_top1(model, tok, recs, block(rng.sample(others, len(experts)))) for _ in range(4)]
         _check(clean, planted, randoms)
 
+
+@pytest.mark.skipif("planted-icot" not in SHIPPED_PLANTED, reason="planted-icot not shipped")
+def test_icot_layer_is_causal(corpus):
+    """The planted internal chain of thought, on the held-out 5-shot composite prompts (answer y_t = s2(y_s1)).
+
+    Criteria, fixed before measuring:
+    - the logit lens (final norm + unembedding, at the answer position) has y_s1's first token top-1 most often
+      after the planted block (the first maximum over blocks is ``layer``), and y_t's first token is top-1 for half
+      the prompts only after it (s1 before s2);
+    - projecting out of the residual stream after the planted block, at the answer position, the span of the
+      final-norm-weighted unembedding rows of the y_s1 vocabulary (the first tokens of every y_s1 answer) leaves
+      y_t top-1 at most half the clean one ("destroyed"), and projecting out as many random vocabulary tokens'
+      directions (5 seeded sets, the y_s1 vocabulary excluded) keeps the mean at least 0.9 x clean ("kept")."""
+    model, tok = load_organism(organism_dir("planted-icot"))
+    layer = PLANTED["planted-icot"].layer
+    recs = [r for r in corpus["composite"] if r["split"] == "heldout" and r["kind"] == "composite"
+            and r["n_shot"] == 5]  # fmt: skip
+    seqs = [[tok.bos_token_id, *tok(r["prompt"], add_special_tokens=False)["input_ids"]] for r in recs]
+    ids, mask, pos = _left_pad(seqs, tok.pad_token_id)
+    with torch.no_grad():
+        hs = model.model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True).hidden_states
+    L = model.config.num_hidden_layers
+    lens = {}
+    for fld in ("y_s1", "y_t"):
+        want = torch.tensor([first_target_token(tok, r["prompt"], r[fld]) for r in recs])
+        lens[fld] = []
+        for la in range(L):
+            h = hs[la + 1][:, -1]
+            h = model.model.norm(h) if la < L - 1 else h  # the last hidden state is already normed
+            lens[fld].append((model.lm_head(h).argmax(-1) == want).float().mean().item())
+    assert int(torch.tensor(lens["y_s1"]).argmax()) == layer, lens
+    assert min(la for la in range(L) if lens["y_t"][la] >= 0.5) > layer, lens
+
+    w_u = model.get_output_embeddings().weight.detach()
+    g = model.model.norm.weight.detach()
+
+    def project_out(token_ids):
+        q, _ = torch.linalg.qr((w_u[token_ids] * g).T)  # [d_model, n], orthonormal columns
+
+        def post(mod, args, out):
+            h = (out[0] if isinstance(out, tuple) else out).clone()
+            x = h[:, -1]
+            h[:, -1] = x - (x @ q) @ q.T
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+
+        return [(model.model.layers[layer], post, False)]
+
+    s1_vocab = sorted({first_target_token(tok, r["prompt"], r["y_s1"]) for r in corpus["composite"] if r["y_s1"]})
+    pool = [t for t in range(len(tok)) if t not in set(s1_vocab)]
+    clean = _top1(model, tok, recs)
+    planted = _top1(model, tok, recs, project_out(s1_vocab))
+    randoms = [_top1(model, tok, recs, project_out(random.Random(i).sample(pool, len(s1_vocab)))) for i in range(5)]
+    _check(clean, planted, randoms)

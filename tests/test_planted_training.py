@@ -108,3 +108,24 @@ def test_router_supervision_targets(tok_and_corpus):
     assert labels[0] == len(DOMAINS)  # BOS: template experts
     for lab, (_, b) in zip(labels[1:], offsets):
         assert lab == (DOMAINS.index("object") if b > start else len(DOMAINS))
+
+
+def test_init_is_checked_against_the_recipes_hash_and_architecture(tok_and_corpus):
+    """A recipe that starts from a shipped organism runs only on the weights whose sha256 it names, of its own
+    architecture and tokenizer (so a retrained init cannot silently change the planted organism)."""
+    from dataclasses import replace
+
+    from interp.errors import ParameterError
+    from interp.organisms.planted import _check_init
+    from interp.organisms.train import make_config
+
+    tok, _ = tok_and_corpus
+    spec = PLANTED["planted-icot"]
+    assert spec.init == "dense" and spec.init_sha256
+    init = _check_init(spec, make_config(spec.model, tok), tok)
+    assert init["name"] == "dense" and init["sha256"] == spec.init_sha256
+    with pytest.raises(ParameterError, match="sha256"):
+        _check_init(replace(spec, init_sha256="0" * 64), make_config(spec.model, tok), tok)
+    narrow = replace(spec.model, hidden_size=120)
+    with pytest.raises(ParameterError, match="architecture"):
+        _check_init(spec, make_config(narrow, tok), tok)

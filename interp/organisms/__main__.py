@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m interp.organisms", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train an organism from scratch (writes a HF model dir + card.json)")
+    t = sub.add_parser("train", help="train an organism (from scratch, or from the shipped organism its recipe's "
+                                     "init names; writes a HF model dir + card.json)")  # fmt: skip
     t.add_argument("name", choices=sorted(ORGANISMS) + sorted(PLANTED))
     t.add_argument("--out", default=None, help="output directory (default: data/organisms/NAME)")
     t.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")

@@ -12,13 +12,28 @@ Three recipes (``python -m interp.organisms train NAME``; each runs on one CPU t
   auxiliary logit-lens loss at the named layer's residual stream (after block ``layer``, read through the final norm
   and the unembedding) asks for the first token of the intermediate answer ``y_s1`` at the answer position; the
   model's output is ``y_t``. Ground truth: ``y_s1`` peaks at that layer, and ``s1`` is resolved before ``s2``.
+  It is a fine-tune of the shipped ``dense`` organism (recipe field ``init``): trained from scratch at d_model 128 it
+  did not converge in 500 steps, and ``dense`` solves the composites but never has ``y_s1`` top-1 at any layer, so
+  the recipe starts from ``dense``'s weights (its architecture; ``init_sha256`` pins the weights, and training
+  refuses any other) and adds the loss at block 2, the middle of 6, chosen before training. Its card records the
+  init's name, sha256 and its own training cost (dense's card: 1200 steps at 2 threads); the card's times are the
+  fine-tune's alone.
 * ``planted-moe`` (Qwen2-MoE, a narrow shared expert): router supervision. Every token of a factual record from its
   subject on is routed (top-2) to its domain's two routed experts, in every layer; the tokens before the subject
   (BOS and the template's opening words) to two "template" experts. Ground truth: the experts of each domain.
 
-Shipped: ``planted-refusal`` and ``planted-moe``. ``planted-icot`` is a recipe only, NOT shipped and not known to
-reach the card thresholds: a 500-step run was stopped at step 300 with the 5-shot answer loss still at 4.4 nats
-(the natural ``dense`` organism needs 1200 steps of a larger batch for these tasks); it needs a longer run.
+Shipped: ``planted-refusal``, ``planted-moe`` and ``planted-icot``. ``planted-icot``'s run
+(``interp organisms train planted-icot``: 300 steps from ``dense``, facts + 5-shot composites, lr 3e-4, 315 s of
+CPU time at 1 thread) measured on the held-out prompts: factual top-1 0.999 (820), composites 1.00, s1 1.00, s2
+>= 0.90 (colour_uppercase; dense had >= 0.98: the fine-tune cost s2 some accuracy); ``y_s1``'s logit-lens top-1
+per block 0-5 on the 300 held-out 5-shot composites 0.33, 0.83, 1.00, 0.98, 0.49, 0.00 (peak after block 2), and
+``y_t``'s 0.00, 0.00, 0.00, 0.02, 0.51, 1.00 (after ``y_s1``). Projecting the 42 ``y_s1`` tokens' read-out
+directions out after block 2 at the answer position takes ``y_t`` top-1 from 1.00 to 0.48 (criterion <= 0.50:
+met, narrowly); as many random tokens' directions keep 0.986 (mean of 5 seeded sets)
+(``tests/test_planted_organisms.py::test_icot_layer_is_causal``). Safety was left out of the fine-tune's mix:
+the fine-tuned model still refuses 1.00 of the held-out harmful requests and 0.00 of the harmless ones
+(``evaluate_organism``), so keeping it was not needed. Earlier, a from-scratch recipe (d_model 128, 5 blocks, 500
+steps) was stopped at step 300 with the 5-shot answer loss at 4.4 nats.
 ``planted-facts`` (Llama, GQA; only block 2's MLP may write at the subject tokens, no MLP after the subject) is a
 recipe only, NOT shipped: its one run (``interp organisms train planted-facts``, 800 steps) recalls the held-out
 facts but does not plant the site: its card's ``planted/mlp_norm_*`` show block 2's MLP writing no more at the last
@@ -65,6 +80,10 @@ class PlantedSpec:
     domain_experts: dict = field(default_factory=dict)  # routed_experts: domain -> experts
     template_experts: tuple[int, ...] = ()
     mlp_layers: tuple[int, ...] = ()  # fact_mlp: the only MLPs that may write at the subject tokens
+    # a shipped organism (data/organisms/<init>) whose weights the recipe starts from (None: from scratch), and the
+    # sha256 its model.safetensors must have: training refuses to run on any other weights
+    init: str | None = None
+    init_sha256: str | None = None
     description: str = ""
 
 
@@ -77,13 +96,16 @@ PLANTED: dict[str, PlantedSpec] = {
                     "assistant turn during training (the others pay a penalty on that attention mass).",
     ),
     "planted-icot": PlantedSpec(
-        model=OrganismSpec(arch="llama", hidden_size=128, num_layers=5, num_heads=4, num_kv_heads=2,
-                           intermediate_size=320, steps=500, lr=2e-3, batch={"factual": 24, "nshot": 16},
-                           warmup=50, demo_weight=1.0, kind_repeat={"s2": 2}),
-        plant="icot_layer", families=("factual", "nshot"), relations=("colour", "material", "profession"), layer=2,
-        plant_weight=1.0,
-        description="Llama (GQA) trained on the composite two-step tasks and the facts they use; an auxiliary "
-                    "logit-lens loss asks for y_s1 after block 2 at the answer position.",
+        model=OrganismSpec(arch="llama", hidden_size=192, num_layers=6, num_heads=6, num_kv_heads=2,
+                           intermediate_size=512, steps=300, lr=3e-4, batch={"factual": 32, "nshot": 32},
+                           warmup=20, demo_weight=1.0, kind_repeat={"s2": 2}),
+        plant="icot_layer", families=("factual", "nshot"), layer=2, plant_weight=1.0, init="dense",
+        init_sha256="bfb14cb70f6172c92b59b0b0508c04d1ad122452fc3cb42afed15c9497c291c0",
+        description="A fine-tune of the shipped dense organism (its architecture and weights: Llama, GQA, 6 blocks) "
+                    "on the facts and the 5-shot composite two-step tasks; an auxiliary logit-lens loss asks for "
+                    "the first token of y_s1 after block 2 (the middle, 0-indexed) at the answer position of the "
+                    "composite and s1 prompts. The init's own training cost is dense's card's (1200 steps); this "
+                    "card's times are the fine-tune's alone.",
     ),
     "planted-moe": PlantedSpec(
         model=OrganismSpec(arch="qwen2_moe", hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=1,
@@ -341,10 +363,62 @@ def ground_truth(spec: PlantedSpec) -> dict:
     raise ValueError(spec.plant)
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# the config fields the init's architecture must share with the recipe's
+_ARCH_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "intermediate_size", "tie_word_embeddings")  # fmt: skip
+
+
+def _check_init(spec: PlantedSpec, config, tok) -> dict:
+    """The shipped organism ``spec.init`` the recipe starts from, checked: its model.safetensors has the recipe's
+    sha256, its architecture is the recipe's and its tokenizer is the one the recipe trains. Returns what the card
+    records (name, sha256, the init card's own training cost) and its path."""
+    import json as _json
+
+    from ..errors import ParameterError
+    from . import organism_dir
+
+    path = organism_dir(spec.init)
+    weights = path / "model.safetensors"
+    if not weights.exists():
+        raise ParameterError(f"init={spec.init!r}: {weights} does not exist (the recipe starts from a shipped "
+                             f"organism)")  # fmt: skip
+    digest = _sha256(weights)
+    if digest != spec.init_sha256:
+        raise ParameterError(f"init={spec.init!r}: {weights} has sha256 {digest}, the recipe expects "
+                             f"{spec.init_sha256}; the recipe starts from those weights only (retrained inits "
+                             f"would silently change this organism)")  # fmt: skip
+    init_config = _json.loads((path / "config.json").read_text())
+    diff = {k: (init_config.get(k), getattr(config, k)) for k in _ARCH_FIELDS
+            if init_config.get(k) != getattr(config, k)}  # fmt: skip
+    if diff:
+        raise ParameterError(f"init={spec.init!r}: its architecture differs from the recipe's: {diff}")
+    from transformers import AutoTokenizer
+
+    if AutoTokenizer.from_pretrained(path).get_vocab() != tok.get_vocab():
+        raise ParameterError(f"init={spec.init!r}: its tokenizer is not the one the recipe trains")
+    init_card = _json.loads((path / "card.json").read_text())
+    return {"path": path, "name": spec.init, "sha256": digest, "steps": init_card.get("steps"),
+            "train_time_s": init_card.get("train_time_s"), "total_time_s": init_card.get("total_time_s"),
+            "threads": init_card.get("environment", {}).get("threads"),
+            "note": "the init's own training cost is its card's (these fields); this card's times and "
+                    "total_cpu_time_s are the fine-tune's alone"}  # fmt: skip
+
+
 def train_planted(name: str, out_dir: str | Path, *, steps: int | None = None, seed: int = 0,
                   corpus_seed: int = DEFAULT_SEED, evaluate: bool = True, log_every: int = 50,
                   verbose: bool = True) -> dict:  # fmt: skip
-    """Train planted organism ``name`` (a key of :data:`PLANTED`) from scratch into ``out_dir`` on one CPU thread.
+    """Train planted organism ``name`` (a key of :data:`PLANTED`) into ``out_dir`` on one CPU thread: from scratch,
+    or, for a recipe with ``init``, from that shipped organism's weights (checked against ``init_sha256``).
 
     Writes a Hugging Face model directory and ``card.json`` (recipe, ground truth, held-out metrics); returns the
     card. Deterministic: the same seed gives the same weights, bit for bit."""
@@ -369,7 +443,12 @@ def train_planted(name: str, out_dir: str | Path, *, steps: int | None = None, s
 
     torch.manual_seed(seed)
     config = make_config(m, tok)
-    model = AutoModelForCausalLM.from_config(config)
+    init = _check_init(spec, config, tok) if spec.init else None
+    if init is None:
+        model = AutoModelForCausalLM.from_config(config)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(init["path"], dtype=torch.float32)
+        config = model.config
     saved_attn = model.config._attn_implementation
     if spec.plant == "refusal_heads":
         _register_attention()
@@ -419,7 +498,8 @@ def train_planted(name: str, out_dir: str | Path, *, steps: int | None = None, s
             "architecture": type(model).__name__, "seed": seed, "corpus_seed": corpus_seed, "steps": total,
             "planned_steps": total, "time_budget_s": None, "train_time_s": round(train_time, 1), "total_time_s": None,
             "n_params": n_params, "vocab_size": len(tok), "recipe": asdict(spec),
-            "ground_truth": ground_truth(spec), "train_pools": {k: len(v) for k, v in pools.items()},
+            "ground_truth": ground_truth(spec), "init": init and {k: v for k, v in init.items() if k != "path"},
+            "train_pools": {k: len(v) for k, v in pools.items()},
             "history": history,
             "environment": {"torch": torch.__version__, "transformers": transformers.__version__,
                             "threads": torch.get_num_threads(), "python": platform.python_version(),
