@@ -50,6 +50,12 @@ def _close(a, b, path=""):
         assert abs(a - b) <= 1e-6, (path, a, b)
 
 
+def test_planted_data_stays_within_its_budget():
+    """Issue #20: the data the planted organisms add stays under 60 MB in all (each directory under 20 MB)."""
+    total = sum(p.stat().st_size for n in SHIPPED_PLANTED for p in organism_dir(n).iterdir() if p.is_file())
+    assert 0 < total <= 60 * 1000 * 1000, total
+
+
 @pytest.mark.parametrize("name", SHIPPED_PLANTED)
 def test_card_states_ground_truth_recipe_and_budget(name):
     card = _card(name)
