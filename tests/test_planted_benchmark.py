@@ -84,3 +84,42 @@ def test_markdown_and_cli_wiring(tmp_path):
     assert pd.read_csv(paths["csv"])["precision_at_k"].tolist() == [0.5]
     args = build_parser().parse_args(["bench", "--quick", "--seed", "3", "--organisms", "planted-icot"])
     assert args.func is cmd_bench and args.seed == 3 and args.quick and args.organisms == "planted-icot"
+
+
+def test_top1_mlp_zeroed_matches_plain_transformers(models, hf_models):
+    """The fact-MLP scorer's ablation: block 0's MLP output zeroed at the last subject token (left-padded batches of
+    rows of different lengths) gives the same top-1 as plain transformers with a hook zeroing that one position."""
+    import interp
+
+    model, hf = models["llama"], hf_models("llama")
+    tok = model.tokenizer
+    records = [{"prompt": p, "subject": s, "target": t}
+               for p, s, t in (("a b c d", "b c", " e"), ("c d", "c", " a"), ("b c d e a", "d e", " b"))]  # fmt: skip
+    prompts = interp.PromptSet(records)
+    enc = interp.encode(model, prompts, spans=["subject"])
+    batch = next(interp.batches(model, enc, 8))
+    rows, cols = B._role_columns(batch, [enc.items[i] for i in batch.indices], batch.spans["subject"], "last subject")
+    assert sorted(rows.tolist()) == list(range(len(records)))  # one last subject token per row
+    assert all(int(c) == batch.spans["subject"][int(r)][1] - 1 for r, c in zip(rows, cols))
+    for layer in (None, 0):
+        got = B.top1_mlp_zeroed(model, prompts, layer, "last subject", batch_size=2)
+        want = []
+        for r, (_, end) in zip(records, enc.spans["subject"]):
+            bos = [tok.bos_token_id] if model.prepend_bos else []
+            ids = bos + tok(r["prompt"], add_special_tokens=False)["input_ids"]
+            full = tok(r["prompt"] + r["target"], add_special_tokens=False)["input_ids"]
+
+            def post(mod, a, o, end=end):
+                o = o.clone()
+                o[:, end - 1] = 0.0
+                return o
+
+            h = hf.model.layers[0].mlp.register_forward_hook(post) if layer is not None else None
+            try:
+                with torch.no_grad():
+                    logits = hf(input_ids=torch.tensor([ids])).logits[0, -1]
+            finally:
+                if h is not None:
+                    h.remove()
+            want.append(int(logits.argmax()) == full[len(ids) - len(bos)])
+        assert got.tolist() == want, layer
