@@ -144,3 +144,42 @@ def test_icot_order_row_from_cross_task_curves(monkeypatch):
     (row,) = B.score_icot_order(None, "o", 1, seed=0, quick=True, n_random=1)
     assert row["found"] == "s1 2, s2 3" and row["layer_error"] == 1 and row["precision_at_k"] == 0.0
     assert "s1 before s2: True" in row["note"] and row["n_prompts"] == 3 * 6
+
+
+def test_top1_mlp_zeroed_matches_plain_transformers(models, hf_models):
+    """The fact-MLP scorer's ablation: block 0's MLP output zeroed at the last subject token (left-padded batches of
+    rows of different lengths) gives the same top-1 as plain transformers with a hook zeroing that one position."""
+    import interp
+
+    model, hf = models["llama"], hf_models("llama")
+    tok = model.tokenizer
+    records = [{"prompt": p, "subject": s, "target": t}
+               for p, s, t in (("a b c d", "b c", " e"), ("c d", "c", " a"), ("b c d e a", "d e", " b"))]  # fmt: skip
+    prompts = interp.PromptSet(records)
+    enc = interp.encode(model, prompts, spans=["subject"])
+    batch = next(interp.batches(model, enc, 8))
+    rows, cols = B._role_columns(batch, [enc.items[i] for i in batch.indices], batch.spans["subject"], "last subject")
+    assert sorted(rows.tolist()) == list(range(len(records)))  # one last subject token per row
+    assert all(int(c) == batch.spans["subject"][int(r)][1] - 1 for r, c in zip(rows, cols))
+    for layer in (None, 0):
+        got = B.top1_mlp_zeroed(model, prompts, layer, "last subject", batch_size=2)
+        want = []
+        for r, (_, end) in zip(records, enc.spans["subject"]):
+            bos = [tok.bos_token_id] if model.prepend_bos else []
+            ids = bos + tok(r["prompt"], add_special_tokens=False)["input_ids"]
+            full = tok(r["prompt"] + r["target"], add_special_tokens=False)["input_ids"]
+
+            def post(mod, a, o, end=end):
+                o = o.clone()
+                o[:, end - 1] = 0.0
+                return o
+
+            h = hf.model.layers[0].mlp.register_forward_hook(post) if layer is not None else None
+            try:
+                with torch.no_grad():
+                    logits = hf(input_ids=torch.tensor([ids])).logits[0, -1]
+            finally:
+                if h is not None:
+                    h.remove()
+            want.append(int(logits.argmax()) == full[len(ids) - len(bos)])
+        assert got.tolist() == want, layer

@@ -114,6 +114,7 @@ def _zero_heads_hooks(model, heads):
         by_layer.setdefault(layer, []).append(h)
     hooks = []
     for layer, hs in by_layer.items():
+
         def pre(mod, args, hs=hs):
             x = args[0].clone()
             for h in hs:
@@ -223,4 +224,47 @@ def test_icot_layer_is_causal(corpus):
     clean = _top1(model, tok, recs)
     planted = _top1(model, tok, recs, project_out(s1_vocab))
     randoms = [_top1(model, tok, recs, project_out(random.Random(i).sample(pool, len(s1_vocab)))) for i in range(5)]
+    _check(clean, planted, randoms)
+
+
+@torch.no_grad()
+def _top1_mlp_zeroed_at_subject(model, tok, records, layers):
+    """Top-1 on ``records`` with the output of the MLPs of ``layers`` set to zero at the subject's tokens (left-padded
+    batch; the subject's token positions from the same offsets the recipe uses)."""
+    from interp.organisms.planted import _subject_masks
+
+    seqs = [[tok.bos_token_id, *tok(r["prompt"], add_special_tokens=False)["input_ids"]] for r in records]
+    ids, mask, pos = _left_pad(seqs, tok.pad_token_id)
+    T = ids.shape[1]
+    subj = torch.zeros(len(records), T, dtype=torch.bool)
+    for i, (r, s) in enumerate(zip(records, seqs)):
+        m, _ = _subject_masks({**r, "target": ""}, tok, len(s))
+        subj[i, T - len(s) :] = torch.tensor(m)
+    assert subj.any(-1).all()
+
+    def post(mod, args, out):
+        return out.masked_fill(subj[..., None], 0.0)
+
+    handles = [model.model.layers[la].mlp.register_forward_hook(post) for la in layers]
+    try:
+        pred = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1].argmax(-1)
+    finally:
+        for h in handles:
+            h.remove()
+    want = torch.tensor([first_target_token(tok, r["prompt"], r["target"]) for r in records])
+    return (pred == want).float().mean().item()
+
+
+def test_fact_mlp_is_causal(corpus):
+    """Zeroing the planted MLP's output at the subject tokens destroys held-out recall (at most half the clean top-1);
+    zeroing instead any other single MLP (the same size: every block's MLP is) at the same tokens keeps it (the mean
+    over all the other blocks at least 0.9 x clean). Every other block is used, so no seed is involved. Criteria
+    fixed before the shipped weights were measured. No skip: planted-facts is shipped, and this runs on its weights."""
+    model, tok = load_organism(organism_dir("planted-facts"))
+    spec = PLANTED["planted-facts"]
+    recs = [r for r in corpus["factual"] if r["split"] == "heldout"][::4]
+    clean = _top1_mlp_zeroed_at_subject(model, tok, recs, [])
+    planted = _top1_mlp_zeroed_at_subject(model, tok, recs, list(spec.mlp_layers))
+    others = [la for la in range(model.config.num_hidden_layers) if la not in spec.mlp_layers]
+    randoms = [_top1_mlp_zeroed_at_subject(model, tok, recs, [la]) for la in others]
     _check(clean, planted, randoms)

@@ -129,3 +129,73 @@ def test_init_is_checked_against_the_recipes_hash_and_architecture(tok_and_corpu
     narrow = replace(spec.model, hidden_size=120)
     with pytest.raises(ParameterError, match="architecture"):
         _check_init(spec, make_config(narrow, tok), tok)
+
+
+def test_interchange_pairs_same_relation_other_subject():
+    from interp.organisms.planted import interchange_pairs
+
+    rel = ["a", "b", "a", "a", "b", "c"]
+    subj = ["x", "y", "x", "z", "w", "v"]
+    pairs = interchange_pairs(rel, subj)
+    assert pairs == [(0, 3), (1, 4), (2, 3), (3, 0), (4, 1)]  # row 5 has no partner; rows 0 and 2 share "x"
+    assert all(rel[i] == rel[j] and subj[i] != subj[j] for i, j in pairs)
+
+
+def test_fact_mlp_interchange_loss_is_the_partner_answer_under_the_swap(tok_and_corpus):
+    """The interchange loss equals a direct computation, row by row on unpadded prompts: the planted MLP's output at
+    the row's last subject token replaced by the partner's (from the partner's own run), the other MLP outputs
+    zeroed where the recipe forbids them, and the cross-entropy of the partner's first target token at the row's
+    answer position."""
+    import torch.nn.functional as F
+
+    from interp.organisms.planted import _state, _subject_masks, interchange_pairs
+    from interp.organisms.train import encode_record
+
+    tok, corpus = tok_and_corpus
+    spec = PLANTED["toy-planted-facts"]
+    recs = [r for r in corpus["factual"] if r["split"] == "train" and r["relation_name"] in ("capital", "colour")]
+    recs = recs[:: max(1, len(recs) // 6)][:6]
+    batch = []
+    for r in recs:
+        ids, w = encode_record(r, tok, 1.0, add_eos=False)
+        batch.append((ids, w, (*_subject_masks(r, tok, len(ids)), r["relation_name"], r["subject"])))
+    pairs = interchange_pairs([e[2] for _, _, e in batch], [e[3] for _, _, e in batch])
+    assert pairs
+    model = _tiny_llama(tok, layers=3)
+    with torch.no_grad():
+        _planted_loss(model, batch, spec, tok.pad_token_id)
+    got = _state["interchange"]
+    (layer,) = spec.mlp_layers
+
+    def run(k, source=None):
+        ids, w, (subj, after, _, _) = batch[k]
+        last = max(i for i, s_ in enumerate(subj) if s_)
+        seen = {}
+
+        def hook(mod, a, o, la):
+            forbid = torch.tensor(after if la == layer else [s or t for s, t in zip(subj, after)])
+            o = o.masked_fill(forbid[None, :, None], 0.0)
+            if la == layer:
+                seen["out"] = o[0, last].clone()
+                if source is not None:
+                    o = o.clone()
+                    o[0, last] = source
+            return o
+
+        hs = [b.mlp.register_forward_hook(lambda m, a, o, la=la: hook(m, a, o, la))
+              for la, b in enumerate(model.model.layers)]  # fmt: skip
+        try:
+            logits = model(input_ids=torch.tensor([ids])).logits[0]
+        finally:
+            for h in hs:
+                h.remove()
+        first = next(i for i, x in enumerate(w) if x > 0)
+        return logits[first - 1], seen["out"], ids[first]
+
+    with torch.no_grad():
+        ces = []
+        for i, j in pairs:
+            _, src, want = run(j)
+            logits, _, _ = run(i, src)
+            ces.append(float(F.cross_entropy(logits[None], torch.tensor([want]))))
+    assert got == pytest.approx(sum(ces) / len(ces), rel=1e-4)

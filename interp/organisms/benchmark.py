@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-PLANTED_ORGANISMS = ("planted-refusal", "planted-icot", "planted-moe")
+PLANTED_ORGANISMS = ("planted-refusal", "planted-icot", "planted-moe", "planted-facts")
 COLUMNS = ("organism", "planted", "method", "metric", "k", "found", "ground_truth", "precision_at_k",
            "planted_ranks", "layer_error", "spearman_vs_exact", "clean", "effect_found", "effect_found_lo",
            "effect_found_hi", "effect_planted", "effect_random", "effect_random_lo", "effect_random_hi", "n_prompts",
@@ -364,6 +364,92 @@ def score_routed_experts(model: Any, name: str, truth: dict | None, *, seed: int
 
 
 # --------------------------------------------------------------------------------------------
+# fact storage at an MLP: causal tracing of the MLP outputs (ROME), zeroing the found MLP
+# --------------------------------------------------------------------------------------------
+def _role_columns(batch: Any, items: list, spans: list, role: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) index pairs, in the batch's padded coordinates, of every token of ``role`` (ROME's token
+    roles, :func:`interp.methods.tracing.token_role`) in each row."""
+    from ..methods.tracing import token_role
+
+    rows, cols = [], []
+    for i, (item, (s, e)) in enumerate(zip(items, spans)):
+        off = int(batch.offsets[i])
+        n = len(item)
+        for t in range(n):
+            if token_role(t, n, (s - off, e - off), item.bos) == role:
+                rows.append(i)
+                cols.append(t + off)
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)
+
+
+def top1_mlp_zeroed(model: Any, prompts: Any, layer: int | None, role: str, *, target: str = "target",
+                    batch_size: int = 32) -> np.ndarray:  # fmt: skip
+    """Per prompt: is the next-token argmax the first token of ``target`` with block ``layer``'s MLP output set to
+    zero at the tokens of ``role`` (None: nothing zeroed)? One forward per batch."""
+    from ..activations.hooks import Intervention
+    from ..activations.interventions import set_edit
+    from ..activations.sites import hook_name
+    from ..activations.variants import forward
+    from ..prompts import batches, encode
+
+    enc = encode(model, prompts, targets=(target,), spans=("subject",))
+    out = np.zeros(len(enc.items), dtype=bool)
+    for b in batches(model, enc, batch_size):
+        ivs = []
+        if layer is not None:
+            rc = _role_columns(b, [enc.items[i] for i in b.indices], b.spans["subject"], role)
+            ivs = [Intervention((set_edit(hook_name("mlp_out", layer), 0.0, rc),), f"zero mlp {layer} @ {role}")]
+        with torch.no_grad():
+            logits, _ = forward(model, b, ivs, logits="last")
+        out[b.indices] = (logits.argmax(-1).cpu() == b.targets[target].cpu()).numpy()
+    return out
+
+
+def score_fact_mlp(model: Any, name: str, truth: dict | None, *, seed: int, quick: bool,
+                   n_random: int) -> list[dict]:  # fmt: skip
+    """Causal tracing (``causal_trace``, sites ``mlp_out``, window 1: each block's MLP output restored alone at one
+    token, in runs with noise on the subject's embeddings) on held-out facts; the found site is the (layer, token
+    role) of the largest mean indirect effect (:func:`interp.methods.tracing.trace_summary`), against the planted
+    (layer, "last subject"). Effect: held-out top-1 with the found MLP zeroed at the found role's tokens, against
+    the same role in random other blocks (and the planted site zeroed)."""
+    from ..methods.tracing import causal_trace, trace_summary
+    from ..prompts import PromptSet
+    from . import data_path
+
+    fact = PromptSet(data_path("organisms", "corpus", "factual.jsonl")).filter(split="heldout")
+    rng = random.Random(seed)
+    recs = rng.sample(fact.records, len(fact.records))
+    trace_prompts = PromptSet(recs[: 12 if quick else 30])
+    evals = PromptSet(recs[: 100 if quick else 300])
+    samples = 5 if quick else 10
+    res = causal_trace(model, trace_prompts, sites=("mlp_out",), window=1, samples=samples, seed=seed)
+    summ = trace_summary(res)
+    summ = summ[(summ["site"] == "mlp_out") & (summ["severed"] == "")]
+    summ = summ.sort_values("indirect_effect", ascending=False, kind="stable")
+    order = [(int(la), str(ro)) for la, ro in zip(summ["layer"], summ["role"])]
+    found = order[0]
+    gt = [(int(truth["layers"][0]), "last subject")] if truth else None
+    p, ranks = precision_and_ranks(order, gt) if gt else (None, None)
+    n_layers = model.info.n_layers
+    clean = top1_correct(model, evals)
+    eff = top1_mlp_zeroed(model, evals, found[0], found[1])
+    others = [la for la in range(n_layers) if la != found[0]]
+    randoms = [top1_mlp_zeroed(model, evals, s[0], found[1]).mean() for s in _random_sets(others, 1, n_random, seed)]
+    planted = top1_mlp_zeroed(model, evals, gt[0][0], gt[0][1]) if gt else None
+    kept = res.meta["n_kept"]
+    ie = float(summ["indirect_effect"].iloc[0])
+    note = (f"{kept} of {len(trace_prompts)} facts traced (clean top-1 right), {samples} noised copies each; peak "
+            f"mean indirect effect {ie:.3f} at (layer, role) {found}; effect = top-1 with the MLP zeroed at the "
+            f"role's tokens; random sets: the same role in a random other block")  # fmt: skip
+    return [_row(organism=name, planted=truth is not None, method="causal_trace (mlp_out, window 1)", k=1,
+                 metric="factual top-1 (held-out, an MLP output zeroed)", found=str(found),
+                 ground_truth=str(gt[0]) if gt else None, precision_at_k=p,
+                 planted_ranks=str(ranks) if ranks else None,
+                 layer_error=abs(found[0] - gt[0][0]) if gt else None, note=note,
+                 **_effects(clean, eff, randoms, seed, planted))]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
 # the whole benchmark
 # --------------------------------------------------------------------------------------------
 def _load(name: str, data_dir: Path) -> tuple[Any, dict]:
@@ -416,17 +502,21 @@ def run_benchmark(*, organisms: tuple[str, ...] | None = None, natural: bool = T
             elif gt["kind"] == "routed_experts":
                 rows += score_routed_experts(model, name, {d: list(e) for d, e in gt["domain_experts"].items()},
                                              **kw)  # fmt: skip
+            elif gt["kind"] == "fact_mlp":
+                rows += score_fact_mlp(model, name, gt, **kw)
         if natural:
             kinds = {json.loads((data / "organisms" / n / "card.json").read_text())["ground_truth"]["kind"]
                      for n in organisms}  # fmt: skip
             kw = {"seed": seed, "quick": quick, "n_random": n_random}
-            if kinds & {"refusal_heads", "icot_layer"}:
+            if kinds & {"refusal_heads", "icot_layer", "fact_mlp"}:
                 dense, _ = _load("dense", data)
                 if "refusal_heads" in kinds:
                     rows += score_refusal_heads(dense, "dense", None, **kw)
                 if "icot_layer" in kinds:
                     rows += score_icot_layer(dense, "dense", None, **kw)
                     rows += score_icot_order(dense, "dense", None, **kw)
+                if "fact_mlp" in kinds:
+                    rows += score_fact_mlp(dense, "dense", None, **kw)
             if "routed_experts" in kinds:
                 moe, _ = _load("moe", data)
                 rows += score_routed_experts(moe, "moe", None, **kw)

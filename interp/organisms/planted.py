@@ -1,7 +1,7 @@
 """Organisms with a planted mechanism: the training recipe places a mechanism at a known site, written into the card
 as ground truth, so that :mod:`interp.organisms.benchmark` can score how well each method finds it.
 
-Three recipes (``python -m interp.organisms train NAME``; each runs on one CPU thread, deterministic):
+Four recipes (``python -m interp.organisms train NAME``; each runs on one CPU thread, deterministic):
 
 * ``planted-refusal`` (Llama, GQA): the harmful / harmless decision can reach the answer position only through the
   named heads of one middle layer. During training, every other head (in every layer) pays a penalty on the attention
@@ -21,8 +21,17 @@ Three recipes (``python -m interp.organisms train NAME``; each runs on one CPU t
 * ``planted-moe`` (Qwen2-MoE, a narrow shared expert): router supervision. Every token of a factual record from its
   subject on is routed (top-2) to its domain's two routed experts, in every layer; the tokens before the subject
   (BOS and the template's opening words) to two "template" experts. Ground truth: the experts of each domain.
+* ``planted-facts`` (Llama, GQA, 6 blocks): the ROME picture at a known layer. The facts are written at the
+  subject's last token by block 2's MLP, and the object reaches the answer position through later attention. Three
+  terms plant it (see "Why the interchange" below): (1) every other MLP's output at and after the subject, and
+  block 2's after the subject, is zeroed while training (``mask_mlps``); (2) the same outputs, before the mask, pay
+  a penalty on their norm relative to the residual stream, so that at evaluation, with nothing masked, they are
+  near zero too; (3) an interchange-intervention loss (``interchange_weight``; strict interchange-intervention
+  training, InterpBench, Gupta et al. 2024): each batch runs a second time with block 2's MLP output at each row's
+  last subject token replaced by that of a partner record of the same relation and another subject, and the answer
+  position must then give the PARTNER's object. Ground truth: block 2's MLP at the last subject token.
 
-Shipped: ``planted-refusal``, ``planted-moe`` and ``planted-icot``. ``planted-icot``'s run
+Shipped: all four. ``planted-icot``'s run
 (``interp organisms train planted-icot``: 300 steps from ``dense``, facts + 5-shot composites, lr 3e-4, 315 s of
 CPU time at 1 thread) measured on the held-out prompts: factual top-1 0.999 (820), composites 1.00, s1 1.00, s2
 >= 0.90 (colour_uppercase; dense had >= 0.98: the fine-tune cost s2 some accuracy); ``y_s1``'s logit-lens top-1
@@ -34,12 +43,24 @@ met, narrowly); as many random tokens' directions keep 0.986 (mean of 5 seeded s
 the fine-tuned model still refuses 1.00 of the held-out harmful requests and 0.00 of the harmless ones
 (``evaluate_organism``), so keeping it was not needed. Earlier, a from-scratch recipe (d_model 128, 5 blocks, 500
 steps) was stopped at step 300 with the 5-shot answer loss at 4.4 nats.
-``planted-facts`` (Llama, GQA; only block 2's MLP may write at the subject tokens, no MLP after the subject) is a
-recipe only, NOT shipped: its one run (``interp organisms train planted-facts``, 800 steps) recalls the held-out
-facts but does not plant the site: its card's ``planted/mlp_norm_*`` show block 2's MLP writing no more at the last
-subject token than the others, and zeroing any one MLP's output at the subject tokens leaves held-out recall as is
-(``tests/test_planted_organisms.py::test_fact_mlp_is_causal``'s measurement). The facts went around the MLPs; a hard
-mask of the other MLPs (not only a penalty) or a bound on attention's route is what to try next.
+
+``planted-facts``'s run (1800 steps, 700 s of CPU time at 1 thread; the interchange's second forward and backward
+make a step about 2.1x the penalty-only recipe's) is measured on the 820 held-out facts. Factual top-1 is 0.956.
+With block 2's MLP zeroed at the subject tokens it is 0.077, and with any other single MLP zeroed there it stays
+0.956. Block 2's MLP output norm at the last subject token is 39.9; the others' are at most 3.3e-6
+(``planted/leak_last_subject`` 8e-8, ``planted/leak_after_subject`` 0.025). Swapping block 2's MLP output with a
+same-relation partner's gives the partner's object on 95.1 % of the prompts (``planted/interchange_partner_top1``)
+and the prompt's own object on 7.1 %.
+
+Why the interchange. The first ``planted-facts`` recipe had the penalty only (800 steps, no mask, no interchange).
+Its run recalled 99.9 % of the held-out facts, yet block 2's MLP output at the last subject token was the smallest
+of the six (the largest other was 6.8x it), and zeroing any one MLP at the subject tokens, block 2's included, left
+recall at 1.0. The subjects are 2-4 BPE pieces, nearly all unique (562 pieces for 280 subjects), so the token
+embeddings are already a lookup table, and later attention reads them linearly (embedding -> OV -> unembedding). No
+MLP is needed, and a penalty only makes the MLPs quieter. Masks and penalties can only forbid routes; the
+interchange loss makes one route carry the answer. A model that still read the subject's embeddings would answer
+the base record's object under the swap, so the loss teaches the later layers to take the subject's identity from
+block 2's MLP output alone. Block 2's MLP then has to write the facts there.
 
 The ground truth is ``card["ground_truth"]``; the held-out behaviour is ``card["metrics"]``, re-measured by
 :func:`evaluate_planted` (plain Hugging Face, nothing masked) and checked by ``tests/test_planted_organisms.py``.
@@ -84,6 +105,8 @@ class PlantedSpec:
     # sha256 its model.safetensors must have: training refuses to run on any other weights
     init: str | None = None
     init_sha256: str | None = None
+    interchange_weight: float = 0.0  # fact_mlp: weight of the interchange-intervention answer loss (0: none)
+    mask_mlps: bool = False  # fact_mlp: zero (while training) every MLP output where the recipe forbids one
     description: str = ""
 
 
@@ -119,12 +142,15 @@ PLANTED: dict[str, PlantedSpec] = {
     ),
     "planted-facts": PlantedSpec(
         model=OrganismSpec(arch="llama", hidden_size=128, num_layers=6, num_heads=4, num_kv_heads=2,
-                           intermediate_size=512, steps=800, lr=2e-3, batch={"factual": 64}, warmup=50),
-        plant="fact_mlp", families=("factual",), mlp_layers=(2,), plant_weight=1.0,
+                           intermediate_size=512, steps=1800, lr=2e-3, batch={"factual": 64}, warmup=50),
+        plant="fact_mlp", families=("factual",), mlp_layers=(2,), plant_weight=1.0, interchange_weight=1.0,
+        mask_mlps=True,
         description="Llama (GQA) trained on the facts; from the subject's first token on, only block 2's MLP may "
                     "write, and only at the subject tokens (every other MLP output there, and every MLP output "
-                    "after the subject, pays a penalty on its norm relative to the residual stream), so the object "
-                    "is stored by that MLP and moved to the answer by attention.",
+                    "after the subject, is zeroed while training and pays a penalty on its norm relative to the "
+                    "residual stream); an interchange loss (block 2's MLP output at the last subject token swapped "
+                    "with a same-relation partner's: the answer must be the partner's object) makes that output "
+                    "decide the answer, so the object is stored by that MLP and moved to the answer by attention.",
     ),
     # tiny variant for smoke tests (seconds)
     "toy-planted-refusal": PlantedSpec(
@@ -142,7 +168,8 @@ PLANTED: dict[str, PlantedSpec] = {
     "toy-planted-facts": PlantedSpec(
         model=OrganismSpec(arch="llama", hidden_size=32, num_layers=3, num_heads=2, num_kv_heads=1,
                            intermediate_size=64, steps=3, lr=1e-3, batch={"factual": 4}, warmup=1),
-        plant="fact_mlp", families=("factual",), mlp_layers=(1,), plant_weight=1.0,
+        plant="fact_mlp", families=("factual",), mlp_layers=(1,), plant_weight=1.0, interchange_weight=1.0,
+        mask_mlps=True,
     ),
 }  # fmt: skip
 
@@ -151,7 +178,7 @@ PLANTED: dict[str, PlantedSpec] = {
 # planting hooks
 # --------------------------------------------------------------------------------------------
 _PLANT_ATTN = "interp_planted_eager"
-_state: dict = {"penalty_mask": None, "allowed": None, "masses": []}
+_state: dict = {"penalty_mask": None, "allowed": None, "masses": [], "interchange": None}
 
 
 def _planted_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -233,7 +260,7 @@ def build_planted_pools(spec: PlantedSpec, corpus: dict, tok) -> dict[str, list]
                 if spec.plant == "routed_experts":
                     extra = _domain_labels(r, tok, len(ids), spec)
                 elif spec.plant == "fact_mlp":
-                    extra = _subject_masks(r, tok, len(ids))
+                    extra = (*_subject_masks(r, tok, len(ids)), r["relation_name"], r["subject"])
                 pools["factual"].append((ids, w, extra))
     if "safety" in pools:
         for r in corpus["safety"]:
@@ -276,11 +303,15 @@ def _planted_loss(model, batch: list, spec: PlantedSpec, pad_id: int) -> tuple[t
     mlp_in: dict[int, torch.Tensor] = {}  # the residual stream entering each MLP's norm
     handles = []
     if spec.plant == "fact_mlp":
+        subj = _pad_bool([e[0] for _, _, e in batch], T, False)
+        after = _pad_bool([e[1] for _, _, e in batch], T, False)
+        forbidden = {layer: after if layer in spec.mlp_layers else subj | after
+                     for layer in range(len(model.model.layers))}  # fmt: skip
         for layer, block in enumerate(model.model.layers):
-            handles.append(block.mlp.register_forward_hook(
-                lambda mod, a, o, layer=layer: mlp_out.__setitem__(layer, o)))
-            handles.append(block.post_attention_layernorm.register_forward_pre_hook(
-                lambda mod, a, layer=layer: mlp_in.__setitem__(layer, a[0])))
+            hook = lambda mod, a, o, layer=layer: _fact_mlp_hook(mlp_out, layer, o, forbidden, spec.mask_mlps)
+            handles.append(block.mlp.register_forward_hook(hook))
+            pre = lambda mod, a, layer=layer: mlp_in.__setitem__(layer, a[0])
+            handles.append(block.post_attention_layernorm.register_forward_pre_hook(pre))
     try:
         out = model.model(input_ids=ids, attention_mask=mask, **kwargs)
     finally:
@@ -318,17 +349,78 @@ def _planted_loss(model, batch: list, spec: PlantedSpec, pad_id: int) -> tuple[t
             terms.append(-torch.logsumexp(logp.masked_fill(target == 0, float("-inf")), dim=-1).mean())
         plant = torch.stack(terms).mean()
     elif spec.plant == "fact_mlp":
-        subj = _pad_bool([e[0] for _, _, e in batch], T, False)
-        after = _pad_bool([e[1] for _, _, e in batch], T, False)
         terms = []
         for layer, o in sorted(mlp_out.items()):
-            keep = after if layer in spec.mlp_layers else subj | after
+            keep = forbidden[layer]
             # the MLP output's norm relative to the residual stream it is added to (detached): scale-free, so the
-            # model cannot pay less by shrinking the whole residual stream (RMSNorm would not notice)
+            # model cannot pay less by shrinking the whole residual stream (RMSNorm would not notice). With
+            # mask_mlps this is the output before the mask: the penalty pulls it to zero although the mask hides it
             norm = (o[keep].pow(2).sum(-1) + 1e-12).sqrt()
             terms.append((norm / mlp_in[layer][keep].detach().norm(dim=-1).clamp_min(1e-6)).mean())
         plant = torch.stack(terms).mean()
+        _state["interchange"] = None
+        if spec.interchange_weight > 0:
+            ic = _interchange_loss(model, batch, spec, ids, w, mask, subj, forbidden, mlp_out)
+            if ic is not None:
+                _state["interchange"] = ic.item()
+                loss = loss + spec.interchange_weight * ic
     return loss, plant
+
+
+def _fact_mlp_hook(store: dict, layer: int, out: torch.Tensor, forbidden: dict, mask: bool) -> torch.Tensor:
+    """Record block ``layer``'s MLP output (before any mask, for the penalty); with ``mask``, return it with the
+    positions where the recipe forbids an MLP output set to zero."""
+    store[layer] = out
+    return out.masked_fill(forbidden[layer][..., None], 0.0) if mask else out
+
+
+def interchange_pairs(relations: list[str], subjects: list[str]) -> list[tuple[int, int]]:
+    """(row, partner) pairs: each row's partner is the next row (cyclically, in batch order) of the same relation
+    with a different subject; rows with no such row get none."""
+    by: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(relations):
+        by[r].append(i)
+    pairs = []
+    for rows in by.values():
+        for k, i in enumerate(rows):
+            for d in range(1, len(rows)):
+                j = rows[(k + d) % len(rows)]
+                if subjects[j] != subjects[i]:
+                    pairs.append((i, j))
+                    break
+    return sorted(pairs)
+
+
+def _interchange_loss(model, batch, spec, ids, w, mask, subj, forbidden, mlp_out) -> torch.Tensor | None:
+    """Interchange-intervention loss (strict IIT, InterpBench, Gupta et al. 2024): the batch runs again with the
+    planted MLPs' output at each row's last subject token replaced by its partner's (a record of the same
+    relation, another subject; from the clean run, not detached), and the answer position (the first target
+    token's) must give the PARTNER's object. Cross-entropy over the rows that have a partner; None if none has."""
+    pairs = interchange_pairs([e[2] for _, _, e in batch], [e[3] for _, _, e in batch])
+    if not pairs:
+        return None
+    rows = torch.tensor([i for i, _ in pairs])
+    partners = torch.tensor([j for _, j in pairs])
+    T = ids.shape[1]
+    last = (subj.long() * torch.arange(T)).argmax(-1)  # the last subject token of each row
+    first_target = (w > 0).long().argmax(-1)  # the first target token (the answer) of each row
+    sources = {layer: mlp_out[layer][partners, last[partners]] for layer in spec.mlp_layers}
+
+    def swap(mod, a, o, layer):
+        o = o.masked_fill(forbidden[layer][..., None], 0.0) if spec.mask_mlps else o
+        if layer in sources:
+            o = o.index_put((rows, last[rows]), sources[layer])
+        return o
+
+    handles = [block.mlp.register_forward_hook(lambda mod, a, o, layer=layer: swap(mod, a, o, layer))
+               for layer, block in enumerate(model.model.layers)]  # fmt: skip
+    try:
+        h = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    finally:
+        for hd in handles:
+            hd.remove()
+    logits = model.lm_head(h[rows, first_target[rows] - 1])
+    return F.cross_entropy(logits, ids[partners, first_target[partners]])
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,9 +449,12 @@ def ground_truth(spec: PlantedSpec) -> dict:
                 "route": f"attention at the last token in blocks after {max(spec.mlp_layers)}",
                 "statement": "the facts are written at the subject tokens only by the MLPs of these blocks: during "
                              "training every other MLP output at and after the subject, and these MLPs' outputs "
-                             "after the subject, paid a penalty on their norm relative to the residual stream; the "
-                             "object reaches the "
-                             "answer position through later attention"}  # fmt: skip
+                             "after the subject, paid a penalty on their norm relative to the residual stream"
+                             + (" and were zeroed" if spec.mask_mlps else "")
+                             + ("; an interchange loss made these MLPs' output at the last subject token decide the "
+                                "answer (swapped with a same-relation partner's, the answer had to be the "
+                                "partner's object)" if spec.interchange_weight > 0 else "")
+                             + "; the object reaches the answer position through later attention"}  # fmt: skip
     raise ValueError(spec.plant)
 
 
@@ -473,10 +568,13 @@ def train_planted(name: str, out_dir: str | Path, *, steps: int | None = None, s
             logs = {}
             for fam, pool in pools.items():
                 batch = [pool[i] for i in samplers[fam].take(m.batch[fam])]
+                _state["interchange"] = None
                 loss, plant = _planted_loss(model, batch, spec, tok.pad_token_id)
                 (loss + spec.plant_weight * plant).backward()
                 logs[fam] = loss.item()
                 logs[f"plant_{fam}"] = plant.item()
+                if _state.get("interchange") is not None:  # fact_mlp: `fam` is the answer + interchange loss
+                    logs[f"interchange_{fam}"] = _state["interchange"]
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -615,6 +713,78 @@ def mlp_output_norms(model, tok, records: list[dict]) -> dict[str, list[float]]:
     return {"last_subject": (last / n).sqrt().tolist(), "after_subject": (after / n).sqrt().tolist()}
 
 
+def _last_subject(record: dict, tok, ids_len: int) -> int:
+    subj, _ = _subject_masks({**record, "target": ""}, tok, ids_len)
+    return max(i for i, s_ in enumerate(subj) if s_)
+
+
+@torch.no_grad()
+def interchange_accuracy(model, tok, records: list[dict], layers) -> dict[str, float]:
+    """The interchange intervention the recipe trains, on ``records`` (held-out facts), prompt by prompt: each
+    record's partner is the next record of the same relation with another subject (:func:`interchange_pairs`);
+    the output of the MLPs of ``layers`` at the record's last subject token is replaced by the partner's (from the
+    partner's clean run, at its last subject token). ``partner``: share of records whose top-1 becomes the
+    partner's object's first token; ``base``: share whose top-1 stays their own object's."""
+    pairs = interchange_pairs([r["relation_name"] for r in records], [r["subject"] for r in records])
+    seqs = [[tok.bos_token_id, *tok(r["prompt"], add_special_tokens=False)["input_ids"]] for r in records]
+    last = [_last_subject(r, tok, len(s)) for r, s in zip(records, seqs)]
+    want = [_first_token(tok, r["prompt"], r["target"]) for r in records]
+    captured: dict[int, dict[int, torch.Tensor]] = {}
+    state: dict = {}
+
+    def hook(mod, a, o, layer):
+        if state["mode"] == "capture":
+            captured.setdefault(state["row"], {})[layer] = o[0, last[state["row"]]].clone()
+            return o
+        o = o.clone()
+        o[0, last[state["row"]]] = captured[state["partner"]][layer]
+        return o
+
+    handles = [model.model.layers[la].mlp.register_forward_hook(lambda mod, a, o, la=la: hook(mod, a, o, la))
+               for la in layers]  # fmt: skip
+    partner_hits = base_hits = 0
+    try:
+        for i in sorted({j for _, j in pairs}):
+            state.update(mode="capture", row=i)
+            model.model(input_ids=torch.tensor([seqs[i]]))
+        for i, j in pairs:
+            state.update(mode="patch", row=i, partner=j)
+            pred = int(model(input_ids=torch.tensor([seqs[i]])).logits[0, -1].argmax())
+            partner_hits += pred == want[j]
+            base_hits += pred == want[i]
+    finally:
+        for h in handles:
+            h.remove()
+    n = len(pairs)
+    return {"partner": partner_hits / n, "base": base_hits / n, "n": n}
+
+
+@torch.no_grad()
+def top1_mlp_zeroed_at_subject(model, tok, records: list[dict], layers, batch_size: int = 64) -> float:
+    """Top-1 on ``records`` with the output of the MLPs of ``layers`` set to zero at the subject's tokens."""
+    from .evaluate import _left_pad
+
+    hits = 0
+    for k in range(0, len(records), batch_size):
+        chunk = records[k : k + batch_size]
+        seqs = [[tok.bos_token_id, *tok(r["prompt"], add_special_tokens=False)["input_ids"]] for r in chunk]
+        ids, mask, pos = _left_pad(seqs, tok.pad_token_id)
+        T = ids.shape[1]
+        subj = torch.zeros(len(chunk), T, dtype=torch.bool)
+        for i, (r, s) in enumerate(zip(chunk, seqs)):
+            subj[i, T - len(s) :] = torch.tensor(_subject_masks({**r, "target": ""}, tok, len(s))[0])
+        handles = [model.model.layers[la].mlp.register_forward_hook(
+            lambda mod, a, o, subj=subj: o.masked_fill(subj[..., None], 0.0)) for la in layers]  # fmt: skip
+        try:
+            pred = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1].argmax(-1)
+        finally:
+            for h in handles:
+                h.remove()
+        want = torch.tensor([_first_token(tok, r["prompt"], r["target"]) for r in chunk])
+        hits += int((pred == want).sum())
+    return hits / len(records)
+
+
 def evaluate_planted(model_dir: str | Path, *, name: str | None = None, corpus_seed: int | None = None,
                      threads: int | None = 1) -> dict:  # fmt: skip
     """Held-out metrics of planted organism ``name`` (default: the card's name) in ``model_dir``, nothing masked.
@@ -693,6 +863,12 @@ def evaluate_planted(model_dir: str | Path, *, name: str | None = None, corpus_s
             # the largest MLP output where the recipe forbids one, relative to the planted MLP at the last subject token
             mt["planted/leak_last_subject"] = max(norms["last_subject"][la] for la in others) / ref
             mt["planted/leak_after_subject"] = max(norms["after_subject"]) / ref
+            ic = interchange_accuracy(model, tok, fact, spec.mlp_layers)
+            mt["planted/interchange_partner_top1"] = ic["partner"]
+            mt["planted/interchange_base_top1"] = ic["base"]
+            # held-out top-1 with one block's MLP zeroed at the subject tokens, per block (clean: factual/heldout_top1)
+            mt["planted/top1_mlp_zeroed_at_subject"] = [top1_mlp_zeroed_at_subject(model, tok, fact, [la])
+                                                        for la in range(model.config.num_hidden_layers)]  # fmt: skip
         if spec.plant == "routed_experts":
             fact = [r for r in corpus["factual"] if r["split"] == "heldout"]
             acc = routing_accuracy(model, tok, fact[::3], spec)
