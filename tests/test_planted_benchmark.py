@@ -128,7 +128,7 @@ def test_icot_order_row_from_cross_task_curves(monkeypatch):
     a subtask with no layer above its zero-shot accuracy 'none', and compares the s1 peak with the planted layer."""
     from interp.methods import icot
 
-    curves = {"s1": [0.1, 0.6, 0.9, 0.4], "s2": [0.5, 0.5, 0.5, 0.5]}  # s2: never above acc_0 = 0.5
+    curves = {"s1": [0.1, 0.6, 0.9, 0.4], "s2": [0.5, 0.5, 0.5, 0.5]}  # s2: never above acc_0 = 0.5 (3 prompts)
 
     def fake(model, prompts, subs, **kw):
         comp = prompts[0]["subtask_of"]
@@ -140,7 +140,10 @@ def test_icot_order_row_from_cross_task_curves(monkeypatch):
     (row,) = B.score_icot_order(None, "o", 2, seed=0, quick=True, n_random=1)
     assert row["found"] == "s1 2, s2 none" and row["layer_error"] == 0 and row["precision_at_k"] == 1.0
     assert "s1 before s2: False" in row["note"]
-    curves["s2"] = [0.5, 0.6, 0.7, 0.8]
+    curves["s1"] = [0.1, 0.3, 0.2, 0.1]  # 0.2 above acc_0 = 0.1: under one prompt's worth (1 / 3)
+    (row,) = B.score_icot_order(None, "o", 2, seed=0, quick=True, n_random=1)
+    assert row["found"] == "s1 none, s2 none" and row["layer_error"] is None and row["precision_at_k"] == 0.0
+    curves["s1"], curves["s2"] = [0.1, 0.6, 0.9, 0.4], [0.5, 0.6, 0.7, 0.9]
     (row,) = B.score_icot_order(None, "o", 1, seed=0, quick=True, n_random=1)
     assert row["found"] == "s1 2, s2 3" and row["layer_error"] == 1 and row["precision_at_k"] == 0.0
     assert "s1 before s2: True" in row["note"] and row["n_prompts"] == 3 * 6

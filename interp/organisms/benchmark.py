@@ -261,7 +261,8 @@ def score_icot_order(model: Any, name: str, truth: int | None, *, seed: int, qui
     """Cross-task patching (Yang et al.) on the held-out composites: per subtask, the layer whose composite task
     vector (mean resid_post at the last position of the 5-shot composite prompts) best restores the zero-shot
     subtask prompts' accuracy (``acc_patch``, averaged over the composites); a subtask has no peak ("none") where no
-    layer's patch beats its zero-shot accuracy. Ground truth: s1 by the planted layer, s2 after it, so the s1 peak
+    layer's patch beats its zero-shot accuracy by more than one prompt's worth (1 / the zero-shot prompts per
+    composite). Ground truth: s1 by the planted layer, s2 after it, so the s1 peak
     is compared with the planted layer (``layer_error``; ``precision_at_k`` 1 when equal) and the order is
     reported.
     No ablation: the effect columns stay empty (the row's accuracies are in its note)."""
@@ -286,8 +287,10 @@ def score_icot_order(model: Any, name: str, truth: int | None, *, seed: int, qui
     table = pd.concat(frames, ignore_index=True)
     curve = table.groupby(["subtask", "layer"])["acc_patch"].mean()
     base = table.groupby("subtask")[["acc_0", "acc_icl"]].mean()
-    # a subtask's peak exists only where some layer's patch beats its zero-shot accuracy (else no layer carries it)
-    peaks = {s: int(curve.loc[s].idxmax()) if curve.loc[s].max() > base.loc[s, "acc_0"] else None
+    # a subtask's peak exists only where some layer's patch beats its zero-shot accuracy by more than one prompt's
+    # worth (cross_task_patching's own rule for a defined strength); below that no layer carries the task
+    one_prompt = 1.0 / float(table.groupby("composite")["n_zero"].first().mean())
+    peaks = {s: int(curve.loc[s].idxmax()) if curve.loc[s].max() - base.loc[s, "acc_0"] > one_prompt else None
              for s in ("s1", "s2")}  # fmt: skip
     order_ok = None not in peaks.values() and peaks["s1"] < peaks["s2"]
     found = ", ".join(f"{s} {'none' if peaks[s] is None else peaks[s]}" for s in ("s1", "s2"))
