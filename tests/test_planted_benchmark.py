@@ -186,3 +186,30 @@ def test_top1_mlp_zeroed_matches_plain_transformers(models, hf_models):
                     h.remove()
             want.append(int(logits.argmax()) == full[len(ids) - len(bos)])
         assert got.tolist() == want, layer
+
+
+def test_fact_pairs_and_roles_for_patching():
+    """The fact-patching scorer's pairs share relation, template and token length, differ in subject and in the
+    answer's first token; its roles are ROME's token roles of each position (the last subject token where the span
+    ends)."""
+    import interp
+    from interp.organisms import data_path, organism_dir
+    from interp.prompts import tokenize
+
+    model = interp.load_model(organism_dir("planted-facts"))
+    recs = interp.PromptSet(data_path("organisms", "corpus", "factual.jsonl")).filter(split="heldout").records
+    clean, corrupt = B._fact_pairs(model, recs, 20, seed=0)
+    assert len(clean) == len(corrupt) == 20
+    assert B._fact_pairs(model, recs, 20, seed=0) == (clean, corrupt)
+    for a, b in zip(clean, corrupt):
+        assert (a["relation_name"], a["template"]) == (b["relation_name"], b["template"])
+        assert a["subject"] != b["subject"]
+        ia, ib = tokenize(model, a["prompt"]).ids, tokenize(model, b["prompt"]).ids
+        assert len(ia) == len(ib)
+        first_a = tokenize(model, a["prompt"] + a["target"]).ids[len(ia)]
+        assert first_a != tokenize(model, b["prompt"] + b["target"]).ids[len(ib)]
+    roles = B._site_roles(model, clean)
+    enc = interp.encode(model, interp.PromptSet(clean), spans=["subject"])
+    for r, (_, e) in zip(clean, enc.spans["subject"]):
+        assert roles[r["id"]][e - 1] == "last subject" and roles[r["id"]][-1] == "last"
+        assert roles[r["id"]].count("last subject") == 1 and roles[r["id"]][0] == "bos"

@@ -10,7 +10,8 @@ method that should find the site runs on held-out prompts, and the table reports
 * the behaviour when the method's found set is ablated (``effect_found``, with a bootstrap interval over prompts)
   against random sets of the same size (``effect_random``: mean over ``n_random`` seeded draws, with the 5-95 %
   range of the draws), beside ``clean`` (nothing ablated) and ``effect_planted`` (the ground truth ablated);
-* for attribution patching, ``spearman_vs_exact`` (its estimate against exact activation patching, over rows).
+* for attribution patching, ``spearman_vs_exact`` (its estimate against exact activation patching, over rows:
+  heads on the refusal organisms, MLP outputs on the fact organisms).
 
 The natural organisms (``dense``, ``moe``) run through the same methods beside them, with no ground truth (their
 precision is empty): what each method finds there and whether ablating it matters more than a random set.
@@ -408,6 +409,95 @@ def top1_mlp_zeroed(model: Any, prompts: Any, layer: int | None, role: str, *, t
     return out
 
 
+def _fact_pairs(model: Any, records: list[dict], n: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """Held-out fact pairs (clean, corrupt) of the same relation and template and the same token length, with
+    different subjects and different first answer tokens (so the logit difference is defined)."""
+    from ..prompts import tokenize
+
+    by: dict = {}
+    for r in records:
+        by.setdefault((r["relation_name"], r["template"], len(tokenize(model, r["prompt"]).ids)), []).append(r)
+    rng = random.Random(seed)
+    pairs = []
+    for key in sorted(by, key=str):
+        group = by[key]
+        rng.shuffle(group)
+        for a, b in zip(group[::2], group[1::2]):
+            ta = tokenize(model, a["prompt"] + a["target"]).ids[len(tokenize(model, a["prompt"]).ids)]
+            tb = tokenize(model, b["prompt"] + b["target"]).ids[len(tokenize(model, b["prompt"]).ids)]
+            if a["subject"] != b["subject"] and ta != tb:
+                pairs.append((a, b))
+    rng.shuffle(pairs)
+    pairs = pairs[:n]
+    return [dict(a) for a, _ in pairs], [dict(b) for _, b in pairs]
+
+
+def _site_roles(model: Any, prompts: list[dict]) -> dict[str, list[str]]:
+    """Per prompt id: the ROME token role of each position (BOS included where the model prepends one)."""
+    from ..methods.tracing import token_role
+    from ..prompts import PromptSet, encode
+
+    enc = encode(model, PromptSet(prompts), spans=("subject",))
+    return {r["id"]: [token_role(t, len(item), span, item.bos) for t in range(len(item))]
+            for r, item, span in zip(prompts, enc.items, enc.spans["subject"])}  # fmt: skip
+
+
+def score_fact_patching(model: Any, name: str, truth: dict | None, *, seed: int, quick: bool,
+                        n_random: int) -> list[dict]:  # fmt: skip
+    """Exact activation patching and attribution patching of every block's MLP output at every position, on
+    held-out fact pairs (same relation, template and token length; clean patched into corrupt, logit difference of
+    the clean answer against the corrupt one). A (layer, token role) scores the mean over pairs and positions of
+    that role of |effect|; the found site is the best one, against the planted (layer, "last subject"), and is
+    zeroed as in :func:`score_fact_mlp`. Attribution patching is also scored against exact patching (Spearman over
+    pair x layer x position rows)."""
+    from ..methods.attribution_patching import attribution_patching
+    from ..methods.patching import activation_patching
+    from ..prompts import PromptSet
+    from . import data_path
+
+    fact = PromptSet(data_path("organisms", "corpus", "factual.jsonl")).filter(split="heldout")
+    rng = random.Random(seed)
+    recs = rng.sample(fact.records, len(fact.records))
+    evals = PromptSet(recs[: 100 if quick else 300])
+    clean_p, corrupt_p = _fact_pairs(model, fact.records, 8 if quick else 24, seed)
+    roles = _site_roles(model, clean_p)
+    kw = {"sites": "mlp_out", "positions": "all", "progress": False}
+    ex = activation_patching(model, PromptSet(clean_p), PromptSet(corrupt_p), **kw).table
+    at = attribution_patching(model, PromptSet(clean_p), PromptSet(corrupt_p), **kw).table
+    gt = (int(truth["layers"][0]), "last subject") if truth else None
+    n_layers = model.info.n_layers
+    clean = top1_correct(model, evals)
+    planted = top1_mlp_zeroed(model, evals, gt[0], gt[1]) if gt else None
+    metric = "factual top-1 (held-out, an MLP output zeroed)"
+    rows = []
+    for method, tab, col in (("activation_patching (mlp_out)", ex, "effect"),
+                             ("attribution_patching (mlp_out)", at, "attribution")):  # fmt: skip
+        tab = tab.assign(role=[roles[p][int(q)] for p, q in zip(tab["prompt_id"], tab["position"])],
+                         magnitude=tab[col].abs())  # fmt: skip
+        score = tab.groupby(["layer", "role"])["magnitude"].mean().sort_values(ascending=False, kind="stable")
+        order = [(int(la), str(ro)) for la, ro in score.index]
+        found = order[0]
+        p, ranks = precision_and_ranks(order, [gt]) if gt else (None, None)
+        eff = top1_mlp_zeroed(model, evals, found[0], found[1])
+        others = [la for la in range(n_layers) if la != found[0]]
+        randoms = [top1_mlp_zeroed(model, evals, s_[0], found[1]).mean()
+                   for s_ in _random_sets(others, 1, n_random, seed)]  # fmt: skip
+        extra = {}
+        if col == "attribution":
+            keys = ["prompt_id", "layer", "position"]
+            merged = ex.merge(at, on=keys, suffixes=("", "_attr"))
+            extra["spearman_vs_exact"] = spearman(merged["attribution"], merged["effect"])
+        note = (f"{len(clean_p)} same-relation, same-length fact pairs; (layer, role) scored by mean |{col}|, best "
+                f"{float(score.iloc[0]):.3f} at {found}; effect = top-1 with that MLP zeroed at the role's tokens; "
+                f"random sets: the same role in a random other block")  # fmt: skip
+        rows.append(_row(organism=name, planted=truth is not None, method=method, metric=metric, k=1,
+                         found=str(found), ground_truth=str(gt) if gt else None, precision_at_k=p,
+                         planted_ranks=str(ranks) if ranks else None,
+                         layer_error=abs(found[0] - gt[0]) if gt else None, note=note, **extra,
+                         **_effects(clean, eff, randoms, seed, planted)))  # fmt: skip
+    return rows
+
+
 def score_fact_mlp(model: Any, name: str, truth: dict | None, *, seed: int, quick: bool,
                    n_random: int) -> list[dict]:  # fmt: skip
     """Causal tracing (``causal_trace``, sites ``mlp_out``, window 1: each block's MLP output restored alone at one
@@ -507,6 +597,7 @@ def run_benchmark(*, organisms: tuple[str, ...] | None = None, natural: bool = T
                                              **kw)  # fmt: skip
             elif gt["kind"] == "fact_mlp":
                 rows += score_fact_mlp(model, name, gt, **kw)
+                rows += score_fact_patching(model, name, gt, **kw)
         if natural:
             kinds = {json.loads((data / "organisms" / n / "card.json").read_text())["ground_truth"]["kind"]
                      for n in organisms}  # fmt: skip
@@ -520,6 +611,7 @@ def run_benchmark(*, organisms: tuple[str, ...] | None = None, natural: bool = T
                     rows += score_icot_order(dense, "dense", None, **kw)
                 if "fact_mlp" in kinds:
                     rows += score_fact_mlp(dense, "dense", None, **kw)
+                    rows += score_fact_patching(dense, "dense", None, **kw)
             if "routed_experts" in kinds:
                 moe, _ = _load("moe", data)
                 rows += score_routed_experts(moe, "moe", None, **kw)
