@@ -69,7 +69,8 @@ def benchmark_section(ctx: DemoContext) -> DemoSection:
     return DemoSection(
         "Planted sites: does each method find the mechanism a training recipe placed at a known site?",
         "The planted organisms' cards state where their mechanism is (refusal heads, the layer of an internal chain "
-        "of thought, the routed experts of each domain). Each method that should find it runs on held-out prompts: "
+        "of thought, the routed experts of each domain, the MLP that writes the facts). Each method that should "
+        "find it runs on held-out prompts: "
         "precision@k and the ranks of the planted components, the layer error of the lens, attribution patching "
         "against exact patching, and the behaviour when the found set is ablated against random sets of the same "
         "size. The natural organisms (dense, moe) go through the same methods, with no ground truth.",
