@@ -213,3 +213,28 @@ def test_fact_pairs_and_roles_for_patching():
     for r, (_, e) in zip(clean, enc.spans["subject"]):
         assert roles[r["id"]][e - 1] == "last subject" and roles[r["id"]][-1] == "last"
         assert roles[r["id"]].count("last subject") == 1 and roles[r["id"]][0] == "bos"
+
+
+def test_icot_masking_row_from_the_masking_curves(monkeypatch):
+    """score_icot_masking: the found layer is the best masked from_layer for y_s1 less one (the last block that saw
+    the demonstrations), 'none' unless y_s1 beats its unmasked top-1 by more than one prompt's worth; from_layer
+    n_layers is the unmasked model."""
+    from interp.methods import icot
+
+    n_layers = 4
+    curves = {"y_t": [0.0, 0.2, 0.9, 1.0, 1.0], "y_s1": [0.0, 0.1, 0.7, 0.2, 0.0]}
+
+    def fake(model, prompts, **kw):
+        return pd.DataFrame([{"target_field": f, "from_layer": la, "correct": v} for f, c in curves.items()
+                             for la, v in enumerate(c)])  # fmt: skip
+
+    class M:
+        info = type("I", (), {"n_layers": n_layers})
+
+    monkeypatch.setattr(icot, "context_masking", lambda *a, **k: type("R", (), {"table": fake(*a, **k)}))
+    (row,) = B.score_icot_masking(M(), "o", 1, seed=0, quick=True, n_random=1)
+    assert row["found"] == "1" and row["layer_error"] == 0 and row["precision_at_k"] == 1.0
+    assert "y_t kept (>= 0.9 x unmasked) from from_layer 2" in row["note"] and row["n_prompts"] == 24
+    curves["y_s1"] = [0.0, 0.0, 0.0, 0.0, 0.0]
+    (row,) = B.score_icot_masking(M(), "o", 1, seed=0, quick=True, n_random=1)
+    assert row["found"] == "none" and row["layer_error"] is None and row["precision_at_k"] == 0.0

@@ -5,8 +5,9 @@ method that should find the site runs on held-out prompts, and the table reports
 
 * ``precision_at_k`` (k = the size of the planted set) and ``planted_ranks`` (the 1-based rank of each planted
   component in the method's ordering);
-* ``layer_error`` for the lens and cross-task patching (|found layer - planted layer|; for cross-task patching,
-  the layer whose composite task vector best restores the zero-shot s1 prompts, with s2's peak beside it);
+* ``layer_error`` for the lens, cross-task patching and context masking (|found layer - planted layer|; for
+  cross-task patching, the layer whose composite task vector best restores the zero-shot s1 prompts, with s2's peak
+  beside it; for context masking, the last block that saw the demonstrations where y_s1 is then the answer);
 * the behaviour when the method's found set is ablated (``effect_found``, with a bootstrap interval over prompts)
   against random sets of the same size (``effect_random``: mean over ``n_random`` seeded draws, with the 5-95 %
   range of the draws), beside ``clean`` (nothing ablated) and ``effect_planted`` (the ground truth ablated);
@@ -308,6 +309,42 @@ def score_icot_order(model: Any, name: str, truth: int | None, *, seed: int, qui
                  n_prompts=int(table.groupby("composite")["n_zero"].first().sum()), note=note)]  # fmt: skip
 
 
+def score_icot_masking(model: Any, name: str, truth: int | None, *, seed: int, quick: bool,
+                       n_random: int) -> list[dict]:  # fmt: skip
+    """Layer-from context masking (Yang et al.) on held-out 5-shot composites: the demonstrations are hidden from
+    every query from block l on. Where s1 is resolved by a block and s2 read after it, masking from just after that
+    block leaves the intermediate answer: the found layer is the last block that still saw the demonstrations (the
+    best from_layer for y_s1's top-1, less one), "none" where y_s1's top-1 under masking never beats the unmasked
+    model's by more than one prompt's worth. The note gives y_t's and y_s1's curves and the first from_layer that
+    keeps y_t at 0.9 x its unmasked accuracy (the demonstrations are read before it). No ablation row."""
+    from ..methods.icot import context_masking
+    from ..prompts import PromptSet
+    from . import data_path
+
+    comp = PromptSet(data_path("organisms", "corpus", "composite.jsonl")).filter(split="heldout", kind="composite",
+                                                                                 n_shot=5)  # fmt: skip
+    recs = random.Random(seed).sample(comp.records, 24 if quick else 60)
+    tab = context_masking(model, recs, target=("y_t", "y_s1"), progress=False).table
+    acc = tab.groupby(["target_field", "from_layer"])["correct"].mean()
+    n_layers = model.info.n_layers
+    s1, yt = acc.loc["y_s1"], acc.loc["y_t"]
+    masked = s1[s1.index < n_layers]  # from_layer n_layers is the unmasked model
+    one_prompt = 1.0 / len(recs)
+    found = int(masked.idxmax()) - 1 if masked.max() - s1.loc[n_layers] > one_prompt else None
+    kept = [int(la) for la in yt.index if la < n_layers and yt.loc[la] >= 0.9 * yt.loc[n_layers]]
+    curve = {f: "[" + ", ".join(f"{v:.2f}" for v in acc.loc[f].tolist()) + "]" for f in ("y_t", "y_s1")}
+    note = (f"top-1 by from_layer 0-{n_layers} ({n_layers} = unmasked), {len(recs)} prompts: y_t {curve['y_t']}, "
+            f"y_s1 {curve['y_s1']}; y_t kept (>= 0.9 x unmasked) from from_layer "
+            f"{min(kept) if kept else 'none'}")  # fmt: skip
+    found_s = "none" if found is None else str(found)
+    return [_row(organism=name, planted=truth is not None, method="context_masking", k=1,
+                 metric="last block that saw the demonstrations where y_s1 is the answer under masking",
+                 found=found_s, ground_truth=str(truth) if truth is not None else None,
+                 layer_error=abs(found - truth) if truth is not None and found is not None else None,
+                 precision_at_k=float(found == truth) if truth is not None else None, n_prompts=len(recs),
+                 note=note)]  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------
 # routed experts per domain: expert attribution, routing statistics, blocking
 # --------------------------------------------------------------------------------------------
@@ -592,6 +629,7 @@ def run_benchmark(*, organisms: tuple[str, ...] | None = None, natural: bool = T
             elif gt["kind"] == "icot_layer":
                 rows += score_icot_layer(model, name, gt["layer"], **kw)
                 rows += score_icot_order(model, name, gt["layer"], **kw)
+                rows += score_icot_masking(model, name, gt["layer"], **kw)
             elif gt["kind"] == "routed_experts":
                 rows += score_routed_experts(model, name, {d: list(e) for d, e in gt["domain_experts"].items()},
                                              **kw)  # fmt: skip
@@ -609,6 +647,7 @@ def run_benchmark(*, organisms: tuple[str, ...] | None = None, natural: bool = T
                 if "icot_layer" in kinds:
                     rows += score_icot_layer(dense, "dense", None, **kw)
                     rows += score_icot_order(dense, "dense", None, **kw)
+                    rows += score_icot_masking(dense, "dense", None, **kw)
                 if "fact_mlp" in kinds:
                     rows += score_fact_mlp(dense, "dense", None, **kw)
                     rows += score_fact_patching(dense, "dense", None, **kw)
