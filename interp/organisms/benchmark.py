@@ -446,6 +446,26 @@ def top1_mlp_zeroed(model: Any, prompts: Any, layer: int | None, role: str, *, t
     return out
 
 
+def _held_out_facts(seed: int) -> tuple[list[dict], list[dict]]:
+    """The held-out factual records: in the corpus's order, and in the benchmark's seeded order (the fact scorers
+    take their prompts from the front of it)."""
+    from ..prompts import PromptSet
+    from . import data_path
+
+    fact = PromptSet(data_path("organisms", "corpus", "factual.jsonl")).filter(split="heldout")
+    return fact.records, random.Random(seed).sample(fact.records, len(fact.records))
+
+
+def _mlp_zeroing_effects(model: Any, evals: Any, found: tuple[int, str], planted_site: tuple[int, str] | None,
+                         clean: np.ndarray, *, n_random: int, seed: int) -> dict:  # fmt: skip
+    """The effect columns of a fact scorer's row: top-1 with the found block's MLP zeroed at the found role's tokens,
+    against the same role in random other blocks, and the planted site zeroed."""
+    others = [la for la in range(model.info.n_layers) if la != found[0]]
+    randoms = [top1_mlp_zeroed(model, evals, s_[0], found[1]).mean() for s_ in _random_sets(others, 1, n_random, seed)]
+    planted = top1_mlp_zeroed(model, evals, *planted_site) if planted_site else None
+    return _effects(clean, top1_mlp_zeroed(model, evals, *found), randoms, seed, planted)
+
+
 def _fact_pairs(model: Any, records: list[dict], n: int, seed: int) -> tuple[list[dict], list[dict]]:
     """Held-out fact pairs (clean, corrupt) of the same relation and template and the same token length, with
     different subjects and different first answer tokens (so the logit difference is defined)."""
@@ -490,21 +510,16 @@ def score_fact_patching(model: Any, name: str, truth: dict | None, *, seed: int,
     from ..methods.attribution_patching import attribution_patching
     from ..methods.patching import activation_patching
     from ..prompts import PromptSet
-    from . import data_path
 
-    fact = PromptSet(data_path("organisms", "corpus", "factual.jsonl")).filter(split="heldout")
-    rng = random.Random(seed)
-    recs = rng.sample(fact.records, len(fact.records))
+    records, recs = _held_out_facts(seed)
     evals = PromptSet(recs[: 100 if quick else 300])
-    clean_p, corrupt_p = _fact_pairs(model, fact.records, 8 if quick else 24, seed)
+    clean_p, corrupt_p = _fact_pairs(model, records, 8 if quick else 24, seed)
     roles = _site_roles(model, clean_p)
     kw = {"sites": "mlp_out", "positions": "all", "progress": False}
     ex = activation_patching(model, PromptSet(clean_p), PromptSet(corrupt_p), **kw).table
     at = attribution_patching(model, PromptSet(clean_p), PromptSet(corrupt_p), **kw).table
     gt = (int(truth["layers"][0]), "last subject") if truth else None
-    n_layers = model.info.n_layers
     clean = top1_correct(model, evals)
-    planted = top1_mlp_zeroed(model, evals, gt[0], gt[1]) if gt else None
     metric = "factual top-1 (held-out, an MLP output zeroed)"
     rows = []
     for method, tab, col in (("activation_patching (mlp_out)", ex, "effect"),
@@ -515,10 +530,6 @@ def score_fact_patching(model: Any, name: str, truth: dict | None, *, seed: int,
         order = [(int(la), str(ro)) for la, ro in score.index]
         found = order[0]
         p, ranks = precision_and_ranks(order, [gt]) if gt else (None, None)
-        eff = top1_mlp_zeroed(model, evals, found[0], found[1])
-        others = [la for la in range(n_layers) if la != found[0]]
-        randoms = [top1_mlp_zeroed(model, evals, s_[0], found[1]).mean()
-                   for s_ in _random_sets(others, 1, n_random, seed)]  # fmt: skip
         extra = {}
         if col == "attribution":
             keys = ["prompt_id", "layer", "position"]
@@ -531,7 +542,7 @@ def score_fact_patching(model: Any, name: str, truth: dict | None, *, seed: int,
                          found=str(found), ground_truth=str(gt) if gt else None, precision_at_k=p,
                          planted_ranks=str(ranks) if ranks else None,
                          layer_error=abs(found[0] - gt[0]) if gt else None, note=note, **extra,
-                         **_effects(clean, eff, randoms, seed, planted)))  # fmt: skip
+                         **_mlp_zeroing_effects(model, evals, found, gt, clean, n_random=n_random, seed=seed)))
     return rows
 
 
@@ -544,11 +555,8 @@ def score_fact_mlp(model: Any, name: str, truth: dict | None, *, seed: int, quic
     the same role in random other blocks (and the planted site zeroed)."""
     from ..methods.tracing import causal_trace, trace_summary
     from ..prompts import PromptSet
-    from . import data_path
 
-    fact = PromptSet(data_path("organisms", "corpus", "factual.jsonl")).filter(split="heldout")
-    rng = random.Random(seed)
-    recs = rng.sample(fact.records, len(fact.records))
+    _, recs = _held_out_facts(seed)
     trace_prompts = PromptSet(recs[: 12 if quick else 30])
     evals = PromptSet(recs[: 100 if quick else 300])
     samples = 5 if quick else 10
@@ -560,12 +568,7 @@ def score_fact_mlp(model: Any, name: str, truth: dict | None, *, seed: int, quic
     found = order[0]
     gt = [(int(truth["layers"][0]), "last subject")] if truth else None
     p, ranks = precision_and_ranks(order, gt) if gt else (None, None)
-    n_layers = model.info.n_layers
     clean = top1_correct(model, evals)
-    eff = top1_mlp_zeroed(model, evals, found[0], found[1])
-    others = [la for la in range(n_layers) if la != found[0]]
-    randoms = [top1_mlp_zeroed(model, evals, s[0], found[1]).mean() for s in _random_sets(others, 1, n_random, seed)]
-    planted = top1_mlp_zeroed(model, evals, gt[0][0], gt[0][1]) if gt else None
     kept = res.meta["n_kept"]
     ie = float(summ["indirect_effect"].iloc[0])
     note = (f"{kept} of {len(trace_prompts)} facts traced (clean top-1 right), {samples} noised copies each; peak "
@@ -576,7 +579,8 @@ def score_fact_mlp(model: Any, name: str, truth: dict | None, *, seed: int, quic
                  ground_truth=str(gt[0]) if gt else None, precision_at_k=p,
                  planted_ranks=str(ranks) if ranks else None,
                  layer_error=abs(found[0] - gt[0][0]) if gt else None, note=note,
-                 **_effects(clean, eff, randoms, seed, planted))]  # fmt: skip
+                 **_mlp_zeroing_effects(model, evals, found, gt[0] if gt else None, clean, n_random=n_random,
+                                        seed=seed))]  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
